@@ -1,0 +1,181 @@
+//! Balancers: load-balancing policies as synchronous state machines.
+//!
+//! A [`Balancer`] owns the [`Subchannel`]s it wants and decides which of them
+//! calls go to. It never does I/O, never spawns and never locks: it receives
+//! events and tells its [`Controller`] what it wants (a subchannel for an
+//! address, a new picker, a re-resolution). This is gRPC's LB policy API
+//! (grpc-go's `balancer.Balancer`, gRFC A61/A62 for `pick_first`).
+//!
+//! **Threading guarantee.** Every method of a balancer is called from the
+//! channel's one control task, one at a time, in the order events happened:
+//! resolver updates and errors, subchannel state changes, and requests to
+//! leave IDLE. The request path never touches a balancer; it reads the
+//! [`Picker`](crate::Picker) the balancer last published.
+//!
+//! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
+//! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
+//! the channel builder or by the resolver's service config
+//! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see [`ServiceConfig`]).
+//! Users add policies with [`register`] (process-wide, like grpc-go's
+//! `balancer.Register`) or hand a [`BalancerBuilder`] to one channel.
+//!
+//! **Aggregation.** A policy that balances over several subchannels reports
+//! the channel state [`aggregate_state`] computes: READY if any is READY,
+//! else CONNECTING if any is CONNECTING, else IDLE if any is IDLE, else
+//! TRANSIENT_FAILURE.
+
+mod pick_first;
+mod registry;
+mod round_robin;
+mod service_config;
+
+pub use pick_first::{PickFirstBuilder, PICK_FIRST};
+pub use registry::{register, BalancerRegistry};
+pub use round_robin::{RoundRobinBuilder, ROUND_ROBIN};
+pub use service_config::ServiceConfig;
+
+use std::sync::Arc;
+
+use crate::resolver::ResolverUpdate;
+use crate::subchannel::SubchannelState;
+use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
+
+/// A load-balancing policy. See the [module docs](self) for the contract.
+pub trait Balancer: Send + 'static {
+    /// The resolver produced a new full set of addresses.
+    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller);
+
+    /// The resolver failed. Keep serving known addresses if there are any.
+    fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller);
+
+    /// One of this balancer's subchannels changed state.
+    fn subchannel_update(
+        &mut self,
+        subchannel: &Subchannel,
+        state: &SubchannelState,
+        ctl: &mut dyn Controller,
+    );
+
+    /// A call arrived while the balancer reported IDLE: start connecting.
+    fn exit_idle(&mut self, ctl: &mut dyn Controller) {
+        let _ = ctl;
+    }
+}
+
+/// What a balancer can ask of its channel.
+pub trait Controller {
+    /// A subchannel for `address`. The channel shares one subchannel per
+    /// address, so asking again for an address in use returns the same one;
+    /// its current state is delivered through
+    /// [`Balancer::subchannel_update`] right after the call that asked.
+    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error>;
+
+    /// Publishes a new picker and the channel state that goes with it.
+    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
+
+    /// Asks the resolver to resolve again (it may rate-limit).
+    fn request_resolution(&mut self);
+}
+
+/// Builds balancers of one policy.
+pub trait BalancerBuilder: Send + Sync + 'static {
+    /// The policy's name, as used in service configs (`round_robin`).
+    fn name(&self) -> &str;
+
+    /// Builds a balancer. `config` is the policy's JSON object from the
+    /// service config (`{}` when none was given); reject what you cannot use.
+    fn build(
+        &self,
+        config: &serde_json::Value,
+        options: &BuildOptions,
+    ) -> Result<Box<dyn Balancer>, Error>;
+}
+
+/// What a balancer is built for.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    target: Target,
+    seed: u64,
+}
+
+impl BuildOptions {
+    pub(crate) fn new(target: Target, seed: u64) -> Self {
+        BuildOptions { target, seed }
+    }
+
+    /// The channel's target.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// A seed for the policy's randomness (fixed by the channel builder's
+    /// `rng_seed` in tests, random otherwise).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+/// The channel state of a policy over several subchannels, as grpc-go's
+/// round_robin computes it: READY if any is READY, else CONNECTING if any is
+/// CONNECTING, else IDLE if any is IDLE, else TRANSIENT_FAILURE (also for
+/// none at all).
+pub fn aggregate_state(states: impl IntoIterator<Item = ConnectivityState>) -> ConnectivityState {
+    use ConnectivityState::*;
+    let (mut connecting, mut idle) = (false, false);
+    for state in states {
+        match state {
+            Ready => return Ready,
+            Connecting => connecting = true,
+            Idle => idle = true,
+            TransientFailure | Shutdown => {}
+        }
+    }
+    if connecting {
+        Connecting
+    } else if idle {
+        Idle
+    } else {
+        TransientFailure
+    }
+}
+
+/// Removes repeated addresses, keeping the first of each.
+pub(crate) fn dedup(addresses: &[Address]) -> Vec<Address> {
+    let mut seen = std::collections::HashSet::with_capacity(addresses.len());
+    addresses
+        .iter()
+        .filter(|a| seen.insert(a.addr()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ConnectivityState::*;
+
+    #[test]
+    fn aggregate_prefers_ready_then_connecting_then_idle() {
+        assert_eq!(aggregate_state([TransientFailure, Ready, Idle]), Ready);
+        assert_eq!(
+            aggregate_state([TransientFailure, Idle, Connecting]),
+            Connecting
+        );
+        assert_eq!(aggregate_state([TransientFailure, Idle]), Idle);
+        assert_eq!(
+            aggregate_state([TransientFailure, TransientFailure]),
+            TransientFailure
+        );
+        assert_eq!(aggregate_state([]), TransientFailure);
+    }
+
+    #[test]
+    fn dedup_keeps_first_occurrence_in_order() {
+        let list: Vec<Address> = ["a:1", "b:1", "a:1", "c:1"].map(Address::from).into();
+        let got: Vec<String> = dedup(&list).iter().map(|a| a.to_string()).collect();
+        assert_eq!(got, ["a:1", "b:1", "c:1"]);
+    }
+}

@@ -1,0 +1,362 @@
+//! `round_robin`: every READY subchannel in turn (grpc-go's semantics).
+//!
+//! One subchannel per address, all connected at once. Calls rotate over the
+//! READY ones from a random start index, so that many clients do not all
+//! start on the same backend. A subchannel that goes IDLE (its connection
+//! was lost, or its backoff ended) is reconnected at once, and losing a
+//! connection asks the resolver to resolve again. A subchannel that failed
+//! counts as TRANSIENT_FAILURE until it is READY again (gRFC A61's sticky
+//! failure), so a flapping backend does not make the channel CONNECTING.
+//! The channel state is [`aggregate_state`](super::aggregate_state) of the
+//! subchannels.
+//!
+//! A new picker is published only when the READY set or the channel state
+//! changes, so a steady channel keeps its rotation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::{aggregate_state, dedup, Balancer, BalancerBuilder, BuildOptions, Controller};
+use crate::picker::{FailPicker, Pick, PickInfo, PickResult, Picker, QueuePicker};
+use crate::resolver::ResolverUpdate;
+use crate::subchannel::SubchannelState;
+use crate::{ConnectivityState, Error, ErrorKind, Subchannel};
+
+/// The name of the round_robin policy.
+pub const ROUND_ROBIN: &str = "round_robin";
+
+/// Builds [`round_robin`](self) balancers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoundRobinBuilder;
+
+impl BalancerBuilder for RoundRobinBuilder {
+    fn name(&self) -> &str {
+        ROUND_ROBIN
+    }
+
+    fn build(
+        &self,
+        _: &serde_json::Value,
+        options: &BuildOptions,
+    ) -> Result<Box<dyn Balancer>, Error> {
+        Ok(Box::new(RoundRobin {
+            children: Vec::new(),
+            rng: SmallRng::seed_from_u64(options.seed()),
+            last_error: None,
+            published: None,
+            has_addresses: false,
+        }))
+    }
+}
+
+struct Child {
+    subchannel: Subchannel,
+    /// The state used for aggregation (TRANSIENT_FAILURE is sticky).
+    state: ConnectivityState,
+}
+
+struct RoundRobin {
+    children: Vec<Child>,
+    rng: SmallRng,
+    last_error: Option<Error>,
+    /// What was last published: the state and the READY subchannel ids.
+    published: Option<(ConnectivityState, Vec<u64>, Option<String>)>,
+    has_addresses: bool,
+}
+
+/// Rotates over a fixed list of READY subchannels. One atomic increment per
+/// pick, whatever the number of subchannels.
+#[derive(Debug)]
+pub(crate) struct RoundRobinPicker {
+    subchannels: Box<[Subchannel]>,
+    next: AtomicUsize,
+}
+
+impl RoundRobinPicker {
+    pub(crate) fn new(subchannels: Vec<Subchannel>, start: usize) -> Self {
+        RoundRobinPicker {
+            subchannels: subchannels.into_boxed_slice(),
+            next: AtomicUsize::new(start),
+        }
+    }
+}
+
+impl Picker for RoundRobinPicker {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        match self.subchannels.get(n % self.subchannels.len().max(1)) {
+            Some(sc) => PickResult::Pick(Pick::new(sc.clone())),
+            None => PickResult::Queue,
+        }
+    }
+}
+
+impl RoundRobin {
+    fn regenerate(&mut self, ctl: &mut dyn Controller) {
+        let state = if self.has_addresses {
+            aggregate_state(self.children.iter().map(|c| c.state))
+        } else {
+            ConnectivityState::TransientFailure
+        };
+        let ready: Vec<Subchannel> = self
+            .children
+            .iter()
+            .filter(|c| c.state == ConnectivityState::Ready)
+            .map(|c| c.subchannel.clone())
+            .collect();
+        let error = (state == ConnectivityState::TransientFailure)
+            .then(|| self.last_error.as_ref().map(|e| e.to_string()))
+            .flatten();
+        let key = (
+            state,
+            ready.iter().map(Subchannel::id).collect(),
+            error.clone(),
+        );
+        if self.published.as_ref() == Some(&key) {
+            return;
+        }
+        self.published = Some(key);
+        let picker: Arc<dyn Picker> = match state {
+            ConnectivityState::Ready => {
+                let start = self.rng.random_range(0..ready.len());
+                Arc::new(RoundRobinPicker::new(ready, start))
+            }
+            ConnectivityState::TransientFailure => Arc::new(FailPicker::unavailable(format!(
+                "last connection error: {}",
+                error.as_deref().unwrap_or("none")
+            ))),
+            _ => Arc::new(QueuePicker),
+        };
+        ctl.update_picker(state, picker);
+    }
+}
+
+impl Balancer for RoundRobin {
+    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        let addresses = dedup(update.addresses());
+        self.has_addresses = !addresses.is_empty();
+        let mut old = std::mem::take(&mut self.children);
+        for address in &addresses {
+            let subchannel = match ctl.new_subchannel(address) {
+                Ok(sc) => sc,
+                Err(e) => {
+                    tracing::warn!(%address, error = %e, "round_robin: skipping address");
+                    continue;
+                }
+            };
+            let state = match old.iter().position(|c| c.subchannel == subchannel) {
+                Some(i) => old.swap_remove(i).state,
+                None => subchannel.state(),
+            };
+            if subchannel.state() == ConnectivityState::Idle {
+                subchannel.connect();
+            }
+            self.children.push(Child { subchannel, state });
+        }
+        if self.children.is_empty() {
+            self.last_error = Some(Error::new(
+                ErrorKind::Resolver,
+                "the resolver returned no usable addresses",
+            ));
+            ctl.request_resolution();
+        }
+        self.regenerate(ctl);
+    }
+
+    fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
+        if self.children.is_empty() {
+            self.last_error = Some(error.clone());
+            self.has_addresses = false;
+            self.regenerate(ctl);
+        }
+    }
+
+    fn subchannel_update(
+        &mut self,
+        sc: &Subchannel,
+        state: &SubchannelState,
+        ctl: &mut dyn Controller,
+    ) {
+        let Some(child) = self.children.iter_mut().find(|c| &c.subchannel == sc) else {
+            return;
+        };
+        use ConnectivityState::*;
+        let was = child.state;
+        child.state = match (was, state.connectivity) {
+            (TransientFailure, Connecting | Idle) => TransientFailure,
+            (_, new) => new,
+        };
+        if state.connectivity == Idle {
+            sc.connect();
+        }
+        if (was == Ready && state.connectivity != Ready) || state.connectivity == TransientFailure {
+            ctl.request_resolution();
+        }
+        if let Some(error) = &state.error {
+            self.last_error = Some(error.clone());
+        }
+        self.regenerate(ctl);
+    }
+
+    fn exit_idle(&mut self, _: &mut dyn Controller) {
+        for child in &self.children {
+            child.subchannel.connect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::testing::FakeController;
+    use crate::Address;
+    use ConnectivityState::*;
+
+    fn build(seed: u64) -> Box<dyn Balancer> {
+        let opts = BuildOptions::new("static:///a:1".parse().unwrap(), seed);
+        RoundRobinBuilder
+            .build(&serde_json::json!({}), &opts)
+            .unwrap()
+    }
+
+    fn update(addrs: &[&str]) -> ResolverUpdate {
+        ResolverUpdate::new(addrs.iter().map(|a| Address::from(*a)).collect())
+    }
+
+    #[test]
+    fn connects_every_address_at_once() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        for a in ["a:1", "b:1", "c:1"] {
+            assert_eq!(ctl.connects(a), 1, "{a}");
+        }
+        assert_eq!(ctl.last_state(), Idle);
+        ctl.deliver(&mut *rr, "a:1", Connecting);
+        assert_eq!(ctl.last_state(), Connecting);
+    }
+
+    #[test]
+    fn rotates_over_ready_subchannels_only() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        ctl.deliver(&mut *rr, "c:1", Ready);
+        ctl.deliver_error(&mut *rr, "b:1", TransientFailure, "refused");
+        assert_eq!(ctl.last_state(), Ready);
+        let picks: Vec<String> = (0..6).filter_map(|_| ctl.pick_addr()).collect();
+        assert_eq!(picks.iter().filter(|a| *a == "a:1").count(), 3);
+        assert_eq!(picks.iter().filter(|a| *a == "c:1").count(), 3);
+        assert!(
+            picks.windows(2).all(|w| w[0] != w[1]),
+            "alternates: {picks:?}"
+        );
+    }
+
+    #[test]
+    fn start_index_depends_on_the_seed() {
+        let firsts: std::collections::HashSet<String> = (0..16)
+            .map(|seed| {
+                let (mut rr, mut ctl) = (build(seed), FakeController::new());
+                rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+                for a in ["a:1", "b:1", "c:1"] {
+                    ctl.deliver(&mut *rr, a, Ready);
+                }
+                ctl.pick_addr().unwrap()
+            })
+            .collect();
+        assert!(firsts.len() > 1, "the start index is random: {firsts:?}");
+    }
+
+    #[test]
+    fn transient_failure_is_sticky_and_needs_every_child_failed() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        ctl.deliver_error(&mut *rr, "a:1", TransientFailure, "a:1: refused");
+        ctl.deliver(&mut *rr, "b:1", Connecting);
+        assert_eq!(ctl.last_state(), Connecting);
+        ctl.deliver_error(&mut *rr, "b:1", TransientFailure, "b:1: refused");
+        assert_eq!(ctl.last_state(), TransientFailure);
+        assert!(ctl
+            .pick_status()
+            .unwrap()
+            .message()
+            .contains("b:1: refused"));
+        // Retrying after backoff does not leave TRANSIENT_FAILURE...
+        ctl.deliver(&mut *rr, "a:1", Idle);
+        ctl.deliver(&mut *rr, "a:1", Connecting);
+        assert_eq!(ctl.last_state(), TransientFailure);
+        assert_eq!(ctl.connects("a:1"), 2, "IDLE after backoff reconnects");
+        // ...READY does.
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        assert_eq!(ctl.last_state(), Ready);
+    }
+
+    #[test]
+    fn lost_connection_reconnects_and_asks_for_resolution() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        ctl.deliver(&mut *rr, "b:1", Ready);
+        ctl.deliver(&mut *rr, "a:1", Idle);
+        assert_eq!(ctl.connects("a:1"), 2);
+        assert_eq!(ctl.resolutions, 1);
+        let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
+        assert!(picks.iter().all(|a| a == "b:1"), "{picks:?}");
+    }
+
+    #[test]
+    fn removed_addresses_leave_the_rotation_and_kept_ones_keep_state() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        ctl.deliver(&mut *rr, "b:1", Ready);
+        rr.resolver_update(&update(&["b:1", "c:1"]), &mut ctl);
+        assert_eq!(ctl.last_state(), Ready);
+        let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
+        assert!(picks.iter().all(|a| a == "b:1"), "{picks:?}");
+        assert_eq!(ctl.connects("b:1"), 1, "kept subchannel is not reconnected");
+    }
+
+    #[test]
+    fn steady_state_publishes_no_new_picker() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1"]), &mut ctl);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        let n = ctl.pickers.len();
+        rr.resolver_update(&update(&["a:1"]), &mut ctl);
+        assert_eq!(ctl.pickers.len(), n);
+    }
+
+    #[test]
+    fn empty_update_fails_calls_and_keeps_nothing() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1"]), &mut ctl);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        rr.resolver_update(&update(&[]), &mut ctl);
+        assert_eq!(ctl.last_state(), TransientFailure);
+        assert!(ctl
+            .pick_status()
+            .unwrap()
+            .message()
+            .contains("no usable addresses"));
+    }
+
+    #[test]
+    fn picker_is_flat_over_many_subchannels() {
+        let subchannels: Vec<Subchannel> = (0..1000)
+            .map(|i| Subchannel::detached(i, Address::new(format!("h{i}:1"))))
+            .collect();
+        let picker = RoundRobinPicker::new(subchannels, 0);
+        let headers = http::HeaderMap::new();
+        let info = PickInfo::new("/x/y", &headers);
+        for i in 0..2000u64 {
+            match picker.pick(&info) {
+                PickResult::Pick(p) => assert_eq!(p.subchannel().id(), i % 1000),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! [`BalancedChannel`]: a tonic channel that balances every call.
+//!
+//! A channel is a cheap handle (`Clone`) onto three things: the picker its
+//! balancer last published (read lock-free by every call), a control task
+//! (one per channel, see below) and a few defaults for calls. It is a
+//! `tower::Service<http::Request<tonic::body::Body>>`, so any
+//! tonic-generated client takes it: `SimpleClient::new(channel)`.
+//!
+//! **Control plane.** The control task owns the resolver, the balancer and
+//! the subchannels, and serialises every event among them, as grpc-go's
+//! balancer wrapper does. Discovery is applied when it arrives, not when the
+//! next call comes. Dropping the last handle (and letting calls in flight
+//! finish) ends the task, the resolver and every connection.
+//!
+//! **Calls.** Each call loads the current picker and picks. gRPC's rules
+//! apply ([gRPC wait-for-ready semantics]):
+//! - *fail fast* (the default): while the channel is TRANSIENT_FAILURE a
+//!   call fails at once with `UNAVAILABLE`, and the message carries the last
+//!   connection error;
+//! - *wait for ready* ([`WaitForReady`] on a request, or the builder's
+//!   default): the call waits for a READY backend instead;
+//! - while CONNECTING or IDLE (or before the resolver's first answer) every
+//!   call waits for the next picker.
+//!
+//! A waiting call ends at its deadline (`grpc-timeout`, set with
+//! `tonic::Request::set_timeout`, or the channel's default timeout) with
+//! `DEADLINE_EXCEEDED`; a call without a deadline waits at most the
+//! channel's queue timeout (20 s by default) and then fails `UNAVAILABLE`,
+//! so nothing waits forever. A call whose connection died between the pick
+//! and the send never left the client and is picked again (gRFC A6). The
+//! address that served a call is in its response extensions as a [`Peer`].
+//!
+//! [gRPC wait-for-ready semantics]: https://github.com/grpc/grpc/blob/master/doc/wait-for-ready.md
+
+mod builder;
+mod call;
+mod control;
+
+pub use builder::BalancedChannelBuilder;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::picker::{PickInfo, PickResult, PickerCell};
+use crate::{Address, ConnectivityState, Error, ErrorKind, Target};
+use control::ControlRequest;
+
+/// A load-balanced gRPC channel. See the [module docs](self).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use tonic_balance::BalancedChannel;
+///
+/// let channel = BalancedChannel::builder("static:///127.0.0.1:50051,127.0.0.1:50052")
+///     .balancer("round_robin")
+///     .build()?;
+/// channel.wait_until_ready(Duration::from_secs(5)).await?;
+/// // let mut client = SimpleClient::new(channel.clone());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct BalancedChannel {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    target: Target,
+    picker: Arc<PickerCell>,
+    requests: mpsc::UnboundedSender<ControlRequest>,
+    defaults: CallDefaults,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CallDefaults {
+    pub(crate) wait_for_ready: bool,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// Per-call wait-for-ready: insert into a request's extensions
+/// (`request.extensions_mut().insert(WaitForReady(true))`) to override the
+/// channel's default for that call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitForReady(pub bool);
+
+/// The backend that served a call, in the response's extensions
+/// (`response.extensions().get::<Peer>()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    address: Address,
+}
+
+impl Peer {
+    pub(crate) fn new(address: Address) -> Self {
+        Peer { address }
+    }
+
+    /// The backend's address.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+}
+
+impl BalancedChannel {
+    /// A builder for a channel to `target` (see [`Target`]).
+    pub fn builder(target: impl Into<String>) -> BalancedChannelBuilder {
+        BalancedChannelBuilder::new(target)
+    }
+
+    /// A channel to `target` with every default (`pick_first`, fail fast).
+    /// Must be called inside a tokio runtime.
+    pub fn from_target(target: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(target).build()
+    }
+
+    /// The channel's target.
+    pub fn target(&self) -> &Target {
+        &self.shared.target
+    }
+
+    /// The channel's connectivity state (its balancer's aggregate).
+    pub fn state(&self) -> ConnectivityState {
+        self.shared.picker.load().state
+    }
+
+    /// Waits until the channel is READY, at most `timeout` (grpc-go's
+    /// blocking dial). An IDLE channel is asked to connect. The error says
+    /// what state the channel was in and the last connection error.
+    pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let generation = {
+                let snapshot = self.shared.picker.load();
+                match snapshot.state {
+                    ConnectivityState::Ready => return Ok(()),
+                    ConnectivityState::Shutdown => {
+                        return Err(Error::new(ErrorKind::Closed, "the channel is shut down"))
+                    }
+                    ConnectivityState::Idle => {
+                        let _ = self.shared.requests.send(ControlRequest::ExitIdle);
+                    }
+                    _ => {}
+                }
+                snapshot.generation
+            };
+            let changed = self.shared.picker.changed_since(generation);
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(self.not_ready(timeout));
+            }
+        }
+    }
+
+    fn not_ready(&self, timeout: Duration) -> Error {
+        let snapshot = self.shared.picker.load();
+        let headers = http::HeaderMap::new();
+        let why = match snapshot.picker.pick(&PickInfo::new("", &headers)) {
+            PickResult::Fail(s) | PickResult::Drop(s) => format!(": {}", s.message()),
+            _ => String::new(),
+        };
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "{}: not READY after {timeout:?} (state {}{why})",
+                self.shared.target, snapshot.state
+            ),
+        )
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for BalancedChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::Status;
+    type Future = ResponseFuture;
+
+    /// Always ready: calls wait for a backend inside their future, bounded
+    /// by their deadline.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        ResponseFuture {
+            inner: Box::pin(call::call(self.shared.clone(), request)),
+        }
+    }
+}
+
+/// The future of one call on a [`BalancedChannel`].
+pub struct ResponseFuture {
+    inner: Pin<
+        Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, tonic::Status>> + Send>,
+    >,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<tonic::body::Body>, tonic::Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl fmt::Debug for BalancedChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BalancedChannel")
+            .field("target", &self.shared.target.as_str())
+            .field("state", &self.state())
+            .finish()
+    }
+}

@@ -1,0 +1,100 @@
+//! The `static` resolver: a fixed list in the target,
+//! `static:///10.0.0.1:50051,10.0.0.2:50051` (`[::1]:50051` for IPv6).
+
+use super::{Resolver, ResolverBuilder, ResolverUpdate, UpdateSink};
+use crate::address::validate_host_port;
+use crate::{Address, Error, Target};
+
+/// Builds resolvers for `static:///host:port,host:port,...`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StaticResolverBuilder;
+
+struct StaticResolver {
+    update: ResolverUpdate,
+    sink: UpdateSink,
+}
+
+impl StaticResolverBuilder {
+    /// Parses the endpoint list; the error names the bad entry.
+    pub fn parse(target: &Target) -> Result<Vec<Address>, Error> {
+        if target.endpoint().trim().is_empty() {
+            return Err(Error::invalid_target(
+                target.as_str(),
+                "the address list is empty (want static:///host:port[,host:port...])",
+            ));
+        }
+        target
+            .endpoint()
+            .split(',')
+            .map(|entry| {
+                validate_host_port(entry)
+                    .map(|()| Address::new(entry))
+                    .map_err(|why| Error::invalid_target(target.as_str(), why))
+            })
+            .collect()
+    }
+}
+
+impl ResolverBuilder for StaticResolverBuilder {
+    fn scheme(&self) -> &str {
+        "static"
+    }
+
+    fn build(&self, target: &Target, sink: UpdateSink) -> Result<Box<dyn Resolver>, Error> {
+        let update = ResolverUpdate::new(Self::parse(target)?);
+        sink.update(update.clone());
+        Ok(Box::new(StaticResolver { update, sink }))
+    }
+}
+
+impl Resolver for StaticResolver {
+    fn resolve_now(&mut self) {
+        self.sink.update(self.update.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Vec<String>, Error> {
+        let target: Target = s.parse()?;
+        Ok(StaticResolverBuilder::parse(&target)?
+            .iter()
+            .map(|a| a.to_string())
+            .collect())
+    }
+
+    #[test]
+    fn lists_ipv4_ipv6_and_names() {
+        assert_eq!(
+            parse("static:///127.0.0.1:50051,[::1]:50052,svc:1").unwrap(),
+            ["127.0.0.1:50051", "[::1]:50052", "svc:1"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_bad_entry() {
+        let err = parse("static:///127.0.0.1:50051,127.0.0.1:x").unwrap_err();
+        assert!(err.is_invalid_target());
+        assert!(err.to_string().contains("bad port \"x\""), "{err}");
+        let empty = parse("static:///").unwrap_err();
+        assert!(
+            empty.to_string().contains("address list is empty"),
+            "{empty}"
+        );
+        let trailing = parse("static:///a:1,").unwrap_err();
+        assert!(trailing.to_string().contains("no port"), "{trailing}");
+    }
+
+    #[tokio::test]
+    async fn sends_the_list_at_once_and_again_on_resolve_now() {
+        let (sink, mut rx) = UpdateSink::channel();
+        let target: Target = "static:///a:1,b:2".parse().unwrap();
+        let mut resolver = StaticResolverBuilder.build(&target, sink).unwrap();
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(first.addresses().len(), 2);
+        resolver.resolve_now();
+        assert_eq!(rx.recv().await.unwrap().unwrap(), first);
+    }
+}

@@ -1,0 +1,203 @@
+//! Subchannels: one HTTP/2 connection to one address.
+//!
+//! A [`Subchannel`] is the handle a balancer holds. Behind it, one task per
+//! subchannel runs gRPC's connectivity state machine (see
+//! [`ConnectivityState`]) and reports every transition to the channel's
+//! control task, which hands it to the balancer. The request path reads only
+//! the connection's HTTP/2 sender, published lock-free while READY.
+//!
+//! ```text
+//!   IDLE --connect()--> CONNECTING --ok--> READY --connection lost--> IDLE
+//!                           |
+//!                           +--failed--> TRANSIENT_FAILURE --backoff--> IDLE
+//! ```
+//!
+//! Connection loss (peer close, reset, GOAWAY after the server's maximum
+//! connection age) ends hyper's connection future, so it is seen when it
+//! happens, not when the next call fails. Reconnection backoff follows gRPC's
+//! `connection-backoff.md` ([`BackoffConfig`]).
+//!
+//! Dropping the last handle shuts the subchannel down: the sender is
+//! withdrawn so no new call uses it, calls already sent run to completion,
+//! and then hyper closes the connection.
+//!
+//! Subchannels are shared: the control task keeps one per address for as
+//! long as any balancer or picker holds it, so an address that stays in the
+//! resolver's set keeps its connection across updates and policy changes.
+
+mod backoff;
+mod connect;
+
+pub use backoff::BackoffConfig;
+pub(crate) use connect::{ConnectConfig, StateEvent};
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use hyper::client::conn::http2::SendRequest;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::{Address, ConnectivityState, Error};
+
+/// A subchannel's connectivity state with the error that caused it.
+#[derive(Debug, Clone)]
+pub struct SubchannelState {
+    /// The new state.
+    pub connectivity: ConnectivityState,
+    /// Why the subchannel is in TRANSIENT_FAILURE, or why a READY connection
+    /// went back to IDLE.
+    pub error: Option<Error>,
+}
+
+/// A handle to one connection to one address. Cheap to clone; equal handles
+/// are the same subchannel. Dropping every handle shuts it down.
+#[derive(Clone)]
+pub struct Subchannel {
+    inner: Arc<Inner>,
+}
+
+/// What the handle owns: dropping it signals the connection task.
+pub(crate) struct Inner {
+    link: Arc<Link>,
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// What the handle and the connection task share.
+pub(crate) struct Link {
+    id: u64,
+    address: Address,
+    authority: http::uri::Authority,
+    sender: ArcSwapOption<SendRequest<tonic::body::Body>>,
+    /// The state as the control task last saw it (the balancer's view).
+    state: AtomicU8,
+    connect: Notify,
+    /// How many times a balancer asked for a connection while IDLE.
+    connect_requests: AtomicU32,
+}
+
+impl Subchannel {
+    /// Creates a subchannel and spawns its connection task. It starts IDLE.
+    pub(crate) fn spawn(
+        id: u64,
+        address: Address,
+        config: Arc<ConnectConfig>,
+        events: mpsc::UnboundedSender<StateEvent>,
+    ) -> Result<Subchannel, Error> {
+        let authority = config.authority_for(&address)?;
+        let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, authority);
+        tokio::spawn(connect::run(link, config, events, shutdown));
+        Ok(subchannel)
+    }
+
+    fn unspawned(
+        id: u64,
+        address: Address,
+        authority: http::uri::Authority,
+    ) -> (Subchannel, Arc<Link>, oneshot::Receiver<()>) {
+        let link = Arc::new(Link {
+            id,
+            address,
+            authority,
+            sender: ArcSwapOption::empty(),
+            state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
+            connect: Notify::new(),
+            connect_requests: AtomicU32::new(0),
+        });
+        let (tx, rx) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            link: link.clone(),
+            _shutdown: tx,
+        });
+        (Subchannel { inner }, link, rx)
+    }
+
+    /// A subchannel with no connection task, for balancer unit tests.
+    #[cfg(test)]
+    pub(crate) fn detached(id: u64, address: Address) -> Subchannel {
+        let authority = http::uri::Authority::from_static("test.invalid");
+        Subchannel::unspawned(id, address, authority).0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn connect_requests(&self) -> u32 {
+        self.inner.link.connect_requests.load(Ordering::Relaxed)
+    }
+
+    /// The address this subchannel connects to.
+    pub fn address(&self) -> &Address {
+        &self.inner.link.address
+    }
+
+    /// The state last delivered to the balancer.
+    pub fn state(&self) -> ConnectivityState {
+        ConnectivityState::from_u8(self.inner.link.state.load(Ordering::Acquire))
+    }
+
+    /// Starts connecting if the subchannel is IDLE; does nothing otherwise.
+    pub fn connect(&self) {
+        if self.state() == ConnectivityState::Idle {
+            self.inner
+                .link
+                .connect_requests
+                .fetch_add(1, Ordering::Relaxed);
+            self.inner.link.connect.notify_one();
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.link.id
+    }
+
+    pub(crate) fn set_state(&self, state: ConnectivityState) {
+        self.inner
+            .link
+            .state
+            .store(state.to_u8(), Ordering::Release);
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Subchannel> {
+        weak.upgrade().map(|inner| Subchannel { inner })
+    }
+
+    /// A clone of the READY connection's sender, if there is one.
+    pub(crate) fn sender(&self) -> Option<SendRequest<tonic::body::Body>> {
+        self.inner.link.sender.load().as_deref().cloned()
+    }
+
+    pub(crate) fn authority(&self) -> &http::uri::Authority {
+        &self.inner.link.authority
+    }
+}
+
+impl PartialEq for Subchannel {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Subchannel {}
+
+impl Hash for Subchannel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id().hash(state);
+    }
+}
+
+impl fmt::Debug for Subchannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Subchannel({}, {}, {})",
+            self.id(),
+            self.address(),
+            self.state()
+        )
+    }
+}

@@ -1,0 +1,494 @@
+//! The balanced channel against real tonic backends on 127.0.0.1.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::proto::simple_client::SimpleClient;
+use support::proto::SimpleRequest;
+use support::{eventually, free_port, route, static_target, Backend};
+use tonic::Code;
+use tonic_balance::resolver::{ManualResolver, ResolverDiscover, ResolverUpdate};
+use tonic_balance::subchannel::BackoffConfig;
+use tonic_balance::{BalancedChannel, ConnectivityState, WaitForReady};
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+fn fast_backoff() -> BackoffConfig {
+    BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        min_connect_timeout: Duration::from_secs(2),
+        ..BackoffConfig::default()
+    }
+}
+
+async fn tally(client: &mut SimpleClient<BalancedChannel>, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for i in 0..n {
+        let peer = route(client, &format!("call {i}"))
+            .await
+            .expect("call succeeds");
+        *counts.entry(peer).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn round_robin_spreads_calls_evenly_over_every_backend() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
+        let refs: Vec<&Backend> = backends.iter().collect();
+        let channel = BalancedChannel::builder(static_target(&refs))
+            .balancer("round_robin")
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        // READY as soon as one is up: wait for all three before counting.
+        let mut client = SimpleClient::new(channel);
+        assert!(
+            eventually(Duration::from_secs(10), || backends
+                .iter()
+                .all(|b| b.open_connections() == 1))
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let counts = tally(&mut client, 3 * 30).await;
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        let (max, min) = (
+            counts.values().max().unwrap(),
+            counts.values().min().unwrap(),
+        );
+        assert!(max - min <= 1, "uneven: {counts:?}");
+        for b in &backends {
+            assert_eq!(counts[&b.addr.to_string()], b.calls());
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn pick_first_sticks_to_the_first_backend_and_fails_over_when_it_is_killed() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut first = Backend::start();
+        let second = Backend::start();
+        let channel = BalancedChannel::builder(static_target(&[&first, &second]))
+            .backoff(fast_backoff())
+            .build()
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        let counts = tally(&mut client, 10).await;
+        assert_eq!(counts.get(&first.addr.to_string()), Some(&10), "{counts:?}");
+        assert_eq!(
+            second.open_connections(),
+            0,
+            "pick_first connects to one backend only"
+        );
+
+        // The loss is seen as soon as the connection task reads the close;
+        // a call sent before that (the first one, at most) was already on
+        // the wire and fails. The next pass connects to `second`.
+        first.kill();
+        let mut served = Vec::new();
+        for i in 0..10 {
+            match route(&mut client, "after").await {
+                Ok(peer) => served.push(peer),
+                Err(status) => assert!(
+                    i == 0 && status.code() == Code::Unavailable,
+                    "call {i}: {status:?}"
+                ),
+            }
+        }
+        assert!(served.len() >= 9, "{served:?}");
+        assert!(
+            served.iter().all(|p| *p == second.addr.to_string()),
+            "{served:?}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn manual_updates_add_and_remove_backends_and_let_calls_in_flight_finish() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = Backend::start();
+        let b = Backend::start();
+        let manual = ManualResolver::new("manual");
+        manual.update([a.addr.to_string()]);
+        let channel = BalancedChannel::builder("manual:///backends")
+            .resolver_builder(manual.clone())
+            .balancer("round_robin")
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        let counts = tally(&mut client, 4).await;
+        assert_eq!(counts.len(), 1);
+
+        manual.update([a.addr.to_string(), b.addr.to_string()]);
+        assert!(eventually(Duration::from_secs(5), || b.open_connections() == 1).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let counts = tally(&mut client, 10).await;
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            [5, 5],
+            "{counts:?}"
+        );
+
+        // A slow call is in flight on `a` when `a` is removed.
+        let a_before_slow = a.calls();
+        let slow = {
+            let mut client = SimpleClient::new(channel.clone());
+            let a_addr = a.addr.to_string();
+            tokio::spawn(async move {
+                loop {
+                    let peer = route(&mut client, "sleep:400").await.unwrap();
+                    if peer == a_addr {
+                        return peer;
+                    }
+                }
+            })
+        };
+        assert!(eventually(Duration::from_secs(5), || a.calls() > a_before_slow).await);
+        manual.update([b.addr.to_string()]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let a_before = a.calls();
+        let counts = tally(&mut client, 20).await;
+        assert_eq!(counts.get(&b.addr.to_string()), Some(&20), "{counts:?}");
+        assert_eq!(a.calls(), a_before, "nothing new reaches a removed backend");
+        assert_eq!(
+            slow.await.unwrap(),
+            a.addr.to_string(),
+            "the call in flight finished"
+        );
+        assert!(eventually(Duration::from_secs(5), || a.open_connections() == 0).await);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn all_backends_down_fails_fast_with_the_connection_error() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let target = format!(
+            "static:///127.0.0.1:{},127.0.0.1:{}",
+            free_port(),
+            free_port()
+        );
+        let channel = BalancedChannel::builder(target)
+            .balancer("round_robin")
+            .build()
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        let started = std::time::Instant::now();
+        let status = route(&mut client, "x").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("refused"), "{}", status.message());
+        assert!(
+            status.message().contains("127.0.0.1:"),
+            "{}",
+            status.message()
+        );
+        // Far below the 20 s queue timeout: it failed because the channel
+        // was in TRANSIENT_FAILURE, not because it gave up waiting.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(channel.state(), ConnectivityState::TransientFailure);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn wait_for_ready_call_succeeds_once_a_backend_starts() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let port = free_port();
+        let channel = BalancedChannel::builder(format!("static:///127.0.0.1:{port}"))
+            .backoff(fast_backoff())
+            .build()
+            .unwrap();
+        let mut fail_fast = SimpleClient::new(channel.clone());
+        assert!(
+            eventually(Duration::from_secs(5), || channel.state()
+                == ConnectivityState::TransientFailure)
+            .await
+        );
+        assert_eq!(
+            route(&mut fail_fast, "x").await.unwrap_err().code(),
+            Code::Unavailable
+        );
+
+        let waiting = {
+            let mut client = SimpleClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut req = tonic::Request::new(SimpleRequest { data: "w".into() });
+                req.extensions_mut().insert(WaitForReady(true));
+                req.set_timeout(Duration::from_secs(20));
+                client.route(req).await.map(|r| r.into_inner().code)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the call waits while nothing is up");
+        let backend = Backend::start_on(format!("127.0.0.1:{port}").parse().unwrap());
+        assert_eq!(waiting.await.unwrap().unwrap(), 200);
+        assert_eq!(backend.calls(), 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_set_fails_fast_or_waits_until_the_deadline() {
+    let manual = ManualResolver::new("manual");
+    manual.update(Vec::<String>::new());
+    let channel = BalancedChannel::builder("manual:///nothing")
+        .resolver_builder(manual.clone())
+        .queue_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let mut client = SimpleClient::new(channel.clone());
+
+    let status = route(&mut client, "x").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("no addresses"),
+        "{}",
+        status.message()
+    );
+
+    let start = tokio::time::Instant::now();
+    let mut req = tonic::Request::new(SimpleRequest { data: "x".into() });
+    req.extensions_mut().insert(WaitForReady(true));
+    req.set_timeout(Duration::from_secs(3));
+    let status = client.route(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(start.elapsed().as_secs(), 3, "ends at the deadline");
+
+    // Without a deadline the queue timeout bounds the wait: never forever.
+    let start = tokio::time::Instant::now();
+    let mut req = tonic::Request::new(SimpleRequest { data: "x".into() });
+    req.extensions_mut().insert(WaitForReady(true));
+    let status = client.route(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("after waiting 30s"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(start.elapsed().as_secs(), 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_the_first_resolution_calls_wait_for_it() {
+    let manual = ManualResolver::new("manual");
+    let channel = BalancedChannel::builder("manual:///later")
+        .resolver_builder(manual.clone())
+        .build()
+        .unwrap();
+    let mut client = SimpleClient::new(channel.clone());
+    let mut req = tonic::Request::new(SimpleRequest { data: "x".into() });
+    req.set_timeout(Duration::from_secs(2));
+    let status = client.route(req).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "fail-fast calls queue while CONNECTING"
+    );
+    assert!(
+        status.message().contains("manual:///later"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn wait_until_ready_reports_state_and_error_at_its_deadline() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let channel = BalancedChannel::builder(format!("static:///127.0.0.1:{}", free_port()))
+            .build()
+            .unwrap();
+        let err = channel
+            .wait_until_ready(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+        let text = err.to_string();
+        assert!(
+            text.contains("TRANSIENT_FAILURE") && text.contains("refused"),
+            "{text}"
+        );
+
+        let backend = Backend::start();
+        let ok = BalancedChannel::builder(static_target(&[&backend]))
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(ok.state(), ConnectivityState::Ready);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn service_config_from_the_resolver_switches_policy_without_reconnecting() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = Backend::start();
+        let b = Backend::start();
+        let manual = ManualResolver::new("manual");
+        let addrs = vec![a.addr.into(), b.addr.into()];
+        manual.update_state(ResolverUpdate::new(addrs));
+        let channel = BalancedChannel::builder("manual:///svc")
+            .resolver_builder(manual.clone())
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        assert_eq!(
+            tally(&mut client, 6).await.len(),
+            1,
+            "pick_first by default"
+        );
+
+        let config = tonic_balance::balancer::ServiceConfig::from_json(
+            r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#,
+        )
+        .unwrap();
+        manual.update_state(
+            ResolverUpdate::new(vec![a.addr.into(), b.addr.into()]).with_service_config(config),
+        );
+        assert!(eventually(Duration::from_secs(5), || b.open_connections() == 1).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let counts = tally(&mut client, 10).await;
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            [5, 5],
+            "{counts:?}"
+        );
+        assert_eq!(
+            a.stats
+                .accepted_connections
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "kept its connection"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn killing_a_backend_fails_at_most_the_calls_in_flight_on_it() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut a = Backend::start();
+        let b = Backend::start();
+        let channel = BalancedChannel::builder(static_target(&[&a, &b]))
+            .balancer("round_robin")
+            .backoff(fast_backoff())
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel);
+        assert!(eventually(Duration::from_secs(5), || b.open_connections() == 1).await);
+        tally(&mut client, 10).await;
+        a.kill();
+        let mut failures = Vec::new();
+        for i in 0..50 {
+            if let Err(status) = route(&mut client, "after").await {
+                failures.push((i, status));
+            }
+        }
+        assert!(
+            failures.len() <= 1 && failures.iter().all(|(i, _)| *i == 0),
+            "{failures:?}"
+        );
+        assert!(b.calls() >= 49);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn discover_stream_feeds_tonics_balance_channel() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = Backend::start();
+        let b = Backend::start();
+        let discover = ResolverDiscover::new(&static_target(&[&a, &b])).unwrap();
+        let (channel, tx) = tonic::transport::Channel::balance_channel(16);
+        tokio::spawn(discover.feed(tx));
+        let mut client = SimpleClient::new(channel);
+        for i in 0..40 {
+            client
+                .route(SimpleRequest {
+                    data: format!("{i}"),
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(a.calls() + b.calls(), 40);
+        assert!(
+            a.calls() > 0 && b.calls() > 0,
+            "{} / {}",
+            a.calls(),
+            b.calls()
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_channel_closes_every_connection() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = Backend::start();
+        let b = Backend::start();
+        let channel = BalancedChannel::builder(static_target(&[&a, &b]))
+            .balancer("round_robin")
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        assert!(eventually(Duration::from_secs(5), || b.open_connections() == 1).await);
+        tally(&mut client, 4).await;
+        assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
+        drop(client);
+        drop(channel);
+        assert!(
+            eventually(Duration::from_secs(5), || a.open_connections()
+                + b.open_connections()
+                == 0)
+            .await,
+            "the servers saw every connection close"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn bad_targets_are_clear_errors() {
+    for (target, part) in [
+        ("", "empty"),
+        ("nope:///x", "unknown scheme \"nope\""),
+        ("static:///127.0.0.1:99999", "bad port"),
+        ("static:///", "address list is empty"),
+    ] {
+        let err = BalancedChannel::from_target(target).unwrap_err();
+        assert!(err.to_string().contains(part), "{target:?}: {err}");
+    }
+    let err = BalancedChannel::builder("static:///127.0.0.1:1")
+        .balancer("no_such_policy")
+        .build()
+        .unwrap_err();
+    assert!(
+        err.is_config() && err.to_string().contains("no_such_policy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn building_outside_a_runtime_is_an_error_not_a_panic() {
+    let err = BalancedChannel::from_target("static:///127.0.0.1:1").unwrap_err();
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
+}

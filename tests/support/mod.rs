@@ -1,0 +1,261 @@
+//! Shared fixtures for integration tests: real tonic `Simple` backends on
+//! 127.0.0.1, each on its own runtime thread so a test can kill one outright
+//! (every socket closes at once, as when a process dies).
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::{Request, Response, Status};
+
+pub mod proto {
+    tonic::include_proto!("proto");
+}
+
+use proto::simple_client::SimpleClient;
+use proto::simple_server::{Simple, SimpleServer};
+use proto::{SimpleRequest, SimpleResponse};
+
+/// Counters a backend keeps.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub calls: AtomicUsize,
+    pub open_connections: AtomicUsize,
+    pub accepted_connections: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Service {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Simple for Service {
+    async fn route(&self, req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
+        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        let data = req.into_inner().data;
+        if let Some(ms) = data.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        } else if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        Ok(Response::new(SimpleResponse {
+            code: 200,
+            value: format!("hello {data} from {}", self.addr),
+        }))
+    }
+}
+
+/// A running backend. Dropping it kills it.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts a backend on a free port of 127.0.0.1.
+    pub fn start() -> Backend {
+        Backend::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts a backend on `addr` (port 0 picks a free one).
+    pub fn start_on(addr: SocketAddr) -> Backend {
+        Backend::start_with(addr, Duration::ZERO)
+    }
+
+    /// Starts a backend that answers each call after `delay`.
+    pub fn start_with(addr: SocketAddr, delay: Duration) -> Backend {
+        let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let service = Service {
+            addr,
+            stats: stats.clone(),
+            delay,
+        };
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.spawn(async move {
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                let stats = service.stats.clone();
+                let incoming = async_stream(listener, stats);
+                tonic::transport::Server::builder()
+                    .add_service(SimpleServer::new(service))
+                    .serve_with_incoming(incoming)
+                    .await
+                    .ok();
+            });
+            // Block until asked to stop, then drop every task and socket.
+            let _ = stop_rx.recv();
+            rt.shutdown_background();
+        });
+        Backend {
+            addr,
+            stats,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.stats.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.stats.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// Kills the backend: its listener and every connection close at once.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn async_stream(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+) -> impl futures_core::Stream<Item = std::io::Result<CountedIo>> {
+    futures_util::stream::unfold((listener, stats), |(listener, stats)| async move {
+        let result = listener.accept().await.map(|(io, _)| {
+            stats.accepted_connections.fetch_add(1, Ordering::SeqCst);
+            stats.open_connections.fetch_add(1, Ordering::SeqCst);
+            CountedIo {
+                io,
+                stats: stats.clone(),
+            }
+        });
+        Some((result, (listener, stats)))
+    })
+}
+
+/// A server-side connection that counts itself open until dropped.
+pub struct CountedIo {
+    io: TcpStream,
+    stats: Arc<Stats>,
+}
+
+impl Drop for CountedIo {
+    fn drop(&mut self) {
+        self.stats.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Connected for CountedIo {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for CountedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A loopback port that is free now (nothing listens on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `static:///a,b,c` for these backends.
+pub fn static_target(backends: &[&Backend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    format!("static:///{}", list.join(","))
+}
+
+/// One `Route` call; returns the address that served it.
+pub async fn route<T>(client: &mut SimpleClient<T>, data: &str) -> Result<String, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let response = client
+        .route(SimpleRequest {
+            data: data.to_owned(),
+        })
+        .await?;
+    let peer = response
+        .extensions()
+        .get::<tonic_balance::Peer>()
+        .map(|p| p.address().to_string());
+    let value = response.into_inner().value;
+    Ok(peer.unwrap_or_else(|| value.rsplit(' ').next().unwrap_or_default().to_owned()))
+}
+
+/// Polls `check` every 10 ms until it is true or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
+
+/// Installs a tracing subscriber once, honouring RUST_LOG.
+pub fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
