@@ -99,7 +99,9 @@ pub struct BuildOptions {
 }
 
 impl BuildOptions {
-    pub(crate) fn new(target: Target, seed: u64) -> Self {
+    /// Options for a balancer of a channel to `target`, whose randomness
+    /// starts from `seed`.
+    pub fn new(target: Target, seed: u64) -> Self {
         BuildOptions { target, seed }
     }
 
@@ -149,8 +151,7 @@ pub(crate) fn dedup(addresses: &[Address]) -> Vec<Address> {
         .collect()
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+pub mod testing;
 
 #[cfg(test)]
 mod tests {

@@ -71,10 +71,7 @@ impl ServiceConfig {
 
     /// The first policy `registry` knows, with its config. `Ok(None)` when
     /// the config names no policy at all.
-    pub(crate) fn select(
-        &self,
-        registry: &BalancerRegistry,
-    ) -> Result<Option<Selected>, Error> {
+    pub(crate) fn select(&self, registry: &BalancerRegistry) -> Result<Option<Selected>, Error> {
         if self.policies.is_empty() {
             return Ok(None);
         }

@@ -1,5 +1,24 @@
-//! A fake [`Controller`] that records what a balancer asked for, for
-//! runtime-free balancer tests.
+//! A fake [`Controller`] for testing balancers (yours or the built-in ones)
+//! without a runtime, a network or a channel.
+//!
+//! It records the pickers a balancer publishes and the re-resolutions it
+//! asks for, and hands out subchannels that never connect; a test plays the
+//! connection task by [`deliver`](FakeController::deliver)ing state changes.
+//!
+//! ```
+//! use tonic_balance::balancer::testing::FakeController;
+//! use tonic_balance::balancer::{BalancerBuilder, BuildOptions, RoundRobinBuilder};
+//! use tonic_balance::resolver::ResolverUpdate;
+//! use tonic_balance::ConnectivityState;
+//!
+//! let options = BuildOptions::new("static:///a:1".parse().unwrap(), 7);
+//! let mut rr = RoundRobinBuilder.build(&serde_json::json!({}), &options).unwrap();
+//! let mut ctl = FakeController::new();
+//! rr.resolver_update(&ResolverUpdate::new(vec!["a:1".into(), "b:1".into()]), &mut ctl);
+//! ctl.deliver(&mut *rr, "a:1", ConnectivityState::Ready);
+//! assert_eq!(ctl.last_state(), ConnectivityState::Ready);
+//! assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,15 +28,19 @@ use crate::picker::{PickInfo, PickResult, Picker};
 use crate::subchannel::SubchannelState;
 use crate::{Address, ConnectivityState, Error, ErrorKind, Subchannel};
 
-pub(crate) struct FakeController {
+/// Records what a balancer asks of its channel.
+pub struct FakeController {
     subchannels: HashMap<String, Subchannel>,
     next_id: u64,
-    pub(crate) pickers: Vec<(ConnectivityState, Arc<dyn Picker>)>,
-    pub(crate) resolutions: usize,
+    /// Every picker published, oldest first, with its state.
+    pub pickers: Vec<(ConnectivityState, Arc<dyn Picker>)>,
+    /// How many re-resolutions were asked for.
+    pub resolutions: usize,
 }
 
 impl FakeController {
-    pub(crate) fn new() -> Self {
+    /// A controller with no subchannels.
+    pub fn new() -> Self {
         FakeController {
             subchannels: HashMap::new(),
             next_id: 0,
@@ -26,7 +49,9 @@ impl FakeController {
         }
     }
 
-    fn subchannel(&self, addr: &str) -> Subchannel {
+    /// The subchannel made for `addr`. Panics if there is none (a test
+    /// asking for one the balancer never made is a failing test).
+    pub fn subchannel(&self, addr: &str) -> Subchannel {
         self.subchannels
             .get(addr)
             .unwrap_or_else(|| panic!("no subchannel for {addr}"))
@@ -34,14 +59,14 @@ impl FakeController {
     }
 
     /// How many times the balancer asked `addr` to connect.
-    pub(crate) fn connects(&self, addr: &str) -> u32 {
+    pub fn connects(&self, addr: &str) -> u32 {
         self.subchannels
             .get(addr)
             .map_or(0, Subchannel::connect_requests)
     }
 
     /// The addresses asked to connect, in creation order.
-    pub(crate) fn connected_addrs(&self) -> Vec<String> {
+    pub fn connected_addrs(&self) -> Vec<String> {
         let mut all: Vec<&Subchannel> = self.subchannels.values().collect();
         all.sort_by_key(|s| s.id());
         all.iter()
@@ -50,11 +75,13 @@ impl FakeController {
             .collect()
     }
 
-    pub(crate) fn deliver(&mut self, b: &mut dyn Balancer, addr: &str, state: ConnectivityState) {
+    /// Plays the connection task: `addr`'s subchannel is now `state`.
+    pub fn deliver(&mut self, b: &mut dyn Balancer, addr: &str, state: ConnectivityState) {
         self.deliver_state(b, addr, state, None);
     }
 
-    pub(crate) fn deliver_error(
+    /// Like [`deliver`](Self::deliver), with an error.
+    pub fn deliver_error(
         &mut self,
         b: &mut dyn Balancer,
         addr: &str,
@@ -83,28 +110,55 @@ impl FakeController {
         );
     }
 
-    pub(crate) fn last_state(&self) -> ConnectivityState {
+    /// The state of the last published picker.
+    pub fn last_state(&self) -> ConnectivityState {
         self.pickers.last().expect("a picker was published").0
     }
 
-    fn pick(&self) -> PickResult {
+    /// Picks once with the last published picker.
+    pub fn pick(&self) -> PickResult {
         let headers = http::HeaderMap::new();
         let (_, picker) = self.pickers.last().expect("a picker was published");
         picker.pick(&PickInfo::new("/proto.Simple/Route", &headers))
     }
 
-    pub(crate) fn pick_addr(&self) -> Option<String> {
+    /// The address the last picker picks, if it picks.
+    pub fn pick_addr(&self) -> Option<String> {
         match self.pick() {
             PickResult::Pick(p) => Some(p.subchannel().address().to_string()),
             _ => None,
         }
     }
 
-    pub(crate) fn pick_status(&self) -> Option<tonic::Status> {
+    /// The status the last picker fails with, if it fails.
+    pub fn pick_status(&self) -> Option<tonic::Status> {
         match self.pick() {
             PickResult::Fail(s) | PickResult::Drop(s) => Some(s),
             _ => None,
         }
+    }
+}
+
+impl Default for FakeController {
+    fn default() -> Self {
+        FakeController::new()
+    }
+}
+
+impl std::fmt::Debug for FakeController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeController")
+            .field("subchannels", &self.subchannels.len())
+            .field("pickers", &self.pickers.len())
+            .field("resolutions", &self.resolutions)
+            .finish()
+    }
+}
+
+impl FakeController {
+    /// The last published picker.
+    pub fn picker(&self) -> Option<Arc<dyn Picker>> {
+        self.pickers.last().map(|(_, p)| p.clone())
     }
 }
 

@@ -114,14 +114,12 @@ impl Subchannel {
         (Subchannel { inner }, link, rx)
     }
 
-    /// A subchannel with no connection task, for balancer unit tests.
-    #[cfg(test)]
+    /// A subchannel with no connection task, for balancer tests.
     pub(crate) fn detached(id: u64, address: Address) -> Subchannel {
         let authority = http::uri::Authority::from_static("test.invalid");
         Subchannel::unspawned(id, address, authority).0
     }
 
-    #[cfg(test)]
     pub(crate) fn connect_requests(&self) -> u32 {
         self.inner.link.connect_requests.load(Ordering::Relaxed)
     }
