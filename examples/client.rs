@@ -1,0 +1,179 @@
+//! Sends `Route` calls through a balanced channel and reports where they
+//! went. The last line of output is one JSON object:
+//!
+//! ```text
+//! {"ok":N,"failed":N,"by_backend":{"ADDR":N,...},"errors":{"CODE: message":N},"p50_us":N,"p99_us":N}
+//! ```
+//!
+//! ```text
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --policy round_robin --requests 8 --verbose
+//! ```
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::proto::simple_client::SimpleClient;
+use common::proto::SimpleRequest;
+use tonic_balance::{BalancedChannel, Peer, WaitForReady};
+
+const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] [--requests N] \
+[--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose]";
+
+struct Options {
+    target: String,
+    policy: String,
+    requests: usize,
+    concurrency: usize,
+    interval: Duration,
+    timeout: Duration,
+    wait_for_ready: bool,
+    verbose: bool,
+}
+
+#[derive(Default)]
+struct Tally {
+    by_backend: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    latencies_us: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match parse() {
+        Ok(Some(o)) => o,
+        Ok(None) => return println!("{USAGE}"),
+        Err(e) => {
+            eprintln!("client: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(options).await {
+        eprintln!("client: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn parse() -> Result<Option<Options>, String> {
+    let mut args = common::Args::from_env();
+    if args.flag("--help") {
+        return Ok(None);
+    }
+    let options = Options {
+        target: args.value("--target")?.ok_or("--target is required")?,
+        policy: args.parsed("--policy", "pick_first".to_owned())?,
+        requests: args.parsed("--requests", 10)?,
+        concurrency: args.parsed::<usize>("--concurrency", 1)?.max(1),
+        interval: Duration::from_millis(args.parsed("--interval-ms", 0)?),
+        timeout: Duration::from_millis(args.parsed("--timeout-ms", 10_000)?),
+        wait_for_ready: args.flag("--wait-for-ready"),
+        verbose: args.flag("--verbose"),
+    };
+    args.finish()?;
+    Ok(Some(options))
+}
+
+async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
+    let channel = BalancedChannel::builder(&options.target)
+        .balancer(&options.policy)
+        .wait_for_ready(options.wait_for_ready)
+        .build()?;
+    let options = Arc::new(options);
+    let next = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let workers: Vec<_> = (0..options.concurrency)
+        .map(|_| {
+            let client = SimpleClient::new(channel.clone());
+            tokio::spawn(worker(client, options.clone(), next.clone(), tally.clone()))
+        })
+        .collect();
+    for w in workers {
+        w.await?;
+    }
+    let tally = std::mem::take(&mut *tally.lock().map_err(|_| "a worker panicked")?);
+    println!("{}", summary(tally));
+    Ok(())
+}
+
+async fn worker(
+    mut client: SimpleClient<BalancedChannel>,
+    options: Arc<Options>,
+    next: Arc<AtomicUsize>,
+    tally: Arc<Mutex<Tally>>,
+) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= options.requests {
+            return;
+        }
+        if i >= options.concurrency && !options.interval.is_zero() {
+            tokio::time::sleep(options.interval).await;
+        }
+        let mut request = tonic::Request::new(SimpleRequest {
+            data: format!("request {}", i + 1),
+        });
+        request.set_timeout(options.timeout);
+        request
+            .extensions_mut()
+            .insert(WaitForReady(options.wait_for_ready));
+        let started = Instant::now();
+        let result = client.route(request).await;
+        let elapsed = started.elapsed().as_micros() as u64;
+        let Ok(mut t) = tally.lock() else { return };
+        match result {
+            Ok(response) => {
+                let backend = response
+                    .extensions()
+                    .get::<Peer>()
+                    .map_or_else(|| "?".to_owned(), |p| p.address().to_string());
+                if options.verbose {
+                    let reply = response.get_ref();
+                    println!(
+                        "request {}: {backend} replied {} {:?} in {elapsed}us",
+                        i + 1,
+                        reply.code,
+                        reply.value
+                    );
+                }
+                *t.by_backend.entry(backend).or_default() += 1;
+                t.latencies_us.push(elapsed);
+            }
+            Err(status) => {
+                if options.verbose {
+                    println!(
+                        "request {}: failed {:?}: {}",
+                        i + 1,
+                        status.code(),
+                        status.message()
+                    );
+                }
+                let key = format!("{:?}: {}", status.code(), status.message());
+                *t.errors.entry(key).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn summary(mut tally: Tally) -> serde_json::Value {
+    tally.latencies_us.sort_unstable();
+    let percentile = |p: f64| -> u64 {
+        let n = tally.latencies_us.len();
+        if n == 0 {
+            return 0;
+        }
+        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+        tally.latencies_us[rank - 1]
+    };
+    serde_json::json!({
+        "ok": tally.latencies_us.len(),
+        "failed": tally.errors.values().sum::<u64>(),
+        "by_backend": tally.by_backend,
+        "errors": tally.errors,
+        "p50_us": percentile(0.50),
+        "p99_us": percentile(0.99),
+    })
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command (README.md): installs what the tests need, then runs
+# every check CI runs: formatting, clippy with -D warnings, the crate with
+# each optional feature alone, and every test (unit, integration, doc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (Debian packages the tests use)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Debian starts an etcd service on install; the tests start their own on
+# free ports and do not need it.
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== each optional feature alone"
+cargo check --lib --no-default-features
+cargo check --lib --no-default-features --features dns
+cargo check --lib --no-default-features --features etcd
+echo "== cargo test"
+cargo test --all-features
