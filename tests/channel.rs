@@ -467,6 +467,30 @@ async fn dropping_the_channel_closes_every_connection() {
 }
 
 #[tokio::test]
+async fn dropping_every_handle_stops_the_control_task_and_the_resolver() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let manual = ManualResolver::new("manual");
+        manual.update([backend.addr.to_string()]);
+        let channel = BalancedChannel::builder("manual:///svc")
+            .resolver_builder(manual.clone())
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let copy = channel.clone();
+        drop(channel);
+        assert!(manual.is_in_use(), "a clone keeps the channel running");
+        let mut client = SimpleClient::new(copy);
+        route(&mut client, "x").await.unwrap();
+        drop(client);
+        assert!(eventually(Duration::from_secs(5), || !manual.is_in_use()).await);
+        assert!(eventually(Duration::from_secs(5), || backend.open_connections() == 0).await);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn bad_targets_are_clear_errors() {
     for (target, part) in [
         ("", "empty"),

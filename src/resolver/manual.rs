@@ -72,6 +72,14 @@ impl ManualResolver {
         self.lock().sinks.retain(|sink| sink.error(error.clone()));
     }
 
+    /// Whether any channel built from this resolver is still running (a
+    /// channel's resolver closes when its control task ends).
+    pub fn is_in_use(&self) -> bool {
+        let mut shared = self.lock();
+        shared.sinks.retain(|sink| !sink.is_closed());
+        !shared.sinks.is_empty()
+    }
+
     /// How many times channels asked for re-resolution.
     pub fn resolve_now_count(&self) -> usize {
         self.lock().resolve_now

@@ -190,3 +190,91 @@ fn connection_lost(
         _ => Error::new(ErrorKind::Connect, message),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Subchannel;
+    use tokio::time::Instant;
+
+    /// Plays the balancer for one subchannel: reconnects whenever it goes
+    /// IDLE, and records (state, time since start) for `n` events.
+    async fn record(
+        sc: &Subchannel,
+        rx: &mut mpsc::UnboundedReceiver<StateEvent>,
+        n: usize,
+    ) -> Vec<(ConnectivityState, f64)> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        sc.connect();
+        while seen.len() < n {
+            let event = rx.recv().await.expect("the connection task reports");
+            let state = event.state.connectivity;
+            sc.set_state(state);
+            seen.push((state, (Instant::now() - start).as_secs_f64()));
+            if state == ConnectivityState::Idle {
+                sc.connect();
+            }
+        }
+        seen
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_attempts_back_off_by_grpc_schedule() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let config = Arc::new(ConnectConfig {
+            backoff: BackoffConfig {
+                jitter: 0.0,
+                ..BackoffConfig::default()
+            },
+            ..ConnectConfig::default()
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let seen = record(&sc, &mut rx, 9).await;
+        use ConnectivityState::*;
+        let states: Vec<_> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            states,
+            [
+                Connecting,
+                TransientFailure,
+                Idle,
+                Connecting,
+                TransientFailure,
+                Idle,
+                Connecting,
+                TransientFailure,
+                Idle
+            ]
+        );
+        // IDLE again 1 s after the first attempt started, then 1.6 s after
+        // the second, then 2.56 s after the third.
+        let idle_at: Vec<f64> = seen
+            .iter()
+            .filter(|(s, _)| *s == Idle)
+            .map(|(_, t)| *t)
+            .collect();
+        let want = [1.0, 2.6, 5.16];
+        for (got, want) in idle_at.iter().zip(want) {
+            assert!((got - want).abs() < 0.05, "{idle_at:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_the_task_while_it_backs_off() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        record(&sc, &mut rx, 2).await;
+        drop(sc);
+        assert!(
+            rx.recv().await.is_none(),
+            "the task ended and dropped its sender"
+        );
+    }
+}
