@@ -410,6 +410,43 @@ async fn killing_a_backend_fails_at_most_the_calls_in_flight_on_it() {
 }
 
 #[tokio::test]
+async fn servers_recycling_connections_with_goaway_fail_no_calls() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = Backend::start_with_max_age(Duration::from_millis(300));
+        let b = Backend::start_with_max_age(Duration::from_millis(300));
+        let channel = BalancedChannel::builder(static_target(&[&a, &b]))
+            .balancer("round_robin")
+            .backoff(fast_backoff())
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel);
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let (mut ok, mut failed) = (0, Vec::new());
+        while tokio::time::Instant::now() < until {
+            match route(&mut client, "x").await {
+                Ok(_) => ok += 1,
+                Err(status) => failed.push(status),
+            }
+        }
+        assert!(failed.is_empty(), "{ok} ok, failed: {failed:?}");
+        let accepted = |b: &Backend| {
+            b.stats
+                .accepted_connections
+                .load(std::sync::atomic::Ordering::SeqCst)
+        };
+        assert!(
+            accepted(&a) >= 3 && accepted(&b) >= 3,
+            "connections were recycled: {} {}",
+            accepted(&a),
+            accepted(&b)
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn discover_stream_feeds_tonics_balance_channel() {
     tokio::time::timeout(TEST_LIMIT, async {
         let a = Backend::start();

@@ -76,6 +76,15 @@ impl Backend {
 
     /// Starts a backend that answers each call after `delay`.
     pub fn start_with(addr: SocketAddr, delay: Duration) -> Backend {
+        Backend::start_configured(addr, delay, None)
+    }
+
+    /// Starts a backend that closes each connection (GOAWAY) after `age`.
+    pub fn start_with_max_age(age: Duration) -> Backend {
+        Backend::start_configured("127.0.0.1:0".parse().unwrap(), Duration::ZERO, Some(age))
+    }
+
+    fn start_configured(addr: SocketAddr, delay: Duration, max_age: Option<Duration>) -> Backend {
         let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -96,7 +105,11 @@ impl Backend {
                 let listener = TcpListener::from_std(std_listener).unwrap();
                 let stats = service.stats.clone();
                 let incoming = async_stream(listener, stats);
-                tonic::transport::Server::builder()
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(age) = max_age {
+                    builder = builder.max_connection_age(age);
+                }
+                builder
                     .add_service(SimpleServer::new(service))
                     .serve_with_incoming(incoming)
                     .await
