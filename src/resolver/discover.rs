@@ -184,6 +184,32 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the sequence of snapshots, the changes emitted so far
+        /// rebuild exactly the latest snapshot.
+        #[test]
+        fn changes_always_rebuild_the_latest_snapshot(
+            snapshots in proptest::collection::vec(proptest::collection::vec(0u16..40, 0..30), 1..12)
+        ) {
+            let manual = ManualResolver::new("m");
+            let target: Target = "m:///x".parse().unwrap();
+            let mut d = ResolverDiscover::with_builder(&target, &manual).unwrap();
+            let mut rebuilt = HashSet::new();
+            for snapshot in snapshots {
+                let addresses: Vec<Address> = snapshot.iter().map(|p| Address::new(format!("127.0.0.1:{}", p + 1))).collect();
+                d.apply(&addresses);
+                for change in d.pending.drain(..) {
+                    match change {
+                        Change::Insert(a, _) => proptest::prop_assert!(rebuilt.insert(a), "double insert"),
+                        Change::Remove(a) => proptest::prop_assert!(rebuilt.remove(&a), "remove of unknown"),
+                    }
+                }
+                let want: HashSet<Address> = addresses.into_iter().collect();
+                proptest::prop_assert_eq!(&rebuilt, &want);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn snapshots_become_inserts_and_removes() {
         let manual = ManualResolver::new("m");
