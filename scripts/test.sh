@@ -25,5 +25,7 @@ echo "== each optional feature alone"
 cargo check --lib --no-default-features
 cargo check --lib --no-default-features --features dns
 cargo check --lib --no-default-features --features etcd
+echo "== cargo doc (warnings are errors: broken links, missing docs)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== cargo test"
 cargo test --all-features

@@ -10,7 +10,7 @@
 //! channel's one control task, one at a time, in the order events happened:
 //! resolver updates and errors, subchannel state changes, and requests to
 //! leave IDLE. The request path never touches a balancer; it reads the
-//! [`Picker`](crate::Picker) the balancer last published.
+//! [`Picker`] the balancer last published.
 //!
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
 //! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
@@ -24,9 +24,9 @@
 //! else CONNECTING if any is CONNECTING, else IDLE if any is IDLE, else
 //! TRANSIENT_FAILURE.
 
-mod pick_first;
+pub mod pick_first;
 mod registry;
-mod round_robin;
+pub mod round_robin;
 mod service_config;
 
 pub use pick_first::{PickFirstBuilder, PICK_FIRST};

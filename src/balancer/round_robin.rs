@@ -7,7 +7,7 @@
 //! connection asks the resolver to resolve again. A subchannel that failed
 //! counts as TRANSIENT_FAILURE until it is READY again (gRFC A61's sticky
 //! failure), so a flapping backend does not make the channel CONNECTING.
-//! The channel state is [`aggregate_state`](super::aggregate_state) of the
+//! The channel state is [`aggregate_state`] of the
 //! subchannels.
 //!
 //! A new picker is published only when the READY set or the channel state
