@@ -65,9 +65,10 @@ pub trait Balancer: Send + 'static {
 /// What a balancer can ask of its channel.
 pub trait Controller {
     /// A subchannel for `address`. The channel shares one subchannel per
-    /// address, so asking again for an address in use returns the same one;
-    /// its current state is delivered through
-    /// [`Balancer::subchannel_update`] right after the call that asked.
+    /// address, so asking again for an address in use returns the same one,
+    /// which may already be connected: read its current state with
+    /// [`Subchannel::state`]. Later changes arrive through
+    /// [`Balancer::subchannel_update`].
     fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error>;
 
     /// Publishes a new picker and the channel state that goes with it.

@@ -13,6 +13,7 @@
 //! A new picker is published only when the READY set or the channel state
 //! changes, so a steady channel keeps its rotation.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -44,6 +45,7 @@ impl BalancerBuilder for RoundRobinBuilder {
     ) -> Result<Box<dyn Balancer>, Error> {
         Ok(Box::new(RoundRobin {
             children: Vec::new(),
+            index: HashMap::new(),
             rng: SmallRng::seed_from_u64(options.seed()),
             last_error: None,
             published: None,
@@ -60,6 +62,8 @@ struct Child {
 
 struct RoundRobin {
     children: Vec<Child>,
+    /// Subchannel id -> position in `children`.
+    index: HashMap<u64, usize>,
     rng: SmallRng,
     last_error: Option<Error>,
     /// What was last published: the state and the READY subchannel ids.
@@ -138,7 +142,13 @@ impl Balancer for RoundRobin {
     fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
         let addresses = dedup(update.addresses());
         self.has_addresses = !addresses.is_empty();
-        let mut old = std::mem::take(&mut self.children);
+        // The old children stay alive until the new ones are made, so a kept
+        // address keeps its (shared) subchannel and connection.
+        let old_children = std::mem::take(&mut self.children);
+        let old: HashMap<u64, ConnectivityState> = old_children
+            .iter()
+            .map(|c| (c.subchannel.id(), c.state))
+            .collect();
         for address in &addresses {
             let subchannel = match ctl.new_subchannel(address) {
                 Ok(sc) => sc,
@@ -147,15 +157,19 @@ impl Balancer for RoundRobin {
                     continue;
                 }
             };
-            let state = match old.iter().position(|c| c.subchannel == subchannel) {
-                Some(i) => old.swap_remove(i).state,
-                None => subchannel.state(),
-            };
+            let state = old
+                .get(&subchannel.id())
+                .copied()
+                .unwrap_or_else(|| subchannel.state());
             if subchannel.state() == ConnectivityState::Idle {
                 subchannel.connect();
             }
             self.children.push(Child { subchannel, state });
         }
+        drop(old_children);
+        self.index = (0..self.children.len())
+            .map(|i| (self.children[i].subchannel.id(), i))
+            .collect();
         if self.children.is_empty() {
             self.last_error = Some(Error::new(
                 ErrorKind::Resolver,
@@ -180,7 +194,11 @@ impl Balancer for RoundRobin {
         state: &SubchannelState,
         ctl: &mut dyn Controller,
     ) {
-        let Some(child) = self.children.iter_mut().find(|c| &c.subchannel == sc) else {
+        let Some(child) = self
+            .index
+            .get(&sc.id())
+            .and_then(|&i| self.children.get_mut(i))
+        else {
             return;
         };
         use ConnectivityState::*;
@@ -318,6 +336,21 @@ mod tests {
         let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
         assert!(picks.iter().all(|a| a == "b:1"), "{picks:?}");
         assert_eq!(ctl.connects("b:1"), 1, "kept subchannel is not reconnected");
+    }
+
+    #[test]
+    fn re_resolution_keeps_subchannels_that_are_not_ready() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        ctl.deliver_error(&mut *rr, "a:1", TransientFailure, "a:1: refused");
+        ctl.deliver(&mut *rr, "b:1", Connecting);
+        let (a, b) = (ctl.subchannel("a:1").id(), ctl.subchannel("b:1").id());
+        rr.resolver_update(&update(&["b:1", "a:1"]), &mut ctl);
+        assert_eq!(
+            (ctl.subchannel("a:1").id(), ctl.subchannel("b:1").id()),
+            (a, b)
+        );
+        assert_eq!(ctl.connects("a:1") + ctl.connects("b:1"), 2, "no reconnect");
     }
 
     #[test]

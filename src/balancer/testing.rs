@@ -4,6 +4,9 @@
 //! It records the pickers a balancer publishes and the re-resolutions it
 //! asks for, and hands out subchannels that never connect; a test plays the
 //! connection task by [`deliver`](FakeController::deliver)ing state changes.
+//! Like a real channel it keeps only weak references: a subchannel lives as
+//! long as the balancer (or a published picker) holds it, and asking again
+//! for a live address returns the same subchannel.
 //!
 //! ```
 //! use tonic_balance::balancer::testing::FakeController;
@@ -21,16 +24,16 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::{Balancer, Controller};
 use crate::picker::{PickInfo, PickResult, Picker};
-use crate::subchannel::SubchannelState;
+use crate::subchannel::{Inner, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Subchannel};
 
 /// Records what a balancer asks of its channel.
 pub struct FakeController {
-    subchannels: HashMap<String, Subchannel>,
+    subchannels: HashMap<String, Weak<Inner>>,
     next_id: u64,
     /// Every picker published, oldest first, with its state.
     pub pickers: Vec<(ConnectivityState, Arc<dyn Picker>)>,
@@ -49,25 +52,29 @@ impl FakeController {
         }
     }
 
-    /// The subchannel made for `addr`. Panics if there is none (a test
-    /// asking for one the balancer never made is a failing test).
+    fn live(&self, addr: &str) -> Option<Subchannel> {
+        self.subchannels.get(addr).and_then(Subchannel::upgrade)
+    }
+
+    /// The live subchannel for `addr`. Panics if there is none (a test
+    /// asking for one the balancer never made, or dropped, is failing).
     pub fn subchannel(&self, addr: &str) -> Subchannel {
-        self.subchannels
-            .get(addr)
-            .unwrap_or_else(|| panic!("no subchannel for {addr}"))
-            .clone()
+        self.live(addr)
+            .unwrap_or_else(|| panic!("no live subchannel for {addr}"))
     }
 
     /// How many times the balancer asked `addr` to connect.
     pub fn connects(&self, addr: &str) -> u32 {
-        self.subchannels
-            .get(addr)
-            .map_or(0, Subchannel::connect_requests)
+        self.live(addr).map_or(0, |s| s.connect_requests())
     }
 
     /// The addresses asked to connect, in creation order.
     pub fn connected_addrs(&self) -> Vec<String> {
-        let mut all: Vec<&Subchannel> = self.subchannels.values().collect();
+        let mut all: Vec<Subchannel> = self
+            .subchannels
+            .values()
+            .filter_map(Subchannel::upgrade)
+            .collect();
         all.sort_by_key(|s| s.id());
         all.iter()
             .filter(|s| s.connect_requests() > 0)
@@ -164,13 +171,13 @@ impl FakeController {
 
 impl Controller for FakeController {
     fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error> {
-        if let Some(sc) = self.subchannels.get(address.addr()) {
-            return Ok(sc.clone());
+        if let Some(sc) = self.live(address.addr()) {
+            return Ok(sc);
         }
         self.next_id += 1;
         let sc = Subchannel::detached(self.next_id, address.clone());
         self.subchannels
-            .insert(address.addr().to_owned(), sc.clone());
+            .insert(address.addr().to_owned(), sc.downgrade());
         Ok(sc)
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::balancer::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller};
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvent, ResolverUpdate};
-use crate::subchannel::{ConnectConfig, Inner, StateEvent, SubchannelState};
+use crate::subchannel::{ConnectConfig, Inner, StateEvent};
 use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
@@ -82,7 +82,6 @@ struct Ctl<'a> {
     table: &'a mut SubchannelTable,
     picker: &'a PickerCell,
     resolve_now: bool,
-    shared: Vec<Subchannel>,
 }
 
 impl Controller for Ctl<'_> {
@@ -93,7 +92,6 @@ impl Controller for Ctl<'_> {
             .get(address.addr())
             .and_then(Subchannel::upgrade)
         {
-            self.shared.push(sc.clone());
             return Ok(sc);
         }
         self.table.next_id += 1;
@@ -149,26 +147,8 @@ impl Control {
             table: &mut self.table,
             picker: &self.picker,
             resolve_now: false,
-            shared: Vec::new(),
         };
         f(&mut *self.balancer, &mut ctl);
-        // Subchannels that already existed: tell the balancer their state.
-        for _ in 0..4 {
-            let shared = std::mem::take(&mut ctl.shared);
-            if shared.is_empty() {
-                break;
-            }
-            for sc in shared
-                .iter()
-                .filter(|sc| sc.state() != ConnectivityState::Idle)
-            {
-                let state = SubchannelState {
-                    connectivity: sc.state(),
-                    error: None,
-                };
-                self.balancer.subchannel_update(sc, &state, &mut ctl);
-            }
-        }
         if ctl.resolve_now {
             self.resolver.resolve_now();
         }
