@@ -47,6 +47,8 @@ pub mod channel;
 mod connectivity;
 mod error;
 pub mod picker;
+#[cfg(feature = "etcd")]
+pub mod registration;
 pub mod resolver;
 pub mod subchannel;
 pub mod target;

@@ -27,11 +27,15 @@
 //! [`ServiceConfig`]: crate::balancer::ServiceConfig
 
 mod discover;
+#[cfg(feature = "etcd")]
+pub(crate) mod etcd;
 mod manual;
 mod registry;
 mod static_list;
 
 pub use discover::ResolverDiscover;
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdResolverBuilder;
 pub use manual::ManualResolver;
 pub use registry::{register, ResolverRegistry};
 pub use static_list::StaticResolverBuilder;

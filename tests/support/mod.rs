@@ -15,6 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
 pub mod proto {
     tonic::include_proto!("proto");
 }
