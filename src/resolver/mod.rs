@@ -27,6 +27,8 @@
 //! [`ServiceConfig`]: crate::balancer::ServiceConfig
 
 mod discover;
+#[cfg(feature = "dns")]
+mod dns;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
 mod manual;
@@ -34,6 +36,8 @@ mod registry;
 mod static_list;
 
 pub use discover::ResolverDiscover;
+#[cfg(feature = "dns")]
+pub use dns::{DnsAnswer, DnsLookup, DnsLookupFuture, DnsResolverBuilder};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolverBuilder;
 pub use manual::ManualResolver;

@@ -21,6 +21,8 @@ impl ResolverRegistry {
     pub fn new() -> Self {
         let mut registry = ResolverRegistry::empty();
         registry.register(Arc::new(StaticResolverBuilder));
+        #[cfg(feature = "dns")]
+        registry.register(Arc::new(crate::resolver::DnsResolverBuilder::default()));
         #[cfg(feature = "etcd")]
         registry.register(Arc::new(crate::resolver::EtcdResolverBuilder::default()));
         registry
