@@ -43,5 +43,6 @@
 //! [`Registration::shutdown`] revokes and says whether it worked.
 
 mod etcd;
+mod keeper;
 
 pub use etcd::{Registration, RegistrationBuilder, RegistrationStatus, ValueFormat};
