@@ -89,13 +89,12 @@ impl ServiceConfig {
 }
 
 fn policy_entry(entry: &Value) -> Result<(String, Value), Error> {
-    let obj = entry.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-        config_error(format!(
+    match entry.as_object().map(|o| (o.len(), o.iter().next())) {
+        Some((1, Some((name, config)))) => Ok((name.clone(), config.clone())),
+        _ => Err(config_error(format!(
             "loadBalancingConfig entry {entry} must be an object with one policy name"
-        ))
-    })?;
-    let (name, config) = obj.iter().next().expect("one entry checked above");
-    Ok((name.clone(), config.clone()))
+        ))),
+    }
 }
 
 fn config_error(message: impl Into<String>) -> Error {
