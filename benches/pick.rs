@@ -1,1 +1,192 @@
-fn main() {}
+//! Request-path and control-path costs of the built-in policies.
+//!
+//! - `pick/<policy>/1thread/<n>`: one `Picker::pick` (including dropping the
+//!   returned subchannel handle) with `n` READY subchannels, on one thread.
+//! - `pick/<policy>/2threads/<n>`: the same while two threads pick from the
+//!   same picker at once; the figure is the time per pick seen by each
+//!   thread (the mean of the two threads' elapsed time / picks).
+//! - `update/<policy>/10000_addresses_1pct_changed`: one
+//!   `Balancer::resolver_update` with 10,000 addresses of which 100 differ
+//!   from the previous update: the 9,900 kept subchannels are READY, the
+//!   100 removed ones are dropped and 100 new ones are made and asked to
+//!   connect (pick_first keeps its selected first address, so for it the
+//!   update is a check that the selection is still listed).
+//!
+//! Balancers run against the public `balancer::testing::FakeController`.
+//! Its `new_subchannel` is a `HashMap` lookup by address, where the real
+//! channel's control task does a similar lookup in its subchannel table, so
+//! the update figure is close to (not exactly) what a channel pays; the
+//! fake also keeps every published picker, so the benchmark drops them
+//! outside the timed part.
+//!
+//! Run with `cargo bench --bench pick` (about a minute and a half in all:
+//! short warm-up and measurement times keep it usable on a 2-core machine).
+
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use tonic_balance::balancer::testing::FakeController;
+use tonic_balance::balancer::{
+    Balancer, BalancerBuilder, BuildOptions, PickFirstBuilder, RoundRobinBuilder,
+};
+use tonic_balance::picker::PickInfo;
+use tonic_balance::resolver::ResolverUpdate;
+use tonic_balance::{Address, ConnectivityState, Picker};
+
+const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
+
+fn build(policy: &dyn BalancerBuilder) -> Box<dyn Balancer> {
+    let target = "static:///bench:1".parse().expect("a valid target");
+    policy
+        .build(&serde_json::json!({}), &BuildOptions::new(target, 7))
+        .expect("the built-in policies build with an empty config")
+}
+
+fn addr(i: usize) -> String {
+    format!("10.{}.{}.{}:50051", i >> 16, (i >> 8) & 0xff, i & 0xff)
+}
+
+fn update(addrs: &[String]) -> ResolverUpdate {
+    ResolverUpdate::new(addrs.iter().map(|a| Address::new(a.as_str())).collect())
+}
+
+/// A balancer over `addrs` with every subchannel READY, and its controller.
+fn ready_balancer(
+    policy: &dyn BalancerBuilder,
+    addrs: &[String],
+) -> (Box<dyn Balancer>, FakeController) {
+    let mut balancer = build(policy);
+    let mut ctl = FakeController::new();
+    balancer.resolver_update(&update(addrs), &mut ctl);
+    for a in addrs {
+        // round_robin connects every address; pick_first only its first,
+        // and drops the rest once that one is READY.
+        if ctl.connects(a) == 0 {
+            continue;
+        }
+        ctl.deliver(&mut *balancer, a, ConnectivityState::Ready);
+        // Each READY publishes a picker over every READY subchannel; keep
+        // only the newest so 10,000 subchannels do not cost O(n^2) memory.
+        let last = ctl.pickers.pop();
+        ctl.pickers.clear();
+        ctl.pickers.extend(last);
+    }
+    (balancer, ctl)
+}
+
+fn ready_picker(policy: &dyn BalancerBuilder, n: usize) -> Arc<dyn Picker> {
+    let addrs: Vec<String> = (0..n).map(addr).collect();
+    let (_balancer, ctl) = ready_balancer(policy, &addrs);
+    assert_eq!(ctl.last_state(), ConnectivityState::Ready);
+    ctl.picker().expect("a READY picker was published")
+}
+
+/// Picks `iters` times on each of two threads started together; returns the
+/// mean time per thread.
+fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
+    let barrier = Barrier::new(2);
+    let elapsed: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let headers = http::HeaderMap::new();
+                    let info = PickInfo::new("/proto.Simple/Route", &headers);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(picker.pick(black_box(&info)));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a picking thread panicked"))
+            .collect()
+    });
+    elapsed.iter().sum::<Duration>() / 2
+}
+
+fn bench_picks(c: &mut Criterion) {
+    let policies: [(&str, &dyn BalancerBuilder); 2] = [
+        ("round_robin", &RoundRobinBuilder),
+        ("pick_first", &PickFirstBuilder),
+    ];
+    let headers = http::HeaderMap::new();
+    let info = PickInfo::new("/proto.Simple/Route", &headers);
+    for (name, policy) in policies {
+        let mut group = c.benchmark_group(format!("pick/{name}"));
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for n in SIZES {
+            let picker = ready_picker(policy, n);
+            group.bench_with_input(BenchmarkId::new("1thread", n), &n, |b, _| {
+                b.iter(|| black_box(picker.pick(black_box(&info))))
+            });
+            group.bench_with_input(BenchmarkId::new("2threads", n), &n, |b, _| {
+                b.iter_custom(|iters| two_threads(&picker, iters))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn bench_update(c: &mut Criterion) {
+    const N: usize = 10_000;
+    const CHANGED: usize = N / 100;
+    let policies: [(&str, &dyn BalancerBuilder); 2] = [
+        ("round_robin", &RoundRobinBuilder),
+        ("pick_first", &PickFirstBuilder),
+    ];
+    let mut group = c.benchmark_group("update");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for (name, policy) in policies {
+        let a: Vec<String> = (0..N).map(addr).collect();
+        // B replaces every 100th address of A (never the first, which
+        // pick_first has selected) with a new one.
+        let changed = |i: usize| i % (N / CHANGED) == N / CHANGED / 2;
+        let b: Vec<String> = (0..N)
+            .map(|i| {
+                if changed(i) {
+                    addr(N + i)
+                } else {
+                    a[i].clone()
+                }
+            })
+            .collect();
+        let (update_a, update_b) = (update(&a), update(&b));
+        let (mut balancer, mut ctl) = ready_balancer(policy, &a);
+        ctl.pickers.clear();
+        // Alternates B, A, B, ...: each update keeps 9,900 READY
+        // subchannels, drops 100 and adds 100 new (IDLE, asked to connect).
+        let mut flip = true;
+        group.bench_function(
+            BenchmarkId::new(name, "10000_addresses_1pct_changed"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        flip = !flip;
+                        let next = if flip { &update_a } else { &update_b };
+                        let start = Instant::now();
+                        balancer.resolver_update(black_box(next), &mut ctl);
+                        total += start.elapsed();
+                        ctl.pickers.clear();
+                    }
+                    total
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_picks, bench_update);
+criterion_main!(benches);
