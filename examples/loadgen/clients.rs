@@ -1,0 +1,201 @@
+//! The clients compared, each making unary `proto.Simple/Route` calls.
+//!
+//! - `tonic-direct`: one `tonic::transport::Channel` to backend 0;
+//! - `tonic-balance_list`: `Channel::balance_list` over every backend;
+//! - `ours-round_robin` / `ours-pick_first`: a `BalancedChannel` on
+//!   `static:///a,b,c`;
+//! - `hyper-round_robin`: one raw hyper HTTP/2 connection per backend and a
+//!   shared counter that rotates over them: no balancer, no tower, no tonic
+//!   codec; the gRPC frame is encoded once with prost. The practical ceiling.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+use tonic_balance::BalancedChannel;
+
+use crate::proto::simple_client::SimpleClient;
+use crate::proto::{SimpleRequest, SimpleResponse};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Which client to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    TonicDirect,
+    TonicBalanceList,
+    OursRoundRobin,
+    OursPickFirst,
+    HyperRoundRobin,
+}
+
+impl Kind {
+    /// Every client, in the order of a throughput round.
+    pub const ALL: [Kind; 5] = [
+        Kind::TonicDirect,
+        Kind::TonicBalanceList,
+        Kind::OursRoundRobin,
+        Kind::OursPickFirst,
+        Kind::HyperRoundRobin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::TonicDirect => "tonic-direct",
+            Kind::TonicBalanceList => "tonic-balance_list",
+            Kind::OursRoundRobin => "ours-round_robin",
+            Kind::OursPickFirst => "ours-pick_first",
+            Kind::HyperRoundRobin => "hyper-round_robin",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A connected client; clone one per worker.
+#[derive(Clone)]
+pub enum Client {
+    Tonic(SimpleClient<Channel>),
+    Ours(SimpleClient<BalancedChannel>),
+    Hyper(Arc<HyperRoundRobin>),
+}
+
+/// What a call reports: the index of the backend that served it.
+pub type Outcome = Result<usize, String>;
+
+const DATA: &str = "loadgen";
+
+impl Client {
+    /// Connects `kind` to the backends at `addrs`, waiting (at most 5 s)
+    /// until it can send.
+    pub async fn connect(kind: Kind, addrs: &[SocketAddr]) -> Result<Client, BoxError> {
+        let endpoint = |a: &SocketAddr| Endpoint::from_shared(format!("http://{a}"));
+        let static_target = || {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            format!("static:///{}", list.join(","))
+        };
+        let wait = Duration::from_secs(5);
+        Ok(match kind {
+            Kind::TonicDirect => {
+                let first = addrs.first().ok_or("no backend")?;
+                Client::Tonic(SimpleClient::new(endpoint(first)?.connect().await?))
+            }
+            Kind::TonicBalanceList => {
+                let list = addrs.iter().map(endpoint).collect::<Result<Vec<_>, _>>()?;
+                Client::Tonic(SimpleClient::new(Channel::balance_list(list.into_iter())))
+            }
+            Kind::OursRoundRobin | Kind::OursPickFirst => {
+                let policy = if kind == Kind::OursRoundRobin {
+                    "round_robin"
+                } else {
+                    "pick_first"
+                };
+                let channel = BalancedChannel::builder(static_target())
+                    .balancer(policy)
+                    .connect(wait)
+                    .await?;
+                Client::Ours(SimpleClient::new(channel))
+            }
+            Kind::HyperRoundRobin => {
+                Client::Hyper(Arc::new(HyperRoundRobin::connect(addrs).await?))
+            }
+        })
+    }
+
+    /// One `Route` call.
+    pub async fn call(&mut self) -> Outcome {
+        let request = || SimpleRequest {
+            data: DATA.to_owned(),
+        };
+        let code = match self {
+            Client::Tonic(c) => c.route(request()).await.map(|r| r.into_inner().code),
+            Client::Ours(c) => c.route(request()).await.map(|r| r.into_inner().code),
+            Client::Hyper(h) => return h.call().await,
+        };
+        match code {
+            Ok(code) => usize::try_from(code).map_err(|_| format!("bad backend index {code}")),
+            Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// Raw hyper HTTP/2, strict rotation over one connection per backend.
+pub struct HyperRoundRobin {
+    backends: Vec<(SendRequest<Full<Bytes>>, http::Uri)>,
+    next: AtomicUsize,
+    frame: Bytes,
+}
+
+impl HyperRoundRobin {
+    async fn connect(addrs: &[SocketAddr]) -> Result<HyperRoundRobin, BoxError> {
+        let mut backends = Vec::new();
+        for addr in addrs {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let (sender, connection) =
+                http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+            tokio::spawn(connection);
+            let uri = format!("http://{addr}/proto.Simple/Route").parse()?;
+            backends.push((sender, uri));
+        }
+        if backends.is_empty() {
+            return Err("no backend".into());
+        }
+        let message = SimpleRequest {
+            data: DATA.to_owned(),
+        };
+        let mut frame = BytesMut::with_capacity(5 + message.encoded_len());
+        frame.put_u8(0);
+        frame.put_u32(u32::try_from(message.encoded_len())?);
+        message.encode(&mut frame)?;
+        Ok(HyperRoundRobin {
+            backends,
+            next: AtomicUsize::new(0),
+            frame: frame.freeze(),
+        })
+    }
+
+    async fn call(&self) -> Outcome {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        let (sender, uri) = &self.backends[i];
+        let request = http::Request::post(uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(Full::new(self.frame.clone()))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .clone()
+            .send_request(request)
+            .await
+            .map_err(|e| format!("hyper: {e}"))?;
+        let (parts, body) = response.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", parts.status));
+        }
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| format!("hyper body: {e}"))?;
+        let status = body
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| parts.headers.get("grpc-status"))
+            .map(|v| v.as_bytes().to_vec());
+        if status.as_deref() != Some(b"0") {
+            return Err(format!("grpc-status {status:?}"));
+        }
+        let data = body.to_bytes();
+        let reply = SimpleResponse::decode(data.get(5..).ok_or("short gRPC frame")?)
+            .map_err(|e| format!("decode: {e}"))?;
+        usize::try_from(reply.code).map_err(|_| format!("bad backend index {}", reply.code))
+    }
+}

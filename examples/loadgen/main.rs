@@ -1,0 +1,217 @@
+//! Load generator: unary gRPC throughput, latency and client CPU of
+//! tonic-balance against tonic's own channels and raw hyper, plus a
+//! failover scenario. See BENCHMARKS.md for figures.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- \
+//!     [--scenario throughput|failover|all] [--concurrency 1,16,64] \
+//!     [--duration 3s] [--warmup 1s] [--rounds 3] [--clients a,b,...] \
+//!     [--failover-concurrency 16]
+//! ```
+//!
+//! Backends run in child processes (this binary re-executed with
+//! `--serve`), so the client's CPU figure is the client's alone; they share
+//! the machine's cores with the client, as on any single-host benchmark.
+//! Clients are measured alternately (A B C D E, A B C D E, ...) and the
+//! report gives medians over rounds, and each client's throughput ratio to
+//! `tonic-direct` taken within each round (then the median of those).
+
+mod clients;
+mod report;
+mod run;
+mod server;
+
+pub mod proto {
+    tonic::include_proto!("proto");
+}
+
+use std::time::Duration;
+
+use clients::{Client, Kind};
+use report::{Failover, Throughput};
+use run::Midway;
+use server::Backends;
+
+const BACKENDS: usize = 3;
+
+#[derive(Debug)]
+struct Options {
+    scenario: String,
+    concurrency: Vec<usize>,
+    duration: Duration,
+    warmup: Duration,
+    rounds: usize,
+    clients: Vec<Kind>,
+    failover_concurrency: usize,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(count) = flag(&args, "--serve") {
+        let first = flag(&args, "--first-index").unwrap_or("0");
+        return server::serve(count.parse()?, first.parse()?);
+    }
+    let options = parse(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        if matches!(options.scenario.as_str(), "throughput" | "all") {
+            throughput(&options).await?;
+        }
+        if matches!(options.scenario.as_str(), "failover" | "all") {
+            failover(&options).await?;
+        }
+        Ok::<_, BoxError>(())
+    })?;
+    Ok(())
+}
+
+async fn throughput(options: &Options) -> Result<(), BoxError> {
+    let backends = Backends::shared(BACKENDS)?;
+    println!(
+        "# throughput: {} backends in one child process, {} cores, {} rounds x {:?} (warm-up {:?})",
+        BACKENDS,
+        cores(),
+        options.rounds,
+        options.duration,
+        options.warmup
+    );
+    for &concurrency in &options.concurrency {
+        let mut result = Throughput::new(concurrency, BACKENDS);
+        for round in 0..options.rounds {
+            for &kind in &options.clients {
+                let client = Client::connect(kind, &backends.addrs).await?;
+                let window =
+                    run::measure(&client, concurrency, options.warmup, options.duration, None)
+                        .await;
+                drop(client);
+                eprintln!(
+                    "  c={concurrency} round {} {:<20} {:>9.0} req/s",
+                    round + 1,
+                    kind.name(),
+                    window.rps()
+                );
+                result.add(round, kind, window);
+                // Let the dropped client's connections and tasks wind down.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        result.print();
+    }
+    Ok(())
+}
+
+async fn failover(options: &Options) -> Result<(), BoxError> {
+    let kinds = [
+        Kind::OursRoundRobin,
+        Kind::OursPickFirst,
+        Kind::TonicBalanceList,
+    ];
+    let concurrency = options.failover_concurrency;
+    println!(
+        "# failover: {} backends, one process each; concurrency {concurrency}; backend 0 \
+         SIGKILLed {:?} into a {:?} window",
+        BACKENDS,
+        options.duration / 2,
+        options.duration
+    );
+    let mut report = Failover::new(BACKENDS);
+    for round in 0..options.rounds {
+        for kind in kinds {
+            let mut backends = Backends::separate(BACKENDS)?;
+            let client = Client::connect(kind, &backends.addrs).await?;
+            let kill_at = options.duration / 2;
+            let midway = Midway {
+                at: kill_at,
+                action: Box::new(|| {
+                    if let Err(e) = backends.kill(0) {
+                        eprintln!("failed to kill backend 0: {e}");
+                    }
+                }),
+            };
+            let window = run::measure(
+                &client,
+                concurrency,
+                options.warmup,
+                options.duration,
+                Some(midway),
+            )
+            .await;
+            drop(client);
+            report.add(round, kind, kill_at, window);
+        }
+    }
+    report.print();
+    Ok(())
+}
+
+fn parse(args: &[String]) -> Result<Options, BoxError> {
+    let known = [
+        "--scenario",
+        "--concurrency",
+        "--duration",
+        "--warmup",
+        "--rounds",
+        "--clients",
+        "--failover-concurrency",
+    ];
+    for pair in args.chunks(2) {
+        if !known.contains(&pair[0].as_str()) || pair.len() < 2 {
+            return Err(format!("unknown flag or missing value: {}", pair[0]).into());
+        }
+    }
+    let list = |name, default: &str| -> Vec<String> {
+        flag(args, name)
+            .unwrap_or(default)
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let scenario = flag(args, "--scenario").unwrap_or("all").to_owned();
+    if !["throughput", "failover", "all"].contains(&scenario.as_str()) {
+        return Err(
+            format!("--scenario must be throughput, failover or all, not {scenario}").into(),
+        );
+    }
+    let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+    let clients = list("--clients", &all.join(","))
+        .iter()
+        .map(|n| Kind::parse(n).ok_or_else(|| format!("unknown client {n}; known: {all:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Options {
+        scenario,
+        concurrency: list("--concurrency", "1,16,64")
+            .iter()
+            .map(|c| c.parse())
+            .collect::<Result<_, _>>()?,
+        duration: duration(flag(args, "--duration").unwrap_or("3s"))?,
+        warmup: duration(flag(args, "--warmup").unwrap_or("1s"))?,
+        rounds: flag(args, "--rounds").unwrap_or("3").parse()?,
+        clients,
+        failover_concurrency: flag(args, "--failover-concurrency")
+            .unwrap_or("16")
+            .parse()?,
+    })
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// `3`, `3s`, `2.5s` or `500ms`.
+fn duration(text: &str) -> Result<Duration, BoxError> {
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
+    };
+    let seconds: f64 = number.parse().map_err(|_| format!("bad duration {text}"))?;
+    Duration::try_from_secs_f64(seconds * scale).map_err(|_| format!("bad duration {text}").into())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}

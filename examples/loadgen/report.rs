@@ -1,0 +1,224 @@
+//! Tables for people and one JSON line per client (or failover run) for
+//! scripts. Throughput figures are medians over rounds; the ratio to
+//! `tonic-direct` is taken within each round, then its median is reported.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::clients::Kind;
+use crate::run::Window;
+
+/// What is kept of one throughput window.
+struct Summary {
+    round: usize,
+    kind: Kind,
+    rps: f64,
+    p50: u32,
+    p99: u32,
+    p999: u32,
+    cpu_us: f64,
+    switches: f64,
+    errors: usize,
+    per_backend: Vec<usize>,
+}
+
+/// The throughput results at one concurrency.
+pub struct Throughput {
+    concurrency: usize,
+    backends: usize,
+    runs: Vec<Summary>,
+}
+
+impl Throughput {
+    pub fn new(concurrency: usize, backends: usize) -> Self {
+        Throughput {
+            concurrency,
+            backends,
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, round: usize, kind: Kind, w: Window) {
+        self.runs.push(Summary {
+            round,
+            kind,
+            rps: w.rps(),
+            p50: w.percentile(50.0),
+            p99: w.percentile(99.0),
+            p999: w.percentile(99.9),
+            cpu_us: w.cpu_us_per_request(),
+            switches: w.switches_per_request(),
+            errors: w.errors.len(),
+            per_backend: w.per_backend(self.backends, Duration::ZERO),
+        });
+    }
+
+    /// The ratio of `run`'s throughput to tonic-direct's in the same round.
+    fn ratio(&self, run: &Summary) -> Option<f64> {
+        self.runs
+            .iter()
+            .find(|r| r.round == run.round && r.kind == Kind::TonicDirect)
+            .map(|direct| run.rps / direct.rps)
+    }
+
+    pub fn print(&self) {
+        println!("\n## concurrency {}", self.concurrency);
+        println!(
+            "{:<20} {:>9} {:>9} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6}  calls per backend",
+            "client",
+            "req/s",
+            "vs direct",
+            "p50 µs",
+            "p99 µs",
+            "p999 µs",
+            "CPU µs/req",
+            "csw/req",
+            "errors"
+        );
+        let mut lines = Vec::new();
+        for kind in Kind::ALL {
+            let runs: Vec<&Summary> = self.runs.iter().filter(|r| r.kind == kind).collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
+            let ratios: Vec<f64> = runs.iter().filter_map(|r| self.ratio(r)).collect();
+            let med = |f: &dyn Fn(&Summary) -> f64| median(runs.iter().map(|r| f(r)).collect());
+            let errors: usize = runs.iter().map(|r| r.errors).sum();
+            let mut per_backend = vec![0; self.backends];
+            for r in &runs {
+                for (total, n) in per_backend.iter_mut().zip(&r.per_backend) {
+                    *total += n;
+                }
+            }
+            let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+            println!(
+                "{:<20} {:>9.0} {:>9} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>9.2} {:>6}  {:?}",
+                kind.name(),
+                median(rps.clone()),
+                ratio.map_or("-".to_owned(), |r| format!("{r:.3}")),
+                med(&|r| r.p50.into()),
+                med(&|r| r.p99.into()),
+                med(&|r| r.p999.into()),
+                med(&|r| r.cpu_us),
+                med(&|r| r.switches),
+                errors,
+                per_backend
+            );
+            lines.push(json!({
+                "scenario": "throughput",
+                "client": kind.name(),
+                "concurrency": self.concurrency,
+                "rounds": runs.len(),
+                "rps_median": round1(median(rps.clone())),
+                "rps_by_round": rps.iter().map(|v| round1(*v)).collect::<Vec<_>>(),
+                "ratio_vs_tonic_direct_median": ratio.map(round3),
+                "ratio_vs_tonic_direct_by_round": ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
+                "p50_us": med(&|r| r.p50.into()),
+                "p99_us": med(&|r| r.p99.into()),
+                "p999_us": med(&|r| r.p999.into()),
+                "cpu_us_per_request": round1(med(&|r| r.cpu_us)),
+                "context_switches_per_request": round3(med(&|r| r.switches)),
+                "errors": errors,
+                "calls_per_backend": per_backend,
+            }));
+        }
+        println!();
+        for line in lines {
+            println!("{line}");
+        }
+    }
+}
+
+/// Failover runs: one line per (round, client).
+pub struct Failover {
+    backends: usize,
+    lines: Vec<serde_json::Value>,
+}
+
+impl Failover {
+    pub fn new(backends: usize) -> Self {
+        Failover {
+            backends,
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, round: usize, kind: Kind, kill_at: Duration, w: Window) {
+        let before = w.errors.iter().filter(|(t, _)| *t < kill_at).count();
+        let after: Vec<&(Duration, String)> =
+            w.errors.iter().filter(|(t, _)| *t >= kill_at).collect();
+        let last_ms = after
+            .last()
+            .map(|(t, _)| (t.saturating_sub(kill_at)).as_secs_f64() * 1e3);
+        let mut messages: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, m) in &after {
+            *messages.entry(m.as_str()).or_default() += 1;
+        }
+        let after_calls = w.per_backend(self.backends, kill_at);
+        let ok_after: usize = after_calls.iter().sum();
+        self.lines.push(json!({
+            "scenario": "failover",
+            "client": kind.name(),
+            "round": round + 1,
+            "killed_backend": 0,
+            "kill_at_ms": kill_at.as_millis() as u64,
+            "window_ms": w.elapsed.as_millis() as u64,
+            "errors_before_kill": before,
+            "errors_after_kill": after.len(),
+            "last_error_ms_after_kill": last_ms.map(round1),
+            "ok_calls_after_kill": ok_after,
+            "calls_per_backend_after_kill": after_calls,
+            "error_messages": messages,
+        }));
+    }
+
+    pub fn print(&self) {
+        println!(
+            "\n{:<20} {:>5} {:>13} {:>12} {:>20} {:>10}  calls per backend after kill",
+            "client", "round", "errors before", "errors after", "last error after kill", "ok after"
+        );
+        for l in &self.lines {
+            let text = |key: &str| l[key].to_string();
+            println!(
+                "{:<20} {:>5} {:>13} {:>12} {:>20} {:>10}  {}",
+                l["client"].as_str().unwrap_or("?"),
+                text("round"),
+                text("errors_before_kill"),
+                text("errors_after_kill"),
+                l["last_error_ms_after_kill"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |ms| format!("{ms:.1} ms")),
+                text("ok_calls_after_kill"),
+                text("calls_per_backend_after_kill")
+            );
+        }
+        println!();
+        for l in &self.lines {
+            println!("{l}");
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}

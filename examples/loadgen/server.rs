@@ -1,0 +1,150 @@
+//! Backends in other processes, so that their CPU time is not the client's.
+//!
+//! `loadgen --serve N --first-index I` listens on N free ports of
+//! 127.0.0.1, prints one `LISTEN <index> <addr>` line per port and serves
+//! `proto.Simple/Route` until its standard input closes (so it never
+//! outlives the load generator) or it is killed. Each backend answers with
+//! its index in `SimpleResponse.code`, which is how every client, tonic's
+//! included, counts calls per backend.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::proto::simple_server::{Simple, SimpleServer};
+use crate::proto::{SimpleRequest, SimpleResponse};
+
+struct Backend {
+    index: i32,
+}
+
+#[tonic::async_trait]
+impl Simple for Backend {
+    async fn route(&self, _: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
+        Ok(Response::new(SimpleResponse {
+            code: self.index,
+            value: String::new(),
+        }))
+    }
+}
+
+/// The `--serve` mode: serves `count` backends numbered from `first`.
+pub fn serve(count: usize, first: usize) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        for index in first..first + count {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            println!("LISTEN {index} {}", listener.local_addr()?);
+            let backend = Backend {
+                index: i32::try_from(index)?,
+            };
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(SimpleServer::new(backend))
+                    .serve_with_incoming(TcpListenerStream::new(listener)),
+            );
+        }
+        // Serve until the parent closes our stdin (or dies).
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await??;
+        Ok(())
+    })
+}
+
+/// Backend processes started by this load generator. Dropping it kills them.
+pub struct Backends {
+    procs: Vec<(Child, Vec<usize>)>,
+    /// The backends' addresses, by index.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Backends {
+    /// `n` backends in one process (for throughput runs).
+    pub fn shared(n: usize) -> std::io::Result<Backends> {
+        let mut backends = Backends::empty(n);
+        backends.spawn(n, 0)?;
+        Ok(backends)
+    }
+
+    /// `n` backends, each in its own process (so that one can be killed).
+    pub fn separate(n: usize) -> std::io::Result<Backends> {
+        let mut backends = Backends::empty(n);
+        for i in 0..n {
+            backends.spawn(1, i)?;
+        }
+        Ok(backends)
+    }
+
+    fn empty(n: usize) -> Backends {
+        let unset = SocketAddr::from(([0, 0, 0, 0], 0));
+        Backends {
+            procs: Vec::new(),
+            addrs: vec![unset; n],
+        }
+    }
+
+    fn spawn(&mut self, count: usize, first: usize) -> std::io::Result<()> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "--serve",
+                &count.to_string(),
+                "--first-index",
+                &first.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or_else(|| bad("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut indices = Vec::new();
+        // Push first, so that Drop kills the child whatever happens below.
+        self.procs.push((child, Vec::new()));
+        for _ in 0..count {
+            let line = lines.next().ok_or_else(|| bad("backend exited"))??;
+            let (index, addr) = parse_listen(&line).ok_or_else(|| bad(&line))?;
+            *self.addrs.get_mut(index).ok_or_else(|| bad(&line))? = addr;
+            indices.push(index);
+        }
+        if let Some(last) = self.procs.last_mut() {
+            last.1 = indices;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the process serving backend `index`.
+    pub fn kill(&mut self, index: usize) -> std::io::Result<()> {
+        for (child, indices) in &mut self.procs {
+            if indices.contains(&index) {
+                child.kill()?;
+                child.wait()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.procs {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn parse_listen(line: &str) -> Option<(usize, SocketAddr)> {
+    let mut words = line.strip_prefix("LISTEN ")?.split(' ');
+    let index = words.next()?.parse().ok()?;
+    let addr = words.next()?.parse().ok()?;
+    Some((index, addr))
+}
+
+fn bad(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("backend process: unexpected output: {what}"))
+}
