@@ -112,6 +112,40 @@ async fn pick_first_sticks_to_the_first_backend_and_fails_over_when_it_is_killed
 }
 
 #[tokio::test]
+async fn a_lost_connection_is_seen_without_any_call() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut pf_backend = Backend::start();
+        let mut rr_backend = Backend::start();
+        let pick_first = BalancedChannel::builder(static_target(&[&pf_backend]))
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let round_robin = BalancedChannel::builder(static_target(&[&rr_backend]))
+            .balancer("round_robin")
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        pf_backend.kill();
+        rr_backend.kill();
+        // No call is made: the channels learn of the loss from the
+        // connections themselves. pick_first goes IDLE until the next call;
+        // round_robin reconnects at once, is refused, and fails.
+        assert!(
+            eventually(Duration::from_secs(5), || pick_first.state()
+                == ConnectivityState::Idle)
+            .await
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || round_robin.state()
+                == ConnectivityState::TransientFailure)
+            .await
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn manual_updates_add_and_remove_backends_and_let_calls_in_flight_finish() {
     tokio::time::timeout(TEST_LIMIT, async {
         let a = Backend::start();

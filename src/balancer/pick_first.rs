@@ -58,7 +58,7 @@ impl BalancerBuilder for PickFirstBuilder {
             pass: Vec::new(),
             index: 0,
             selected: None,
-            state: ConnectivityState::Idle,
+            state: ConnectivityState::Connecting,
             last_error: None,
         }))
     }
@@ -178,6 +178,11 @@ impl Balancer for PickFirst {
             if self.addresses.contains(sc.address()) {
                 return;
             }
+        }
+        if self.state == ConnectivityState::Idle {
+            // IDLE after a lost connection: the next call connects, to the
+            // new list (gRFC A62).
+            return;
         }
         self.start_pass(ctl);
     }
@@ -303,6 +308,20 @@ mod tests {
         pf.exit_idle(&mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
         assert_eq!(ctl.connects("a:1"), 2);
+    }
+
+    #[test]
+    fn an_update_while_idle_waits_for_the_next_call() {
+        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
+        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        ctl.deliver(&mut *pf, "a:1", Ready);
+        ctl.deliver(&mut *pf, "a:1", Idle);
+        let published = ctl.pickers.len();
+        pf.resolver_update(&update(&["b:1", "a:1"]), &mut ctl);
+        assert_eq!(ctl.pickers.len(), published, "stays IDLE");
+        pf.exit_idle(&mut ctl);
+        assert_eq!(ctl.last_state(), Connecting);
+        assert_eq!(ctl.connects("b:1"), 1, "the new order is used");
     }
 
     #[test]
