@@ -1,6 +1,7 @@
 //! Tables for people and one JSON line per client (or failover run) for
-//! scripts. Throughput figures are medians over rounds; the ratio to
-//! `tonic-direct` is taken within each round, then its median is reported.
+//! scripts. Throughput figures are medians over rounds; each ratio (to
+//! `tonic-direct`, `tonic-balance_list` and `hyper-round_robin`) is taken
+//! within each round, then its median is reported.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -55,21 +56,23 @@ impl Throughput {
         });
     }
 
-    /// The ratio of `run`'s throughput to tonic-direct's in the same round.
-    fn ratio(&self, run: &Summary) -> Option<f64> {
+    /// The ratio of `run`'s throughput to `base`'s in the same round.
+    fn ratio(&self, run: &Summary, base: Kind) -> Option<f64> {
         self.runs
             .iter()
-            .find(|r| r.round == run.round && r.kind == Kind::TonicDirect)
-            .map(|direct| run.rps / direct.rps)
+            .find(|r| r.round == run.round && r.kind == base)
+            .map(|b| run.rps / b.rps)
     }
 
     pub fn print(&self) {
         println!("\n## concurrency {}", self.concurrency);
         println!(
-            "{:<20} {:>9} {:>9} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6}  calls per backend",
+            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>10} {:>7} {:>6}  calls per backend",
             "client",
             "req/s",
             "vs direct",
+            "vs b_list",
+            "vs hyper",
             "p50 µs",
             "p99 µs",
             "p999 µs",
@@ -77,58 +80,76 @@ impl Throughput {
             "csw/req",
             "errors"
         );
-        let mut lines = Vec::new();
-        for kind in Kind::ALL {
-            let runs: Vec<&Summary> = self.runs.iter().filter(|r| r.kind == kind).collect();
-            if runs.is_empty() {
-                continue;
-            }
-            let rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
-            let ratios: Vec<f64> = runs.iter().filter_map(|r| self.ratio(r)).collect();
-            let med = |f: &dyn Fn(&Summary) -> f64| median(runs.iter().map(|r| f(r)).collect());
-            let errors: usize = runs.iter().map(|r| r.errors).sum();
-            let mut per_backend = vec![0; self.backends];
-            for r in &runs {
-                for (total, n) in per_backend.iter_mut().zip(&r.per_backend) {
-                    *total += n;
-                }
-            }
-            let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
-            println!(
-                "{:<20} {:>9.0} {:>9} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>9.2} {:>6}  {:?}",
-                kind.name(),
-                median(rps.clone()),
-                ratio.map_or("-".to_owned(), |r| format!("{r:.3}")),
-                med(&|r| r.p50.into()),
-                med(&|r| r.p99.into()),
-                med(&|r| r.p999.into()),
-                med(&|r| r.cpu_us),
-                med(&|r| r.switches),
-                errors,
-                per_backend
-            );
-            lines.push(json!({
-                "scenario": "throughput",
-                "client": kind.name(),
-                "concurrency": self.concurrency,
-                "rounds": runs.len(),
-                "rps_median": round1(median(rps.clone())),
-                "rps_by_round": rps.iter().map(|v| round1(*v)).collect::<Vec<_>>(),
-                "ratio_vs_tonic_direct_median": ratio.map(round3),
-                "ratio_vs_tonic_direct_by_round": ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>(),
-                "p50_us": med(&|r| r.p50.into()),
-                "p99_us": med(&|r| r.p99.into()),
-                "p999_us": med(&|r| r.p999.into()),
-                "cpu_us_per_request": round1(med(&|r| r.cpu_us)),
-                "context_switches_per_request": round3(med(&|r| r.switches)),
-                "errors": errors,
-                "calls_per_backend": per_backend,
-            }));
-        }
+        let lines: Vec<serde_json::Value> = Kind::ALL
+            .into_iter()
+            .filter_map(|kind| self.row(kind))
+            .collect();
         println!();
         for line in lines {
             println!("{line}");
         }
+    }
+
+    /// Prints `kind`'s table row and returns its JSON line.
+    fn row(&self, kind: Kind) -> Option<serde_json::Value> {
+        let runs: Vec<&Summary> = self.runs.iter().filter(|r| r.kind == kind).collect();
+        if runs.is_empty() {
+            return None;
+        }
+        let med = |f: &dyn Fn(&Summary) -> f64| median(runs.iter().map(|r| f(r)).collect());
+        let rps: Vec<f64> = runs.iter().map(|r| r.rps).collect();
+        let errors: usize = runs.iter().map(|r| r.errors).sum();
+        let mut per_backend = vec![0; self.backends];
+        for r in &runs {
+            for (total, n) in per_backend.iter_mut().zip(&r.per_backend) {
+                *total += n;
+            }
+        }
+        let mut line = json!({
+            "scenario": "throughput",
+            "client": kind.name(),
+            "concurrency": self.concurrency,
+            "rounds": runs.len(),
+            "rps_median": round1(median(rps.clone())),
+            "rps_by_round": rps.iter().map(|v| round1(*v)).collect::<Vec<_>>(),
+            "p50_us": med(&|r| r.p50.into()),
+            "p99_us": med(&|r| r.p99.into()),
+            "p999_us": med(&|r| r.p999.into()),
+            "cpu_us_per_request": round1(med(&|r| r.cpu_us)),
+            "context_switches_per_request": round3(med(&|r| r.switches)),
+            "errors": errors,
+            "calls_per_backend": per_backend,
+        });
+        let mut cells = Vec::new();
+        for base in [
+            Kind::TonicDirect,
+            Kind::TonicBalanceList,
+            Kind::HyperRoundRobin,
+        ] {
+            let ratios: Vec<f64> = runs.iter().filter_map(|r| self.ratio(r, base)).collect();
+            let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+            cells.push(ratio.map_or("-".to_owned(), |r| format!("{r:.3}")));
+            let key = base.name().replace('-', "_");
+            line[format!("ratio_vs_{key}_median")] = json!(ratio.map(round3));
+            line[format!("ratio_vs_{key}_by_round")] =
+                json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
+        }
+        println!(
+            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>7.2} {:>6}  {:?}",
+            kind.name(),
+            median(rps),
+            cells[0],
+            cells[1],
+            cells[2],
+            med(&|r| r.p50.into()),
+            med(&|r| r.p99.into()),
+            med(&|r| r.p999.into()),
+            med(&|r| r.cpu_us),
+            med(&|r| r.switches),
+            errors,
+            per_backend
+        );
+        Some(line)
     }
 }
 
