@@ -105,11 +105,14 @@ async fn throughput(options: &Options) -> Result<(), BoxError> {
 }
 
 async fn failover(options: &Options) -> Result<(), BoxError> {
-    let kinds = [
+    let kinds: Vec<Kind> = [
         Kind::OursRoundRobin,
         Kind::OursPickFirst,
         Kind::TonicBalanceList,
-    ];
+    ]
+    .into_iter()
+    .filter(|k| options.clients.contains(k))
+    .collect();
     let concurrency = options.failover_concurrency;
     println!(
         "# failover: {} backends, one process each; concurrency {concurrency}; backend 0 \
@@ -120,7 +123,7 @@ async fn failover(options: &Options) -> Result<(), BoxError> {
     );
     let mut report = Failover::new(BACKENDS);
     for round in 0..options.rounds {
-        for kind in kinds {
+        for &kind in &kinds {
             let mut backends = Backends::separate(BACKENDS)?;
             let client = Client::connect(kind, &backends.addrs).await?;
             let kill_at = options.duration / 2;

@@ -193,6 +193,11 @@ impl Failover {
             "ok_calls_after_kill": ok_after,
             "calls_per_backend_after_kill": after_calls,
             "error_messages": messages,
+            "first_error_times_ms_after_kill": after
+                .iter()
+                .take(64)
+                .map(|(t, _)| round1(t.saturating_sub(kill_at).as_secs_f64() * 1e3))
+                .collect::<Vec<_>>(),
         }));
     }
 
