@@ -54,6 +54,13 @@ fn main() -> Result<(), BoxError> {
         return server::serve(count.parse()?, first.parse()?);
     }
     let options = parse(&args)?;
+    // RUST_LOG=tonic_balance=debug shows subchannel events on stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
