@@ -1,5 +1,6 @@
 //! The connection task of one subchannel: connect, serve, notice loss,
-//! back off, report every state change.
+//! back off, report every state change. A connection counts as made (READY)
+//! once the server's HTTP/2 preface has arrived, as in grpc-go.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::backoff::{Backoff, BackoffConfig};
+use super::preface::PrefaceWatch;
 use super::{Link, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
 
@@ -152,6 +154,7 @@ where
             builder.keep_alive_timeout(timeout);
         }
     }
+    let (io, spoke) = PrefaceWatch::new(io);
     let (mut sender, connection) = builder.handshake(TokioIo::new(io)).await.map_err(|e| {
         Error::with_source(
             ErrorKind::Connect,
@@ -168,6 +171,16 @@ where
             ErrorKind::Connect,
             format!("{}: HTTP/2 handshake", link.address),
             e,
+        )
+    })?;
+    // READY only once the server has sent its preface (see `preface`).
+    spoke.await.map_err(|_| {
+        Error::new(
+            ErrorKind::Connect,
+            format!(
+                "{}: connection closed before the server's HTTP/2 preface",
+                link.address
+            ),
         )
     })?;
     Ok((sender, closed))
@@ -261,6 +274,46 @@ mod tests {
         for (got, want) in idle_at.iter().zip(want) {
             assert!((got - want).abs() < 0.05, "{idle_at:?}");
         }
+    }
+
+    /// The first connection's state and error for a server at `addr`.
+    async fn first_attempt(addr: std::net::SocketAddr) -> (ConnectivityState, String) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        sc.connect();
+        let connecting = rx.recv().await.unwrap().state;
+        assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
+        let state = rx.recv().await.unwrap().state;
+        let error = state.error.map(|e| e.to_string()).unwrap_or_default();
+        (state.connectivity, error)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_accepts_but_never_speaks_is_not_ready() {
+        // The kernel accepts into the backlog; nothing ever answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (state, error) = first_attempt(silent.local_addr().unwrap()).await;
+        assert_eq!(state, ConnectivityState::TransientFailure);
+        assert!(error.contains("timed out"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_servers_preface_is_a_failed_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closer = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            drop(socket);
+        });
+        let (state, error) = tokio::time::timeout(Duration::from_secs(10), first_attempt(addr))
+            .await
+            .expect("the attempt ends");
+        closer.await.unwrap();
+        assert_eq!(state, ConnectivityState::TransientFailure);
+        assert!(
+            error.contains("before the server's HTTP/2 preface"),
+            "{error}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,10 @@
 //!                           +--failed--> TRANSIENT_FAILURE --backoff--> IDLE
 //! ```
 //!
+//! A connection is READY once TCP (or the unix socket) is connected, the
+//! HTTP/2 handshake is done and the server's HTTP/2 preface has arrived: a
+//! socket that a dying server's kernel still accepts is not READY.
+//!
 //! Connection loss (peer close, reset, GOAWAY after the server's maximum
 //! connection age) ends hyper's connection future, so it is seen when it
 //! happens, not when the next call fails. Reconnection backoff follows gRPC's
@@ -27,6 +31,7 @@
 
 mod backoff;
 mod connect;
+mod preface;
 
 pub use backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
