@@ -7,22 +7,12 @@ use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{eventually, free_port, route, static_target, Backend};
+use support::{eventually, fast_backoff, free_port, route, static_target, Backend};
 use tonic::Code;
 use tonic_balance::resolver::{ManualResolver, ResolverDiscover, ResolverUpdate};
-use tonic_balance::subchannel::BackoffConfig;
 use tonic_balance::{BalancedChannel, ConnectivityState, WaitForReady};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-fn fast_backoff() -> BackoffConfig {
-    BackoffConfig {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        min_connect_timeout: Duration::from_secs(2),
-        ..BackoffConfig::default()
-    }
-}
 
 async fn tally(client: &mut SimpleClient<BalancedChannel>, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();

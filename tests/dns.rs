@@ -160,20 +160,11 @@ fn fast_dns() -> DnsResolverBuilder {
         })
 }
 
-fn fast_reconnects() -> BackoffConfig {
-    BackoffConfig {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        min_connect_timeout: Duration::from_secs(2),
-        ..BackoffConfig::default()
-    }
-}
-
 async fn round_robin(target: String, dns: DnsResolverBuilder) -> SimpleClient<BalancedChannel> {
     let channel = BalancedChannel::builder(target)
         .resolver_builder(dns)
         .balancer("round_robin")
-        .backoff(fast_reconnects())
+        .backoff(support::fast_backoff())
         .connect(WITHIN)
         .await
         .unwrap();

@@ -220,6 +220,16 @@ impl AsyncWrite for CountedIo {
     }
 }
 
+/// Reconnect backoff for tests: 50 ms, at most 200 ms, 2 s connect timeout.
+pub fn fast_backoff() -> tonic_balance::subchannel::BackoffConfig {
+    tonic_balance::subchannel::BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        min_connect_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}
+
 /// A loopback port that is free now (nothing listens on it).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
