@@ -92,8 +92,9 @@ impl Pick {
         &self.subchannel
     }
 
-    pub(crate) fn into_parts(self) -> (Subchannel, Option<OnDone>) {
-        (self.subchannel, self.on_done)
+    /// The callback to run when the call ends, if any.
+    pub(crate) fn into_on_done(self) -> Option<OnDone> {
+        self.on_done
     }
 }
 

@@ -67,7 +67,8 @@ async fn pick_and_send(
         };
         match result {
             PickResult::Pick(pick) => {
-                let (subchannel, on_done) = pick.into_parts();
+                let subchannel = pick.subchannel().clone();
+                let on_done = pick.into_on_done();
                 if let Some(mut sender) = subchannel.sender() {
                     set_origin(&mut req, subchannel.authority())?;
                     match sender.try_send_request(req).await {
