@@ -1,7 +1,9 @@
 //! Request-path and control-path costs of the built-in policies.
 //!
 //! - `pick/<policy>/1thread/<n>`: one `Picker::pick` (including dropping the
-//!   returned subchannel handle) with `n` READY subchannels, on one thread.
+//!   returned `PickResult`, which for the built-in policies borrows its
+//!   subchannel, so no handle is cloned or dropped) with `n` READY
+//!   subchannels, on one thread.
 //! - `pick/<policy>/2threads/<n>`: the same while two threads pick from the
 //!   same picker at once; the figure is the time per pick seen by each
 //!   thread (the mean of the two threads' elapsed time / picks).

@@ -10,6 +10,19 @@
 //! `UNAVAILABLE` fails a fail-fast call at once and makes a wait-for-ready
 //! call wait; [`PickResult::Drop`] fails every call (for policies that shed
 //! load on purpose).
+//!
+//! **Picks borrow.** A [`Pick`] usually borrows its subchannel from the
+//! picker ([`Pick::borrowed`]): the channel holds the picker snapshot while
+//! it reads the pick, so no handle has to be cloned. Cloning a
+//! [`Subchannel`] writes its reference count, and when several threads
+//! pick the same subchannel that write moves the count's cache line from
+//! core to core on every call; a borrowed pick writes nothing shared. A
+//! picker that makes its handles on the fly returns an owned one with
+//! [`Pick::new`]; [`PickResult::into_owned`] turns any result into one that
+//! outlives the picker (at the cost of that clone).
+//!
+//! Threading: [`Picker::pick`] is called from any number of threads at once
+//! on the same picker, so a picker keeps only atomics or immutable data.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +34,25 @@ use tokio::sync::Notify;
 use crate::{ConnectivityState, Subchannel};
 
 /// Chooses a subchannel for one call. Must not block.
+///
+/// ```
+/// use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker};
+/// use tonic_balance::Subchannel;
+///
+/// /// Always the same subchannel, lent to the call without a clone.
+/// #[derive(Debug)]
+/// struct Always(Subchannel);
+///
+/// impl Picker for Always {
+///     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+///         PickResult::Pick(Pick::borrowed(&self.0))
+///     }
+/// }
+/// ```
 pub trait Picker: Send + Sync + 'static {
-    /// Picks a subchannel for the call described by `info`.
-    fn pick(&self, info: &PickInfo<'_>) -> PickResult;
+    /// Picks a subchannel for the call described by `info`. The result may
+    /// borrow from the picker (see [`Pick::borrowed`]).
+    fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_>;
 }
 
 /// What a picker may look at: the call's method path and headers.
@@ -50,10 +79,10 @@ impl<'a> PickInfo<'a> {
     }
 }
 
-/// The outcome of a pick.
-pub enum PickResult {
+/// The outcome of a pick; `'a` is the picker it may borrow from.
+pub enum PickResult<'a> {
     /// Send the call on this subchannel.
-    Pick(Pick),
+    Pick(Pick<'a>),
     /// No decision yet: wait for the next picker.
     Queue,
     /// Fail the call; `UNAVAILABLE` waits instead for wait-for-ready calls.
@@ -62,21 +91,53 @@ pub enum PickResult {
     Drop(tonic::Status),
 }
 
-/// A chosen subchannel and an optional callback run when the call ends.
-pub struct Pick {
-    subchannel: Subchannel,
+impl PickResult<'_> {
+    /// The same result, owning its subchannel handle (one clone if the pick
+    /// was borrowed), so that it outlives the picker.
+    pub fn into_owned(self) -> PickResult<'static> {
+        match self {
+            PickResult::Pick(pick) => PickResult::Pick(pick.into_owned()),
+            PickResult::Queue => PickResult::Queue,
+            PickResult::Fail(status) => PickResult::Fail(status),
+            PickResult::Drop(status) => PickResult::Drop(status),
+        }
+    }
+}
+
+/// A chosen subchannel, borrowed from the picker or owned, and an optional
+/// callback run when the call ends.
+pub struct Pick<'a> {
+    subchannel: Chosen<'a>,
     on_done: Option<OnDone>,
+}
+
+enum Chosen<'a> {
+    Borrowed(&'a Subchannel),
+    Owned(Subchannel),
 }
 
 /// Called once when a picked call ends (its response stream finished or was
 /// dropped, or it failed). Load-aware policies count in-flight calls with it.
 pub type OnDone = Box<dyn FnOnce() + Send + Sync + 'static>;
 
-impl Pick {
-    /// Picks `subchannel`.
+impl Pick<'static> {
+    /// Picks `subchannel`, owning the handle (for pickers that make handles
+    /// on the fly; a picker that keeps its subchannels should lend them with
+    /// [`borrowed`](Pick::borrowed)).
     pub fn new(subchannel: Subchannel) -> Self {
         Pick {
-            subchannel,
+            subchannel: Chosen::Owned(subchannel),
+            on_done: None,
+        }
+    }
+}
+
+impl<'a> Pick<'a> {
+    /// Picks `subchannel`, lent by the picker: no reference count is
+    /// written, so picks from many threads share no written cache line.
+    pub fn borrowed(subchannel: &'a Subchannel) -> Self {
+        Pick {
+            subchannel: Chosen::Borrowed(subchannel),
             on_done: None,
         }
     }
@@ -89,7 +150,23 @@ impl Pick {
 
     /// The chosen subchannel.
     pub fn subchannel(&self) -> &Subchannel {
-        &self.subchannel
+        match &self.subchannel {
+            Chosen::Borrowed(subchannel) => subchannel,
+            Chosen::Owned(subchannel) => subchannel,
+        }
+    }
+
+    /// The same pick, owning its subchannel handle (one clone if it was
+    /// borrowed).
+    pub fn into_owned(self) -> Pick<'static> {
+        let subchannel = match self.subchannel {
+            Chosen::Borrowed(subchannel) => subchannel.clone(),
+            Chosen::Owned(subchannel) => subchannel,
+        };
+        Pick {
+            subchannel: Chosen::Owned(subchannel),
+            on_done: self.on_done,
+        }
     }
 
     /// The callback to run when the call ends, if any.
@@ -98,10 +175,10 @@ impl Pick {
     }
 }
 
-impl fmt::Debug for PickResult {
+impl fmt::Debug for PickResult<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PickResult::Pick(p) => f.debug_tuple("Pick").field(&p.subchannel).finish(),
+            PickResult::Pick(p) => f.debug_tuple("Pick").field(p.subchannel()).finish(),
             PickResult::Queue => f.write_str("Queue"),
             PickResult::Fail(s) => f.debug_tuple("Fail").field(s).finish(),
             PickResult::Drop(s) => f.debug_tuple("Drop").field(s).finish(),
@@ -109,10 +186,11 @@ impl fmt::Debug for PickResult {
     }
 }
 
-impl fmt::Debug for Pick {
+impl fmt::Debug for Pick<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pick")
-            .field("subchannel", &self.subchannel)
+            .field("subchannel", self.subchannel())
+            .field("borrowed", &matches!(self.subchannel, Chosen::Borrowed(_)))
             .field("on_done", &self.on_done.is_some())
             .finish()
     }
@@ -123,7 +201,7 @@ impl fmt::Debug for Pick {
 pub struct QueuePicker;
 
 impl Picker for QueuePicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         PickResult::Queue
     }
 }
@@ -147,7 +225,7 @@ impl FailPicker {
 }
 
 impl Picker for FailPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         PickResult::Fail(self.status.clone())
     }
 }
@@ -217,7 +295,7 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    fn info_pick(p: &dyn Picker) -> PickResult {
+    fn info_pick(p: &dyn Picker) -> PickResult<'_> {
         let headers = http::HeaderMap::new();
         p.pick(&PickInfo::new("/proto.Simple/Route", &headers))
     }
@@ -229,6 +307,43 @@ mod tests {
             PickResult::Fail(s) => assert_eq!(s.code(), tonic::Code::Unavailable),
             other => panic!("expected Fail, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn borrowed_pick_lends_the_handle_and_into_owned_keeps_it_alive() {
+        let sc = Subchannel::detached(1, crate::Address::new("a:1"));
+        let pick = Pick::borrowed(&sc).with_on_done(Box::new(|| {}));
+        assert_eq!(pick.subchannel(), &sc);
+        assert!(format!("{pick:?}").contains("borrowed: true"));
+        let owned: Pick<'static> = pick.into_owned();
+        drop(sc);
+        assert_eq!(owned.subchannel().address().addr(), "a:1");
+        assert!(format!("{owned:?}").contains("borrowed: false"));
+        assert!(
+            owned.into_on_done().is_some(),
+            "on_done survives into_owned"
+        );
+    }
+
+    #[test]
+    fn owned_result_outlives_its_picker() {
+        struct Lends(Subchannel);
+        impl Picker for Lends {
+            fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+                PickResult::Pick(Pick::borrowed(&self.0))
+            }
+        }
+        let picker = Lends(Subchannel::detached(7, crate::Address::new("b:1")));
+        let result: PickResult<'static> = info_pick(&picker).into_owned();
+        drop(picker);
+        match result {
+            PickResult::Pick(p) => assert_eq!(p.subchannel().id(), 7),
+            other => panic!("expected Pick, got {other:?}"),
+        }
+        assert!(matches!(
+            info_pick(&QueuePicker).into_owned(),
+            PickResult::Queue
+        ));
     }
 
     #[tokio::test]

@@ -83,13 +83,13 @@ impl Balancer for RotateAllBalancer {
 }
 
 impl Picker for RotateAllPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
         let counters = self.counters.clone();
         let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
         PickResult::Pick(
-            Pick::new(self.subchannels[i].clone()).with_on_done(Box::new(move || {
+            Pick::borrowed(&self.subchannels[i]).with_on_done(Box::new(move || {
                 counters.in_flight.fetch_sub(1, Ordering::SeqCst);
             })),
         )

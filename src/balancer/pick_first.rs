@@ -82,8 +82,8 @@ struct PickFirst {
 struct OnePicker(Subchannel);
 
 impl Picker for OnePicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult {
-        PickResult::Pick(Pick::new(self.0.clone()))
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+        PickResult::Pick(Pick::borrowed(&self.0))
     }
 }
 

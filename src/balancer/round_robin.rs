@@ -12,7 +12,19 @@
 //!
 //! A new picker is published only when the READY set or the channel state
 //! changes, so a steady channel keeps its rotation.
+//!
+//! **Threading.** Every thread that makes calls picks from the same picker
+//! at once, so the picker writes nothing that two threads share: it keeps
+//! 16 rotation counters, each on its own 128-byte block (two cache
+//! lines, as adjacent-line prefetchers pair them), and each thread uses one
+//! of them, assigned once per thread in thread start order. Each counter
+//! starts at its own random index and rotates strictly, so one thread sees
+//! strict rotation and every thread spreads its calls evenly; threads
+//! beyond the 16th share counters (still even, with some contention).
+//! Picks lend the subchannel ([`Pick::borrowed`]), so no reference count
+//! is written either.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -71,28 +83,65 @@ struct RoundRobin {
     has_addresses: bool,
 }
 
-/// Rotates over a fixed list of READY subchannels. One atomic increment per
-/// pick, whatever the number of subchannels.
+/// How many rotation counters a round_robin picker keeps (one per thread
+/// up to this many picking threads). 16 blocks of 128 bytes: 2 KiB per
+/// published picker.
+pub(crate) const SHARDS: usize = 16;
+
+/// One rotation counter on its own cache lines.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Shard(AtomicUsize);
+
+/// Hands out shard indices in thread start order.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard index, or `usize::MAX` before its first pick.
+    static THREAD_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The shard index of the calling thread, assigned on its first pick.
+pub(crate) fn thread_shard() -> usize {
+    THREAD_SHARD.with(|cell| {
+        let mut shard = cell.get();
+        if shard == usize::MAX {
+            shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            cell.set(shard);
+        }
+        shard
+    })
+}
+
+/// Rotates over a fixed list of READY subchannels. One atomic increment of
+/// the calling thread's own counter per pick, whatever the number of
+/// subchannels, and no reference-count traffic.
 #[derive(Debug)]
 pub(crate) struct RoundRobinPicker {
     subchannels: Box<[Subchannel]>,
-    next: AtomicUsize,
+    shards: [Shard; SHARDS],
 }
 
 impl RoundRobinPicker {
-    pub(crate) fn new(subchannels: Vec<Subchannel>, start: usize) -> Self {
+    /// Rotates over `subchannels`; shard `i` starts at index `starts[i]`.
+    pub(crate) fn new(subchannels: Vec<Subchannel>, starts: [usize; SHARDS]) -> Self {
         RoundRobinPicker {
             subchannels: subchannels.into_boxed_slice(),
-            next: AtomicUsize::new(start),
+            shards: starts.map(|start| Shard(AtomicUsize::new(start))),
         }
     }
 }
 
 impl Picker for RoundRobinPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        match self.subchannels.get(n % self.subchannels.len().max(1)) {
-            Some(sc) => PickResult::Pick(Pick::new(sc.clone())),
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+        let len = self.subchannels.len();
+        if len == 0 {
+            return PickResult::Queue;
+        }
+        let shard = &self.shards[thread_shard()];
+        let n = shard.0.fetch_add(1, Ordering::Relaxed);
+        match self.subchannels.get(n % len) {
+            Some(sc) => PickResult::Pick(Pick::borrowed(sc)),
             None => PickResult::Queue,
         }
     }
@@ -125,8 +174,9 @@ impl RoundRobin {
         self.published = Some(key);
         let picker: Arc<dyn Picker> = match state {
             ConnectivityState::Ready => {
-                let start = self.rng.random_range(0..ready.len());
-                Arc::new(RoundRobinPicker::new(ready, start))
+                let n = ready.len();
+                let starts = std::array::from_fn(|_| self.rng.random_range(0..n));
+                Arc::new(RoundRobinPicker::new(ready, starts))
             }
             ConnectivityState::TransientFailure => Arc::new(FailPicker::unavailable(format!(
                 "last connection error: {}",
@@ -377,12 +427,98 @@ mod tests {
             .contains("no usable addresses"));
     }
 
+    /// Picks `times` times on this thread; the index of each pick.
+    fn pick_indices(picker: &dyn Picker, times: usize) -> Vec<usize> {
+        let headers = http::HeaderMap::new();
+        let info = PickInfo::new("/x/y", &headers);
+        (0..times)
+            .map(|_| match picker.pick(&info) {
+                PickResult::Pick(p) => p.subchannel().id() as usize,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn detached(n: usize) -> Vec<Subchannel> {
+        (0..n)
+            .map(|i| Subchannel::detached(i as u64, Address::new(format!("h{i}:1"))))
+            .collect()
+    }
+
+    #[test]
+    fn one_thread_sees_strict_rotation_hitting_each_subchannel_k_times() {
+        let (mut rr, mut ctl) = (build(3), FakeController::new());
+        let addrs = ["a:1", "b:1", "c:1", "d:1", "e:1"];
+        rr.resolver_update(&update(&addrs), &mut ctl);
+        for a in addrs {
+            ctl.deliver(&mut *rr, a, Ready);
+        }
+        let (n, k) = (addrs.len(), 20);
+        let picks: Vec<usize> = (0..n * k)
+            .map(|_| {
+                let a = ctl.pick_addr().unwrap();
+                addrs.iter().position(|x| *x == a).unwrap()
+            })
+            .collect();
+        for w in picks.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % n, "strict rotation: {picks:?}");
+        }
+        for i in 0..n {
+            assert_eq!(picks.iter().filter(|&&p| p == i).count(), k, "{i}");
+        }
+    }
+
+    #[test]
+    fn two_threads_picking_at_once_spread_picks_evenly() {
+        let (n, k) = (7, 2_000);
+        let starts = std::array::from_fn(|i| i * 3);
+        let picker = RoundRobinPicker::new(detached(n), starts);
+        let barrier = std::sync::Barrier::new(2);
+        let per_thread: Vec<(usize, Vec<usize>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        let mut counts = vec![0; n];
+                        for i in pick_indices(&picker, n * k) {
+                            counts[i] += 1;
+                        }
+                        (thread_shard(), counts)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // n * k picks in a row from one counter hit each subchannel k times,
+        // whatever the interleaving: so 2k in all, and exactly k per thread
+        // when the two threads have their own counters (as the first 16
+        // picking threads do).
+        for i in 0..n {
+            let total: usize = per_thread.iter().map(|(_, c)| c[i]).sum();
+            assert_eq!(total, 2 * k, "subchannel {i}: {per_thread:?}");
+        }
+        if per_thread[0].0 != per_thread[1].0 {
+            for (shard, counts) in &per_thread {
+                assert!(counts.iter().all(|&c| c == k), "shard {shard}: {counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_keeps_the_counter_it_was_given() {
+        let shards: Vec<(usize, usize)> = (0..2)
+            .map(|_| std::thread::spawn(|| (thread_shard(), thread_shard())))
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert!(shards.iter().all(|(a, b)| a == b && *a < SHARDS));
+    }
+
     #[test]
     fn picker_is_flat_over_many_subchannels() {
         let subchannels: Vec<Subchannel> = (0..1000)
             .map(|i| Subchannel::detached(i, Address::new(format!("h{i}:1"))))
             .collect();
-        let picker = RoundRobinPicker::new(subchannels, 0);
+        let picker = RoundRobinPicker::new(subchannels, [0; SHARDS]);
         let headers = http::HeaderMap::new();
         let info = PickInfo::new("/x/y", &headers);
         for i in 0..2000u64 {

@@ -122,8 +122,9 @@ impl FakeController {
         self.pickers.last().expect("a picker was published").0
     }
 
-    /// Picks once with the last published picker.
-    pub fn pick(&self) -> PickResult {
+    /// Picks once with the last published picker (the pick may borrow
+    /// from that picker, which the controller keeps).
+    pub fn pick(&self) -> PickResult<'_> {
         let headers = http::HeaderMap::new();
         let (_, picker) = self.pickers.last().expect("a picker was published");
         picker.pick(&PickInfo::new("/proto.Simple/Route", &headers))
