@@ -1,17 +1,19 @@
 //! The request path: pick, send, and wait for a better picker when needed.
 //!
 //! Per call: one atomic load of the current picker, one pick, one clone of
-//! the chosen connection's HTTP/2 sender, and the send. No lock, no task hop.
+//! the chosen connection's `h2` sender, and the send from the caller's own
+//! task (see [`stream`](super::stream)): no buffer task and no dispatch
+//! task between the call and the connection.
 
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+use super::stream::{self, ResponseBody, SendError};
 use super::{ControlRequest, Peer, Shared, WaitForReady};
 use crate::picker::{OnDone, PickInfo, PickResult};
 use crate::ConnectivityState;
@@ -63,36 +65,42 @@ async fn pick_and_send(
                 let _ = shared.requests.send(ControlRequest::ExitIdle);
             }
             let info = PickInfo::new(req.uri().path(), req.headers());
-            (snapshot.generation, snapshot.picker.pick(&info))
+            (
+                snapshot.generation,
+                snapshot.picker.pick(&info).into_owned(),
+            )
         };
         match result {
             PickResult::Pick(pick) => {
                 let subchannel = pick.subchannel().clone();
                 let on_done = pick.into_on_done();
-                if let Some(mut sender) = subchannel.sender() {
-                    set_origin(&mut req, subchannel.authority())?;
-                    match sender.try_send_request(req).await {
-                        Ok(response) => {
-                            return Ok(respond(response, subchannel.address(), on_done))
-                        }
-                        Err(mut error) => {
-                            if let Some(f) = on_done {
-                                f();
+                match subchannel.sender() {
+                    Some(sender) => {
+                        set_origin(&mut req, subchannel.authority())?;
+                        match stream::send(sender, req, subchannel.address()).await {
+                            Ok((response, pipe)) => {
+                                if let Some(pipe) = pipe {
+                                    pipe.spawn();
+                                }
+                                return Ok(respond(response, subchannel.address(), on_done));
                             }
-                            match error.take_message() {
-                                // Never left the client (gRFC A6): pick again.
-                                Some(unsent) => req = unsent,
-                                None => {
-                                    return Err(send_error(
-                                        error.into_error(),
-                                        subchannel.address(),
-                                    ))
+                            Err(failure) => {
+                                if let Some(f) = on_done {
+                                    f();
+                                }
+                                match failure {
+                                    // Never left the client (gRFC A6): pick again.
+                                    SendError::Unsent(unsent) => req = *unsent,
+                                    SendError::Failed(status) => return Err(status),
                                 }
                             }
                         }
                     }
-                } else if let Some(f) = on_done {
-                    f();
+                    None => {
+                        if let Some(f) = on_done {
+                            f();
+                        }
+                    }
                 }
                 repicks += 1;
                 if repicks > REPICKS_PER_PICKER {
@@ -166,29 +174,14 @@ fn set_origin(req: &mut Request<Body>, authority: &Authority) -> Result<(), Stat
 }
 
 fn respond(
-    response: Response<Incoming>,
+    response: Response<h2::RecvStream>,
     address: &crate::Address,
     on_done: Option<OnDone>,
 ) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, stream) = response.into_parts();
     parts.extensions.insert(Peer::new(address.clone()));
-    let body = match on_done {
-        None => Body::new(body),
-        Some(on_done) => Body::new(DoneBody {
-            inner: body,
-            on_done: Some(on_done),
-        }),
-    };
-    Response::from_parts(parts, body)
-}
-
-fn send_error(error: hyper::Error, address: &crate::Address) -> Status {
-    let status = Status::from_error(Box::new(error));
-    let code = match status.code() {
-        Code::Unknown | Code::Internal => Code::Unavailable,
-        code => code,
-    };
-    Status::new(code, format!("{address}: {}", status.message()))
+    let body = ResponseBody::new(stream, address.clone(), on_done);
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// The call's timeout: the `grpc-timeout` header, capped by the channel's
@@ -220,40 +213,6 @@ fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-/// A response body that runs the pick's `on_done` when it is dropped.
-struct DoneBody {
-    inner: Incoming,
-    on_done: Option<OnDone>,
-}
-
-impl Drop for DoneBody {
-    fn drop(&mut self) {
-        if let Some(f) = self.on_done.take() {
-            f();
-        }
-    }
-}
-
-impl http_body::Body for DoneBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@
 mod builder;
 mod call;
 mod control;
+mod stream;
 
 pub use builder::BalancedChannelBuilder;
 

@@ -5,13 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::backoff::{Backoff, BackoffConfig};
+use super::http2::{self, Lost, Sender};
 use super::preface::PrefaceWatch;
 use super::{Link, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
@@ -34,8 +33,16 @@ pub(crate) struct StateEvent {
     pub(crate) state: SubchannelState,
 }
 
-type Sender = http2::SendRequest<tonic::body::Body>;
-type Closed = oneshot::Receiver<Option<hyper::Error>>;
+/// gRPC's default keepalive timeout (gRFC A8), when only an interval is set.
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A READY connection as the connection task holds it.
+struct Connection {
+    /// Resolves with the reason the connection stopped taking calls.
+    lost: oneshot::Receiver<Lost>,
+    /// Dropping it tells the drive task the subchannel let go.
+    _release: oneshot::Sender<()>,
+}
 
 impl ConnectConfig {
     /// The `:authority` of calls on `address`: the channel's override, else
@@ -91,16 +98,17 @@ pub(crate) async fn run(
             r = attempt => r.unwrap_or_else(|_| Err(timed_out(&link, backoff.connect_timeout()))),
         };
         match result {
-            Ok((sender, closed)) => {
+            Ok((sender, mut connection)) => {
                 backoff.reset();
                 link.sender.store(Some(Arc::new(sender)));
                 report(ConnectivityState::Ready, None);
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
-                    r = closed => Some(r),
+                    r = &mut connection.lost => Some(r),
                 };
                 link.sender.store(None);
+                drop(connection);
                 let Some(reason) = lost else { return };
                 tracing::debug!(address = %link.address, "connection lost");
                 report(
@@ -123,7 +131,7 @@ pub(crate) async fn run(
     }
 }
 
-async fn connect(link: &Link, config: &ConnectConfig) -> Result<(Sender, Closed), Error> {
+async fn connect(link: &Link, config: &ConnectConfig) -> Result<(Sender, Connection), Error> {
     let addr = link.address.addr();
     let fail = |e: std::io::Error| Error::with_source(ErrorKind::Connect, addr.to_owned(), e);
     #[cfg(unix)]
@@ -140,40 +148,37 @@ async fn handshake<IO>(
     io: IO,
     link: &Link,
     config: &ConnectConfig,
-) -> Result<(Sender, Closed), Error>
+) -> Result<(Sender, Connection), Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    if let Some(interval) = config.keepalive_interval {
-        builder
-            .keep_alive_interval(interval)
-            .keep_alive_while_idle(config.keepalive_while_idle);
-        if let Some(timeout) = config.keepalive_timeout {
-            builder.keep_alive_timeout(timeout);
-        }
-    }
+    let failed = |e: h2::Error| {
+        Error::with_source(
+            ErrorKind::Connect,
+            format!("{}: HTTP/2 handshake", link.address),
+            e,
+        )
+    };
     let (io, spoke) = PrefaceWatch::new(io);
-    let (mut sender, connection) = builder.handshake(TokioIo::new(io)).await.map_err(|e| {
-        Error::with_source(
-            ErrorKind::Connect,
-            format!("{}: HTTP/2 handshake", link.address),
-            e,
-        )
-    })?;
-    let (tx, closed) = oneshot::channel();
-    tokio::spawn(async move {
-        let _ = tx.send(connection.await.err());
+    let (sender, connection) = http2::handshake(io).await.map_err(failed)?;
+    let keepalive = config.keepalive_interval.map(|interval| http2::Keepalive {
+        interval,
+        timeout: config
+            .keepalive_timeout
+            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+        while_idle: config.keepalive_while_idle,
     });
-    sender.ready().await.map_err(|e| {
-        Error::with_source(
-            ErrorKind::Connect,
-            format!("{}: HTTP/2 handshake", link.address),
-            e,
-        )
-    })?;
-    // READY only once the server has sent its preface (see `preface`).
+    let (release, released) = oneshot::channel();
+    let (lost_tx, lost) = oneshot::channel();
+    tokio::spawn(http2::drive(
+        connection,
+        sender.clone(),
+        keepalive,
+        released,
+        lost_tx,
+    ));
+    // READY only once the server has sent its preface (see `preface`). The
+    // socket is dropped, failing `spoke`, when the connection ends first.
     spoke.await.map_err(|_| {
         Error::new(
             ErrorKind::Connect,
@@ -183,7 +188,13 @@ where
             ),
         )
     })?;
-    Ok((sender, closed))
+    Ok((
+        sender,
+        Connection {
+            lost,
+            _release: release,
+        },
+    ))
 }
 
 fn timed_out(link: &Link, after: Duration) -> Error {
@@ -193,15 +204,12 @@ fn timed_out(link: &Link, after: Duration) -> Error {
     )
 }
 
-fn connection_lost(
-    link: &Link,
-    reason: Result<Option<hyper::Error>, oneshot::error::RecvError>,
-) -> Error {
-    let message = format!("{}: connection closed", link.address);
-    match reason {
-        Ok(Some(e)) => Error::with_source(ErrorKind::Connect, message, e),
-        _ => Error::new(ErrorKind::Connect, message),
-    }
+fn connection_lost(link: &Link, reason: Result<Lost, oneshot::error::RecvError>) -> Error {
+    let message = match reason {
+        Ok(lost) => format!("{}: connection {lost}", link.address),
+        Err(_) => format!("{}: connection closed", link.address),
+    };
+    Error::new(ErrorKind::Connect, message)
 }
 
 #[cfg(test)]
@@ -329,5 +337,126 @@ mod tests {
             rx.recv().await.is_none(),
             "the task ended and dropped its sender"
         );
+    }
+
+    /// A raw HTTP/2 server on 127.0.0.1 that completes one handshake and
+    /// then hands the connection to `serve`.
+    async fn h2_server<F, Fut>(serve: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(h2::server::Connection<tokio::net::TcpStream, bytes::Bytes>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let connection = h2::server::handshake(socket).await.unwrap();
+            serve(connection).await;
+        });
+        addr
+    }
+
+    fn keepalive(interval_ms: u64, timeout_ms: u64) -> Arc<ConnectConfig> {
+        Arc::new(ConnectConfig {
+            keepalive_interval: Some(Duration::from_millis(interval_ms)),
+            keepalive_timeout: Some(Duration::from_millis(timeout_ms)),
+            keepalive_while_idle: true,
+            ..ConnectConfig::default()
+        })
+    }
+
+    /// Connects a subchannel to `addr` and waits until it is READY.
+    async fn ready(
+        addr: std::net::SocketAddr,
+        config: Arc<ConnectConfig>,
+    ) -> (Subchannel, mpsc::UnboundedReceiver<StateEvent>) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        sc.connect();
+        for want in [ConnectivityState::Connecting, ConnectivityState::Ready] {
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, want, "{:?}", event.state.error);
+        }
+        (sc, rx)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stops_answering_pings_is_dropped_by_keepalive() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            // The server handshakes, then never reads again: no PING ACK.
+            let addr = h2_server(|connection| async move {
+                let _hold = connection;
+                std::future::pending::<()>().await;
+            })
+            .await;
+            let (_sc, mut rx) = ready(addr, keepalive(100, 200)).await;
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, ConnectivityState::Idle);
+            let error = event.state.error.unwrap().to_string();
+            assert!(error.contains("keepalive"), "{error}");
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn answered_pings_keep_the_connection() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let addr = h2_server(|mut connection| async move {
+                // Serving the connection answers PINGs.
+                while let Some(Ok(_)) = connection.accept().await {}
+            })
+            .await;
+            // A PING every 20 ms, each answered well within 5 s.
+            let (sc, mut rx) = ready(addr, keepalive(20, 5_000)).await;
+            let quiet = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+            assert!(quiet.is_err(), "no state change: {quiet:?}");
+            assert!(sc.sender().is_some());
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn goaway_stops_new_calls_at_once_and_lets_open_ones_finish() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (go_away, go_away_sent) = oneshot::channel::<()>();
+            let (respond, respond_now) = oneshot::channel::<()>();
+            let addr = h2_server(|mut connection| async move {
+                let (_request, mut reply) = connection.accept().await.unwrap().unwrap();
+                connection.graceful_shutdown();
+                let serve =
+                    tokio::spawn(
+                        async move { while let Some(Ok(_)) = connection.accept().await {} },
+                    );
+                let _ = go_away.send(());
+                let _ = respond_now.await;
+                let response = http::Response::new(());
+                reply.send_response(response, true).unwrap();
+                let _ = serve.await;
+            })
+            .await;
+            let (sc, mut rx) = ready(addr, Arc::default()).await;
+            let mut sender = sc.sender().unwrap();
+            let request = http::Request::post("http://test/echo.Echo/Unary")
+                .body(())
+                .unwrap();
+            let (response, _stream) = sender.send_request(request, false).unwrap();
+            go_away_sent.await.unwrap();
+            // The server refuses new streams: the subchannel leaves READY
+            // and withdraws its sender while the open call goes on.
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, ConnectivityState::Idle);
+            let error = event.state.error.unwrap().to_string();
+            assert!(error.contains("refuses new calls"), "{error}");
+            assert!(sc.sender().is_none());
+            respond.send(()).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), http::StatusCode::OK);
+        })
+        .await
+        .expect("bounded");
     }
 }

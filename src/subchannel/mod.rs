@@ -16,14 +16,17 @@
 //! HTTP/2 handshake is done and the server's HTTP/2 preface has arrived: a
 //! socket that a dying server's kernel still accepts is not READY.
 //!
-//! Connection loss (peer close, reset, GOAWAY after the server's maximum
-//! connection age) ends hyper's connection future, so it is seen when it
-//! happens, not when the next call fails. Reconnection backoff follows gRPC's
+//! The connection is `h2`'s, driven by one task that also watches it (see
+//! `http2`). Connection loss (peer close, reset, a keepalive PING left
+//! unanswered) is seen when it happens, not when the next call fails; a
+//! GOAWAY (e.g. at the server's maximum connection age) takes the
+//! subchannel out of READY at once, while the calls already open on that
+//! connection finish. Reconnection backoff follows gRPC's
 //! `connection-backoff.md` ([`BackoffConfig`]).
 //!
 //! Dropping the last handle shuts the subchannel down: the sender is
 //! withdrawn so no new call uses it, calls already sent run to completion,
-//! and then hyper closes the connection.
+//! and then the connection closes.
 //!
 //! Subchannels are shared: the control task keeps one per address for as
 //! long as any balancer or picker holds it, so an address that stays in the
@@ -31,6 +34,7 @@
 
 mod backoff;
 mod connect;
+mod http2;
 mod preface;
 
 pub use backoff::BackoffConfig;
@@ -42,7 +46,6 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http2::SendRequest;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::{Address, ConnectivityState, Error};
@@ -75,7 +78,7 @@ pub(crate) struct Link {
     id: u64,
     address: Address,
     authority: http::uri::Authority,
-    sender: ArcSwapOption<SendRequest<tonic::body::Body>>,
+    sender: ArcSwapOption<http2::Sender>,
     /// The state as the control task last saw it (the balancer's view).
     state: AtomicU8,
     connect: Notify,
@@ -170,7 +173,7 @@ impl Subchannel {
     }
 
     /// A clone of the READY connection's sender, if there is one.
-    pub(crate) fn sender(&self) -> Option<SendRequest<tonic::body::Body>> {
+    pub(crate) fn sender(&self) -> Option<http2::Sender> {
         self.inner.link.sender.load().as_deref().cloned()
     }
 

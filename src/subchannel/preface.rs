@@ -2,7 +2,7 @@
 //!
 //! An HTTP/2 server's first bytes are its preface, a SETTINGS frame. gRPC
 //! reports a connection READY only once that preface has arrived (grpc-go's
-//! transport waits for it before the subchannel leaves CONNECTING); hyper's
+//! transport waits for it before the subchannel leaves CONNECTING); an `h2`
 //! client handshake does not wait for it. The difference matters when a
 //! server dies: for a moment its kernel may still accept connections that
 //! no process will ever serve, and calls sent there fail. [`PrefaceWatch`]
