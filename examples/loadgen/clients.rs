@@ -6,7 +6,12 @@
 //!   `static:///a,b,c`;
 //! - `hyper-round_robin`: one raw hyper HTTP/2 connection per backend and a
 //!   shared counter that rotates over them: no balancer, no tower, no tonic
-//!   codec; the gRPC frame is encoded once with prost. The practical ceiling.
+//!   codec; the gRPC frame is encoded once with prost. The ceiling for a
+//!   client that sends through hyper.
+//! - `h2-round_robin`: the same over raw `h2` connections, each call sending
+//!   its HEADERS and DATA from its own task: the ceiling for a client with
+//!   no dispatch task at all (what `BalancedChannel` does since it moved
+//!   from hyper to `h2`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,16 +39,18 @@ pub enum Kind {
     OursRoundRobin,
     OursPickFirst,
     HyperRoundRobin,
+    H2RoundRobin,
 }
 
 impl Kind {
     /// Every client, in the order of a throughput round.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::TonicDirect,
         Kind::TonicBalanceList,
         Kind::OursRoundRobin,
         Kind::OursPickFirst,
         Kind::HyperRoundRobin,
+        Kind::H2RoundRobin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +60,7 @@ impl Kind {
             Kind::OursRoundRobin => "ours-round_robin",
             Kind::OursPickFirst => "ours-pick_first",
             Kind::HyperRoundRobin => "hyper-round_robin",
+            Kind::H2RoundRobin => "h2-round_robin",
         }
     }
 
@@ -67,6 +75,7 @@ pub enum Client {
     Tonic(SimpleClient<Channel>),
     Ours(SimpleClient<BalancedChannel>),
     Hyper(Arc<HyperRoundRobin>),
+    H2(Arc<H2RoundRobin>),
 }
 
 /// What a call reports: the index of the backend that served it.
@@ -108,6 +117,7 @@ impl Client {
             Kind::HyperRoundRobin => {
                 Client::Hyper(Arc::new(HyperRoundRobin::connect(addrs).await?))
             }
+            Kind::H2RoundRobin => Client::H2(Arc::new(H2RoundRobin::connect(addrs).await?)),
         })
     }
 
@@ -120,6 +130,7 @@ impl Client {
             Client::Tonic(c) => c.route(request()).await.map(|r| r.into_inner().code),
             Client::Ours(c) => c.route(request()).await.map(|r| r.into_inner().code),
             Client::Hyper(h) => return h.call().await,
+            Client::H2(h) => return h.call().await,
         };
         match code {
             Ok(code) => usize::try_from(code).map_err(|_| format!("bad backend index {code}")),
@@ -150,17 +161,10 @@ impl HyperRoundRobin {
         if backends.is_empty() {
             return Err("no backend".into());
         }
-        let message = SimpleRequest {
-            data: DATA.to_owned(),
-        };
-        let mut frame = BytesMut::with_capacity(5 + message.encoded_len());
-        frame.put_u8(0);
-        frame.put_u32(u32::try_from(message.encoded_len())?);
-        message.encode(&mut frame)?;
         Ok(HyperRoundRobin {
             backends,
             next: AtomicUsize::new(0),
-            frame: frame.freeze(),
+            frame: request_frame()?,
         })
     }
 
@@ -190,12 +194,91 @@ impl HyperRoundRobin {
             .and_then(|t| t.get("grpc-status"))
             .or_else(|| parts.headers.get("grpc-status"))
             .map(|v| v.as_bytes().to_vec());
-        if status.as_deref() != Some(b"0") {
-            return Err(format!("grpc-status {status:?}"));
+        reply(status, &body.to_bytes())
+    }
+}
+
+/// The one `Route` request every raw client sends, as a gRPC frame.
+fn request_frame() -> Result<Bytes, BoxError> {
+    let message = SimpleRequest {
+        data: DATA.to_owned(),
+    };
+    let mut frame = BytesMut::with_capacity(5 + message.encoded_len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(message.encoded_len())?);
+    message.encode(&mut frame)?;
+    Ok(frame.freeze())
+}
+
+/// The backend index in a raw client's reply, given its `grpc-status`.
+fn reply(status: Option<Vec<u8>>, data: &[u8]) -> Outcome {
+    if status.as_deref() != Some(b"0") {
+        return Err(format!("grpc-status {status:?}"));
+    }
+    let reply = SimpleResponse::decode(data.get(5..).ok_or("short gRPC frame")?)
+        .map_err(|e| format!("decode: {e}"))?;
+    usize::try_from(reply.code).map_err(|_| format!("bad backend index {}", reply.code))
+}
+
+/// Raw `h2`, strict rotation over one connection per backend; each call
+/// opens its stream and sends its one DATA frame from its own task.
+pub struct H2RoundRobin {
+    backends: Vec<(h2::client::SendRequest<Bytes>, http::Uri)>,
+    next: AtomicUsize,
+    frame: Bytes,
+}
+
+impl H2RoundRobin {
+    async fn connect(addrs: &[SocketAddr]) -> Result<H2RoundRobin, BoxError> {
+        let mut backends = Vec::new();
+        for addr in addrs {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let (sender, connection) = h2::client::handshake(tcp).await?;
+            tokio::spawn(connection);
+            let uri = format!("http://{addr}/proto.Simple/Route").parse()?;
+            backends.push((sender, uri));
         }
-        let data = body.to_bytes();
-        let reply = SimpleResponse::decode(data.get(5..).ok_or("short gRPC frame")?)
-            .map_err(|e| format!("decode: {e}"))?;
-        usize::try_from(reply.code).map_err(|_| format!("bad backend index {}", reply.code))
+        if backends.is_empty() {
+            return Err("no backend".into());
+        }
+        Ok(H2RoundRobin {
+            backends,
+            next: AtomicUsize::new(0),
+            frame: request_frame()?,
+        })
+    }
+
+    async fn call(&self) -> Outcome {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        let (sender, uri) = &self.backends[i];
+        let request = http::Request::post(uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let h2_error = |e: h2::Error| format!("h2: {e}");
+        let mut sender = sender.clone().ready().await.map_err(h2_error)?;
+        let (response, mut stream) = sender.send_request(request, false).map_err(h2_error)?;
+        stream
+            .send_data(self.frame.clone(), true)
+            .map_err(h2_error)?;
+        let (parts, mut body) = response.await.map_err(h2_error)?.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", parts.status));
+        }
+        let mut data = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(h2_error)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.map_err(h2_error)?;
+        let status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| parts.headers.get("grpc-status"))
+            .map(|v| v.as_bytes().to_vec());
+        reply(status, &data)
     }
 }

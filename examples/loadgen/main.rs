@@ -1,5 +1,5 @@
 //! Load generator: unary gRPC throughput, latency and client CPU of
-//! tonic-balance against tonic's own channels and raw hyper, plus a
+//! tonic-balance against tonic's own channels and raw hyper and h2, plus a
 //! failover scenario. See BENCHMARKS.md for figures.
 //!
 //! ```text

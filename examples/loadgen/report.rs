@@ -1,6 +1,7 @@
 //! Tables for people and one JSON line per client (or failover run) for
 //! scripts. Throughput figures are medians over rounds; each ratio (to
-//! `tonic-direct`, `tonic-balance_list` and `hyper-round_robin`) is taken
+//! `tonic-direct`, `tonic-balance_list`, `hyper-round_robin` and
+//! `h2-round_robin`) is taken
 //! within each round, then its median is reported.
 
 use std::collections::BTreeMap;
@@ -67,12 +68,13 @@ impl Throughput {
     pub fn print(&self) {
         println!("\n## concurrency {}", self.concurrency);
         println!(
-            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8} {:>10} {:>7} {:>6}  calls per backend",
+            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>7} {:>6}  calls per backend",
             "client",
             "req/s",
             "vs direct",
             "vs b_list",
             "vs hyper",
+            "vs h2",
             "p50 µs",
             "p99 µs",
             "p999 µs",
@@ -125,6 +127,7 @@ impl Throughput {
             Kind::TonicDirect,
             Kind::TonicBalanceList,
             Kind::HyperRoundRobin,
+            Kind::H2RoundRobin,
         ] {
             let ratios: Vec<f64> = runs.iter().filter_map(|r| self.ratio(r, base)).collect();
             let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
@@ -135,12 +138,13 @@ impl Throughput {
                 json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
         }
         println!(
-            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>7.2} {:>6}  {:?}",
+            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>7.2} {:>6}  {:?}",
             kind.name(),
             median(rps),
             cells[0],
             cells[1],
             cells[2],
+            cells[3],
             med(&|r| r.p50.into()),
             med(&|r| r.p99.into()),
             med(&|r| r.p999.into()),
