@@ -1,8 +1,9 @@
 //! The request path: pick, send, and wait for a better picker when needed.
 //!
-//! Per call: one atomic load of the current picker, one pick, one clone of
-//! the chosen connection's `h2` sender, and the send from the caller's own
-//! task (see [`stream`](super::stream)): no buffer task and no dispatch
+//! Per call: one atomic load of the current picker, one pick (borrowed from
+//! that snapshot), one clone of the chosen connection's `h2` sender and of
+//! its address (for the response's [`Peer`]), and the send from the
+//! caller's own task (see [`stream`](super::stream)): no buffer task and no dispatch
 //! task between the call and the connection.
 
 use std::time::Duration;
@@ -13,10 +14,10 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::stream::{self, ResponseBody, SendError};
+use super::stream::{self, ResponseBody, SendError, Sender};
 use super::{ControlRequest, Peer, Shared, WaitForReady};
 use crate::picker::{OnDone, PickInfo, PickResult};
-use crate::ConnectivityState;
+use crate::{Address, ConnectivityState};
 
 /// How many times a call is re-picked on the same picker when its
 /// subchannel turns out not to be connected, before waiting for a new one.
@@ -55,7 +56,7 @@ async fn pick_and_send(
 ) -> Result<Response<Body>, Status> {
     let mut repicks = 0;
     loop {
-        let (generation, result) = {
+        let (generation, decision) = {
             let snapshot = shared.picker.load();
             if snapshot.state == ConnectivityState::Idle
                 && !snapshot
@@ -65,42 +66,49 @@ async fn pick_and_send(
                 let _ = shared.requests.send(ControlRequest::ExitIdle);
             }
             let info = PickInfo::new(req.uri().path(), req.headers());
-            (
-                snapshot.generation,
-                snapshot.picker.pick(&info).into_owned(),
-            )
+            // The pick borrows from the snapshot: take what the call needs
+            // from the subchannel while the snapshot is held.
+            let decision = match snapshot.picker.pick(&info) {
+                PickResult::Pick(pick) => {
+                    let subchannel = pick.subchannel();
+                    let ready = match subchannel.sender() {
+                        Some(sender) => {
+                            set_origin(&mut req, subchannel.authority())?;
+                            Some((sender, subchannel.address().clone()))
+                        }
+                        None => None,
+                    };
+                    Decision::Send(ready, pick.into_on_done())
+                }
+                PickResult::Queue => Decision::Queue,
+                PickResult::Fail(status) => Decision::Fail(status),
+                PickResult::Drop(status) => Decision::Drop(status),
+            };
+            (snapshot.generation, decision)
         };
-        match result {
-            PickResult::Pick(pick) => {
-                let subchannel = pick.subchannel().clone();
-                let on_done = pick.into_on_done();
-                match subchannel.sender() {
-                    Some(sender) => {
-                        set_origin(&mut req, subchannel.authority())?;
-                        match stream::send(sender, req, subchannel.address()).await {
-                            Ok((response, pipe)) => {
-                                if let Some(pipe) = pipe {
-                                    pipe.spawn();
-                                }
-                                return Ok(respond(response, subchannel.address(), on_done));
+        match decision {
+            Decision::Send(ready, on_done) => {
+                if let Some((sender, address)) = ready {
+                    match stream::send(sender, req, &address).await {
+                        Ok((response, pipe)) => {
+                            if let Some(pipe) = pipe {
+                                pipe.spawn();
                             }
-                            Err(failure) => {
-                                if let Some(f) = on_done {
-                                    f();
-                                }
-                                match failure {
-                                    // Never left the client (gRFC A6): pick again.
-                                    SendError::Unsent(unsent) => req = *unsent,
-                                    SendError::Failed(status) => return Err(status),
-                                }
+                            return Ok(respond(response, address, on_done));
+                        }
+                        Err(failure) => {
+                            if let Some(f) = on_done {
+                                f();
+                            }
+                            match failure {
+                                // Never left the client (gRFC A6): pick again.
+                                SendError::Unsent(unsent) => req = *unsent,
+                                SendError::Failed(status) => return Err(status),
                             }
                         }
                     }
-                    None => {
-                        if let Some(f) = on_done {
-                            f();
-                        }
-                    }
+                } else if let Some(f) = on_done {
+                    f();
                 }
                 repicks += 1;
                 if repicks > REPICKS_PER_PICKER {
@@ -108,11 +116,11 @@ async fn pick_and_send(
                     wait_for_picker(shared, generation, queue_deadline).await?;
                 }
             }
-            PickResult::Queue => wait_for_picker(shared, generation, queue_deadline).await?,
-            PickResult::Fail(status) if wait_for_ready && status.code() == Code::Unavailable => {
+            Decision::Queue => wait_for_picker(shared, generation, queue_deadline).await?,
+            Decision::Fail(status) if wait_for_ready && status.code() == Code::Unavailable => {
                 wait_for_picker(shared, generation, queue_deadline).await?
             }
-            PickResult::Fail(status) => {
+            Decision::Fail(status) => {
                 return Err(Status::new(
                     status.code(),
                     format!(
@@ -122,9 +130,19 @@ async fn pick_and_send(
                     ),
                 ))
             }
-            PickResult::Drop(status) => return Err(status),
+            Decision::Drop(status) => return Err(status),
         }
     }
+}
+
+/// A pick's outcome, owning what the call needs once the picker snapshot
+/// is released.
+enum Decision {
+    /// The chosen subchannel's sender and address if it is connected.
+    Send(Option<(Sender, Address)>, Option<OnDone>),
+    Queue,
+    Fail(Status),
+    Drop(Status),
 }
 
 async fn wait_for_picker(
@@ -175,12 +193,12 @@ fn set_origin(req: &mut Request<Body>, authority: &Authority) -> Result<(), Stat
 
 fn respond(
     response: Response<h2::RecvStream>,
-    address: &crate::Address,
+    address: Address,
     on_done: Option<OnDone>,
 ) -> Response<Body> {
     let (mut parts, stream) = response.into_parts();
     parts.extensions.insert(Peer::new(address.clone()));
-    let body = ResponseBody::new(stream, address.clone(), on_done);
+    let body = ResponseBody::new(stream, address, on_done);
     Response::from_parts(parts, Body::new(body))
 }
 

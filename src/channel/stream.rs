@@ -29,6 +29,9 @@ use tonic::{Code, Status};
 use crate::picker::OnDone;
 use crate::Address;
 
+/// The handle a call opens its stream with.
+pub(crate) type Sender = h2::client::SendRequest<Bytes>;
+
 /// Why a call was not sent.
 pub(crate) enum SendError {
     /// The connection refused the stream before anything was written: the
@@ -40,7 +43,7 @@ pub(crate) enum SendError {
 
 /// Sends `req` (whose URI already names the server) on `sender`.
 pub(crate) async fn send(
-    mut sender: h2::client::SendRequest<Bytes>,
+    mut sender: Sender,
     req: Request<Body>,
     address: &Address,
 ) -> Result<(Response<RecvStream>, Option<RequestPipe>), SendError> {
