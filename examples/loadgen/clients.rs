@@ -139,43 +139,70 @@ impl Client {
     }
 }
 
-/// Raw hyper HTTP/2, strict rotation over one connection per backend.
-pub struct HyperRoundRobin {
-    backends: Vec<(SendRequest<Full<Bytes>>, http::Uri)>,
+/// One raw HTTP/2 connection per backend (`S` is its sender), strict
+/// rotation over them, and the pre-encoded `Route` request.
+struct Rotation<S> {
+    backends: Vec<(S, http::Uri)>,
     next: AtomicUsize,
     frame: Bytes,
 }
 
-impl HyperRoundRobin {
-    async fn connect(addrs: &[SocketAddr]) -> Result<HyperRoundRobin, BoxError> {
+impl<S> Rotation<S> {
+    /// Connects to every backend with `handshake` (which also spawns the
+    /// connection's task).
+    async fn connect<F, Fut>(addrs: &[SocketAddr], handshake: F) -> Result<Rotation<S>, BoxError>
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut,
+        Fut: std::future::Future<Output = Result<S, BoxError>>,
+    {
         let mut backends = Vec::new();
         for addr in addrs {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
-            let (sender, connection) =
-                http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-            tokio::spawn(connection);
+            let sender = handshake(tcp).await?;
             let uri = format!("http://{addr}/proto.Simple/Route").parse()?;
             backends.push((sender, uri));
         }
         if backends.is_empty() {
             return Err("no backend".into());
         }
-        Ok(HyperRoundRobin {
+        Ok(Rotation {
             backends,
             next: AtomicUsize::new(0),
             frame: request_frame()?,
         })
     }
 
-    async fn call(&self) -> Outcome {
+    /// The next backend's sender and a `Route` request for it.
+    fn next<B>(&self, body: B) -> Result<(&S, http::Request<B>), String> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
         let (sender, uri) = &self.backends[i];
         let request = http::Request::post(uri.clone())
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
-            .body(Full::new(self.frame.clone()))
+            .body(body)
             .map_err(|e| e.to_string())?;
+        Ok((sender, request))
+    }
+}
+
+/// Raw hyper HTTP/2, strict rotation over one connection per backend.
+pub struct HyperRoundRobin(Rotation<SendRequest<Full<Bytes>>>);
+
+impl HyperRoundRobin {
+    async fn connect(addrs: &[SocketAddr]) -> Result<HyperRoundRobin, BoxError> {
+        let rotation = Rotation::connect(addrs, |tcp| async move {
+            let (sender, connection) =
+                http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+            tokio::spawn(connection);
+            Ok(sender)
+        })
+        .await?;
+        Ok(HyperRoundRobin(rotation))
+    }
+
+    async fn call(&self) -> Outcome {
+        let (sender, request) = self.0.next(Full::new(self.0.frame.clone()))?;
         let response = sender
             .clone()
             .send_request(request)
@@ -222,46 +249,26 @@ fn reply(status: Option<Vec<u8>>, data: &[u8]) -> Outcome {
 
 /// Raw `h2`, strict rotation over one connection per backend; each call
 /// opens its stream and sends its one DATA frame from its own task.
-pub struct H2RoundRobin {
-    backends: Vec<(h2::client::SendRequest<Bytes>, http::Uri)>,
-    next: AtomicUsize,
-    frame: Bytes,
-}
+pub struct H2RoundRobin(Rotation<h2::client::SendRequest<Bytes>>);
 
 impl H2RoundRobin {
     async fn connect(addrs: &[SocketAddr]) -> Result<H2RoundRobin, BoxError> {
-        let mut backends = Vec::new();
-        for addr in addrs {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+        let rotation = Rotation::connect(addrs, |tcp| async move {
             let (sender, connection) = h2::client::handshake(tcp).await?;
             tokio::spawn(connection);
-            let uri = format!("http://{addr}/proto.Simple/Route").parse()?;
-            backends.push((sender, uri));
-        }
-        if backends.is_empty() {
-            return Err("no backend".into());
-        }
-        Ok(H2RoundRobin {
-            backends,
-            next: AtomicUsize::new(0),
-            frame: request_frame()?,
+            Ok(sender)
         })
+        .await?;
+        Ok(H2RoundRobin(rotation))
     }
 
     async fn call(&self) -> Outcome {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        let (sender, uri) = &self.backends[i];
-        let request = http::Request::post(uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
-            .body(())
-            .map_err(|e| e.to_string())?;
+        let (sender, request) = self.0.next(())?;
         let h2_error = |e: h2::Error| format!("h2: {e}");
         let mut sender = sender.clone().ready().await.map_err(h2_error)?;
         let (response, mut stream) = sender.send_request(request, false).map_err(h2_error)?;
         stream
-            .send_data(self.frame.clone(), true)
+            .send_data(self.0.frame.clone(), true)
             .map_err(h2_error)?;
         let (parts, mut body) = response.await.map_err(h2_error)?.into_parts();
         if parts.status != http::StatusCode::OK {
