@@ -72,13 +72,21 @@ async fn pick_and_send(
                 PickResult::Pick(pick) => {
                     let subchannel = pick.subchannel();
                     let ready = match subchannel.sender() {
-                        Some(sender) => {
-                            set_origin(&mut req, subchannel.authority())?;
-                            Some((sender, subchannel.address().clone()))
-                        }
-                        None => None,
+                        Some(sender) => set_origin(&mut req, subchannel.authority())
+                            .map(|()| Some((sender, subchannel.address().clone()))),
+                        None => Ok(None),
                     };
-                    Decision::Send(ready, pick.into_on_done())
+                    let on_done = pick.into_on_done();
+                    match ready {
+                        Ok(ready) => Decision::Send(ready, on_done),
+                        Err(status) => {
+                            // The call ends here: the policy hears of it.
+                            if let Some(f) = on_done {
+                                f();
+                            }
+                            return Err(status);
+                        }
+                    }
                 }
                 PickResult::Queue => Decision::Queue,
                 PickResult::Fail(status) => Decision::Fail(status),
