@@ -17,6 +17,13 @@ fi
 # Debian starts an etcd service on install; the tests start their own on
 # free ports and do not need it.
 
+# Foreign gRPC servers in the interop tests: Python's grpcio (gRPC C-core).
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  echo "== installing grpcio (pip) for the interop tests"
+  python3 -m pip install --quiet grpcio \
+    || python3 -m pip install --quiet --break-system-packages grpcio
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -8,9 +8,18 @@
 //!
 //! **Threading guarantee.** Every method of a balancer is called from the
 //! channel's one control task, one at a time, in the order events happened:
-//! resolver updates and errors, subchannel state changes, and requests to
-//! leave IDLE. The request path never touches a balancer; it reads the
-//! [`Picker`] the balancer last published.
+//! resolver updates and errors, subchannel state changes, requests to
+//! leave IDLE, and the [`work`](Balancer::work) it scheduled. The request
+//! path never touches a balancer; it reads the [`Picker`] the balancer last
+//! published.
+//!
+//! **Bursts.** The channel delivers every event already queued before it
+//! publishes: of the pickers a balancer hands to
+//! [`update_picker`](Controller::update_picker) during one burst, only the
+//! last reaches calls. A policy whose picker costs O(n) to build can go
+//! further and build it once per burst: mark itself dirty on each event,
+//! [`schedule_work`](Controller::schedule_work) for now, and build the
+//! picker in [`work`](Balancer::work), which runs after the burst.
 //!
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
 //! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
@@ -60,6 +69,16 @@ pub trait Balancer: Send + 'static {
     fn exit_idle(&mut self, ctl: &mut dyn Controller) {
         let _ = ctl;
     }
+
+    /// The time asked for with [`Controller::schedule_work`] has come. The
+    /// channel calls this once per request, after the events that were
+    /// already queued at that time have been delivered, so a policy can
+    /// defer work that several events share (rebuilding its picker after a
+    /// burst of subchannel updates) or run a timer (a connection-attempt
+    /// delay, a weight refresh). The default does nothing.
+    fn work(&mut self, ctl: &mut dyn Controller) {
+        let _ = ctl;
+    }
 }
 
 /// What a balancer can ask of its channel.
@@ -74,8 +93,17 @@ pub trait Controller {
     /// Publishes a new picker and the channel state that goes with it.
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
 
-    /// Asks the resolver to resolve again (it may rate-limit).
+    /// Asks the resolver to resolve again (it may rate-limit). Requests
+    /// made while one is outstanding are merged into it.
     fn request_resolution(&mut self);
+
+    /// Asks the channel to call [`Balancer::work`] at `at` (tokio time, so
+    /// a paused test clock controls it), or as soon as the events already
+    /// queued are delivered if `at` has passed. One request is kept: an
+    /// earlier `at` replaces a later one, and a policy with several timers
+    /// asks again from `work` for the next. No spawning, no locks: this is
+    /// a policy's only timer.
+    fn schedule_work(&mut self, at: tokio::time::Instant);
 }
 
 /// Builds balancers of one policy.

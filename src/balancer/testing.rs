@@ -39,6 +39,9 @@ pub struct FakeController {
     pub pickers: Vec<(ConnectivityState, Arc<dyn Picker>)>,
     /// How many re-resolutions were asked for.
     pub resolutions: usize,
+    /// When the balancer asked for [`Balancer::work`] (the earliest
+    /// pending request), if it did.
+    pub work_at: Option<tokio::time::Instant>,
 }
 
 impl FakeController {
@@ -49,6 +52,7 @@ impl FakeController {
             next_id: 0,
             pickers: Vec::new(),
             resolutions: 0,
+            work_at: None,
         }
     }
 
@@ -188,5 +192,23 @@ impl Controller for FakeController {
 
     fn request_resolution(&mut self) {
         self.resolutions += 1;
+    }
+
+    fn schedule_work(&mut self, at: tokio::time::Instant) {
+        self.work_at = Some(self.work_at.map_or(at, |t| t.min(at)));
+    }
+}
+
+impl FakeController {
+    /// Plays the channel's timer: if the balancer asked for work, clears
+    /// the request and calls [`Balancer::work`] (whatever the time; a test
+    /// reads [`work_at`](Self::work_at) to check when it was due). Returns
+    /// whether work ran.
+    pub fn run_work(&mut self, b: &mut dyn Balancer) -> bool {
+        if self.work_at.take().is_none() {
+            return false;
+        }
+        b.work(self);
+        true
     }
 }

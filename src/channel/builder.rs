@@ -221,6 +221,7 @@ impl BalancedChannelBuilder {
             events_rx,
             picker: picker.clone(),
             seed,
+            effects: Default::default(),
         };
         tokio::spawn(control.run());
         Ok(BalancedChannel {

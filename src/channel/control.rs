@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::balancer::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller};
 use crate::picker::{FailPicker, PickerCell};
@@ -46,6 +47,7 @@ pub(crate) struct Control {
     pub(crate) events_rx: mpsc::UnboundedReceiver<StateEvent>,
     pub(crate) picker: Arc<PickerCell>,
     pub(crate) seed: u64,
+    pub(crate) effects: Effects,
 }
 
 /// One subchannel per address, shared by whoever holds it.
@@ -80,8 +82,19 @@ impl SubchannelTable {
 /// The [`Controller`] a balancer sees during one call.
 struct Ctl<'a> {
     table: &'a mut SubchannelTable,
-    picker: &'a PickerCell,
+    effects: &'a mut Effects,
+}
+
+/// What balancer calls asked for during one burst of events, applied when
+/// the burst ends.
+#[derive(Default)]
+pub(crate) struct Effects {
+    /// The last picker handed over; only it is published.
+    picker: Option<(ConnectivityState, Arc<dyn Picker>)>,
+    /// A re-resolution was asked for (several requests make one).
     resolve_now: bool,
+    /// When to call the balancer's `work` (the earliest request).
+    work_at: Option<Instant>,
 }
 
 impl Controller for Ctl<'_> {
@@ -110,30 +123,42 @@ impl Controller for Ctl<'_> {
     }
 
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        self.picker.publish(state, picker);
+        self.effects.picker = Some((state, picker));
     }
 
     fn request_resolution(&mut self) {
-        self.resolve_now = true;
+        self.effects.resolve_now = true;
+    }
+
+    fn schedule_work(&mut self, at: Instant) {
+        self.effects.work_at = Some(self.effects.work_at.map_or(at, |t| t.min(at)));
     }
 }
 
+/// How many queued events one burst takes before the channel publishes and
+/// looks at its timer again.
+const MAX_BURST: usize = 4096;
+
 impl Control {
-    /// The event loop.
+    /// The event loop: wait for something, take everything else already
+    /// queued with it (a burst), run the balancer's due work, then apply
+    /// what the burst asked for: one resolve-now, one published picker.
     pub(crate) async fn run(mut self) {
         loop {
+            let work_at = self.effects.work_at;
             tokio::select! {
                 biased;
                 request = self.requests.recv() => match request {
-                    Some(ControlRequest::ExitIdle) => self.drive(|b, ctl| b.exit_idle(ctl)),
+                    Some(request) => self.on_request(request),
                     None => break,
                 },
                 Some(event) = self.events_rx.recv() => self.on_subchannel_event(event),
-                Some(event) = self.resolver_rx.recv() => {
-                    let event = latest(event, &mut self.resolver_rx);
-                    self.on_resolver_event(event);
-                }
+                Some(event) = self.resolver_rx.recv() => self.on_resolver_event(event),
+                () = sleep_until(work_at), if work_at.is_some() => {}
             }
+            self.take_burst();
+            self.run_due_work();
+            self.apply_effects();
         }
         tracing::debug!(target = %self.target, "channel closed; control task stops");
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
@@ -141,17 +166,52 @@ impl Control {
             .publish(ConnectivityState::Shutdown, Arc::new(closed));
     }
 
-    /// Runs one balancer call, then whatever it asked for afterwards.
+    /// Delivers the events already queued, at most [`MAX_BURST`].
+    fn take_burst(&mut self) {
+        for _ in 0..MAX_BURST {
+            if let Ok(request) = self.requests.try_recv() {
+                self.on_request(request);
+            } else if let Ok(event) = self.events_rx.try_recv() {
+                self.on_subchannel_event(event);
+            } else if let Ok(event) = self.resolver_rx.try_recv() {
+                self.on_resolver_event(event);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn run_due_work(&mut self) {
+        if let Some(at) = self.effects.work_at {
+            if at <= Instant::now() {
+                self.effects.work_at = None;
+                self.drive(|b, ctl| b.work(ctl));
+            }
+        }
+    }
+
+    fn apply_effects(&mut self) {
+        if std::mem::take(&mut self.effects.resolve_now) {
+            self.resolver.resolve_now();
+        }
+        if let Some((state, picker)) = self.effects.picker.take() {
+            self.picker.publish(state, picker);
+        }
+    }
+
+    fn on_request(&mut self, request: ControlRequest) {
+        match request {
+            ControlRequest::ExitIdle => self.drive(|b, ctl| b.exit_idle(ctl)),
+        }
+    }
+
+    /// Runs one balancer call; what it asks for is applied after the burst.
     fn drive(&mut self, f: impl FnOnce(&mut dyn Balancer, &mut dyn Controller)) {
         let mut ctl = Ctl {
             table: &mut self.table,
-            picker: &self.picker,
-            resolve_now: false,
+            effects: &mut self.effects,
         };
         f(&mut *self.balancer, &mut ctl);
-        if ctl.resolve_now {
-            self.resolver.resolve_now();
-        }
     }
 
     fn on_subchannel_event(&mut self, event: StateEvent) {
@@ -168,6 +228,7 @@ impl Control {
     }
 
     fn on_resolver_event(&mut self, event: ResolverEvent) {
+        let event = latest(event, &mut self.resolver_rx);
         match event {
             Ok(update) => {
                 if !self.switch_policy(&update) {
@@ -209,6 +270,8 @@ impl Control {
                 // what it needs, so shared subchannels stay connected.
                 let old = std::mem::replace(&mut self.balancer, balancer);
                 self.policy = wanted;
+                // The old policy's timer goes with it.
+                self.effects.work_at = None;
                 self.drive(|b, ctl| b.resolver_update(update, ctl));
                 drop(old);
                 true
@@ -232,4 +295,232 @@ fn latest(first: ResolverEvent, rx: &mut mpsc::UnboundedReceiver<ResolverEvent>)
         }
     }
     event
+}
+
+/// Sleeps until `at`; never completes for `None` (the caller guards it).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::balancer::{BalancerBuilder, BuildOptions};
+    use crate::picker::QueuePicker;
+    use crate::resolver::UpdateSink;
+    use crate::subchannel::SubchannelState;
+
+    /// What the stub balancer saw, in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// Publishes a picker on every event and asks for work on each
+    /// subchannel update (as a policy that builds its picker once per
+    /// burst would), or at a fixed delay after a resolver update.
+    struct Stub {
+        log: Log,
+        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        subchannels: Vec<Subchannel>,
+        work_delay: Option<Duration>,
+    }
+
+    impl Balancer for Stub {
+        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+            self.log.lock().unwrap().push("resolver_update".into());
+            self.subchannels = update
+                .addresses()
+                .iter()
+                .map(|a| ctl.new_subchannel(a).unwrap())
+                .collect();
+            let mut made = self.made.lock().unwrap();
+            made.extend(self.subchannels.iter().map(Subchannel::downgrade));
+            ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
+            if let Some(delay) = self.work_delay {
+                ctl.schedule_work(Instant::now() + delay);
+            }
+        }
+
+        fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
+
+        fn subchannel_update(
+            &mut self,
+            _: &Subchannel,
+            state: &SubchannelState,
+            ctl: &mut dyn Controller,
+        ) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("update {}", state.connectivity));
+            ctl.update_picker(state.connectivity, Arc::new(QueuePicker));
+            ctl.request_resolution();
+            ctl.schedule_work(Instant::now());
+        }
+
+        fn work(&mut self, ctl: &mut dyn Controller) {
+            self.log.lock().unwrap().push("work".into());
+            ctl.update_picker(ConnectivityState::Ready, Arc::new(QueuePicker));
+        }
+    }
+
+    struct CountingResolver(Arc<Mutex<usize>>);
+
+    impl Resolver for CountingResolver {
+        fn resolve_now(&mut self) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    struct StubBuilder;
+
+    impl BalancerBuilder for StubBuilder {
+        fn name(&self) -> &str {
+            "stub"
+        }
+
+        fn build(&self, _: &Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
+            Err(Error::new(crate::ErrorKind::Config, "unused"))
+        }
+    }
+
+    struct Harness {
+        log: Log,
+        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        resolutions: Arc<Mutex<usize>>,
+        picker: Arc<PickerCell>,
+        sink: UpdateSink,
+        events_tx: mpsc::UnboundedSender<StateEvent>,
+        requests_tx: mpsc::UnboundedSender<ControlRequest>,
+        control: Option<Control>,
+    }
+
+    fn harness(work_delay: Option<Duration>) -> Harness {
+        let log = Log::default();
+        let made = Arc::default();
+        let resolutions = Arc::new(Mutex::new(0));
+        let (sink, resolver_rx) = UpdateSink::channel();
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let picker = Arc::new(PickerCell::new(
+            ConnectivityState::Connecting,
+            Arc::new(QueuePicker),
+        ));
+        let policy = || Policy {
+            builder: Arc::new(StubBuilder),
+            config: Value::Object(Default::default()),
+        };
+        let control = Control {
+            target: "static:///a:1".parse().unwrap(),
+            resolver: Box::new(CountingResolver(resolutions.clone())),
+            resolver_rx,
+            requests,
+            balancer: Box::new(Stub {
+                log: log.clone(),
+                made: Arc::clone(&made),
+                subchannels: Vec::new(),
+                work_delay,
+            }),
+            policy: policy(),
+            default_policy: Arc::new(policy()),
+            balancers: BalancerRegistry::new(),
+            table: SubchannelTable::new(Arc::default(), events_tx.clone()),
+            events_rx,
+            picker: picker.clone(),
+            seed: 1,
+            effects: Effects::default(),
+        };
+        Harness {
+            log,
+            made,
+            resolutions,
+            picker,
+            sink,
+            events_tx,
+            requests_tx,
+            control: Some(control),
+        }
+    }
+
+    fn event(id: u64, connectivity: ConnectivityState) -> StateEvent {
+        StateEvent {
+            id,
+            state: SubchannelState {
+                connectivity,
+                error: None,
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_events_publishes_one_picker_and_resolves_once() {
+        let mut h = harness(None);
+        let addrs: Vec<Address> = (0..3).map(|i| Address::new(format!("a{i}:1"))).collect();
+        h.sink.update(ResolverUpdate::new(addrs));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        assert_eq!(h.picker.load().generation, 1, "the first update's picker");
+        // 300 state changes queued at once: one burst.
+        for i in 0..300u64 {
+            let state = [ConnectivityState::Connecting, ConnectivityState::Idle][i as usize % 2];
+            h.events_tx.send(event(i % 3 + 1, state)).unwrap();
+        }
+        tokio::task::yield_now().await;
+        let snapshot = h.picker.load();
+        assert_eq!(snapshot.generation, 2, "one picker for the burst");
+        assert_eq!(snapshot.state, ConnectivityState::Ready, "work's picker");
+        assert_eq!(*h.resolutions.lock().unwrap(), 1, "one resolve-now");
+        let log = h.log.lock().unwrap().clone();
+        assert_eq!(log.len(), 1 + 300 + 1, "{log:?}");
+        assert_eq!(log.last().map(String::as_str), Some("work"));
+        assert_eq!(log.iter().filter(|l| *l == "work").count(), 1);
+        drop(h.requests_tx);
+        task.await.unwrap();
+        assert_eq!(h.picker.load().state, ConnectivityState::Shutdown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scheduled_work_runs_at_its_time_on_the_paused_clock() {
+        let mut h = harness(Some(Duration::from_millis(250)));
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let start = Instant::now();
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        assert_eq!(*h.log.lock().unwrap(), ["resolver_update"]);
+        tokio::time::sleep(Duration::from_millis(249)).await;
+        assert_eq!(h.log.lock().unwrap().len(), 1, "not yet");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(*h.log.lock().unwrap(), ["resolver_update", "work"]);
+        assert!(Instant::now() - start >= Duration::from_millis(250));
+        assert_eq!(h.picker.load().state, ConnectivityState::Ready);
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_last_handle_stops_the_task_resolver_and_subchannels() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        let made = h.made.lock().unwrap().clone();
+        assert_eq!(made.len(), 1);
+        assert!(
+            Subchannel::upgrade(&made[0]).is_some(),
+            "held by the balancer"
+        );
+        drop(h.requests_tx);
+        task.await.unwrap();
+        assert!(h.sink.is_closed(), "the resolver's receiver is gone");
+        assert!(
+            Subchannel::upgrade(&made[0]).is_none(),
+            "subchannel shut down"
+        );
+    }
 }

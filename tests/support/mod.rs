@@ -17,6 +17,8 @@ use tonic::{Request, Response, Status};
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod grpcio;
+pub mod h2server;
 
 pub mod proto {
     tonic::include_proto!("proto");
