@@ -170,6 +170,19 @@ pub fn aggregate_state(states: impl IntoIterator<Item = ConnectivityState>) -> C
     }
 }
 
+/// The message a failing picker gives calls because of `error`:
+/// `resolver error: ...` when the resolver failed or gave no usable
+/// addresses ([`ErrorKind::Resolver`](crate::ErrorKind::Resolver)), else
+/// `last connection error: ...`, so a user can tell a naming problem from a
+/// backend problem.
+pub fn failure_message(error: &Error) -> String {
+    if error.is_resolver() {
+        format!("resolver error: {error}")
+    } else {
+        format!("last connection error: {error}")
+    }
+}
+
 /// Removes repeated addresses, keeping the first of each.
 pub(crate) fn dedup(addresses: &[Address]) -> Vec<Address> {
     let mut seen = std::collections::HashSet::with_capacity(addresses.len());
@@ -200,6 +213,17 @@ mod tests {
             TransientFailure
         );
         assert_eq!(aggregate_state([]), TransientFailure);
+    }
+
+    #[test]
+    fn failure_messages_tell_the_resolver_from_connections() {
+        let resolver = Error::new(crate::ErrorKind::Resolver, "dns: NXDOMAIN");
+        let connect = Error::new(crate::ErrorKind::Connect, "a:1: refused");
+        assert_eq!(failure_message(&resolver), "resolver error: dns: NXDOMAIN");
+        assert_eq!(
+            failure_message(&connect),
+            "last connection error: a:1: refused"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::{dedup, Balancer, BalancerBuilder, BuildOptions, Controller};
+use super::{dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller};
 use crate::picker::{FailPicker, Pick, PickInfo, PickResult, Picker, QueuePicker};
 use crate::resolver::ResolverUpdate;
 use crate::subchannel::SubchannelState;
@@ -99,7 +99,7 @@ impl PickFirst {
     }
 
     fn fail(&mut self, error: Error, ctl: &mut dyn Controller) {
-        let picker = FailPicker::unavailable(format!("last connection error: {error}"));
+        let picker = FailPicker::unavailable(failure_message(&error));
         self.last_error = Some(error);
         self.publish(ConnectivityState::TransientFailure, Arc::new(picker), ctl);
         ctl.request_resolution();

@@ -32,7 +32,9 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{aggregate_state, dedup, Balancer, BalancerBuilder, BuildOptions, Controller};
+use super::{
+    aggregate_state, dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller,
+};
 use crate::picker::{FailPicker, Pick, PickInfo, PickResult, Picker, QueuePicker};
 use crate::resolver::ResolverUpdate;
 use crate::subchannel::SubchannelState;
@@ -161,7 +163,7 @@ impl RoundRobin {
             .map(|c| c.subchannel.clone())
             .collect();
         let error = (state == ConnectivityState::TransientFailure)
-            .then(|| self.last_error.as_ref().map(|e| e.to_string()))
+            .then(|| self.last_error.as_ref().map(failure_message))
             .flatten();
         let key = (
             state,
@@ -178,10 +180,9 @@ impl RoundRobin {
                 let starts = std::array::from_fn(|_| self.rng.random_range(0..n));
                 Arc::new(RoundRobinPicker::new(ready, starts))
             }
-            ConnectivityState::TransientFailure => Arc::new(FailPicker::unavailable(format!(
-                "last connection error: {}",
-                error.as_deref().unwrap_or("none")
-            ))),
+            ConnectivityState::TransientFailure => Arc::new(FailPicker::unavailable(
+                error.unwrap_or_else(|| "no address could be connected".to_owned()),
+            )),
             _ => Arc::new(QueuePicker),
         };
         ctl.update_picker(state, picker);
