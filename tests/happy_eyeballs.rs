@@ -10,13 +10,17 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::h2server::{Behaviour, H2Server};
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{eventually, route, Backend};
-use tonic_balance::{BalancedChannel, ConnectivityState, Peer};
+use support::{eventually, free_port, route, Backend};
+use tonic::Code;
+use tonic_balance::resolver::{Resolver, ResolverBuilder, ResolverUpdate, UpdateSink};
+use tonic_balance::{Address, BalancedChannel, ConnectivityState, Error, Peer, Target};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -88,6 +92,79 @@ async fn the_attempt_delay_moves_past_several_silent_addresses_and_releases_them
             "both attempts in flight were released"
         );
         assert_eq!(channel.state(), ConnectivityState::Ready);
+    })
+    .await
+    .unwrap();
+}
+
+/// A resolver that answers every `resolve_now` at once with the same list
+/// (as the `dns` resolver does for an IP literal, and as
+/// `examples/custom_resolver.rs` does), counting the requests.
+struct AnswersAtOnce {
+    addresses: Vec<Address>,
+    requests: Arc<AtomicUsize>,
+}
+
+struct AnsweringResolver {
+    sink: UpdateSink,
+    update: ResolverUpdate,
+    requests: Arc<AtomicUsize>,
+}
+
+impl ResolverBuilder for AnswersAtOnce {
+    fn scheme(&self) -> &str {
+        "answers-at-once"
+    }
+
+    fn build(&self, _: &Target, sink: UpdateSink) -> Result<Box<dyn Resolver>, Error> {
+        let update = ResolverUpdate::new(self.addresses.clone());
+        sink.update(update.clone());
+        Ok(Box::new(AnsweringResolver {
+            sink,
+            update,
+            requests: self.requests.clone(),
+        }))
+    }
+}
+
+impl Resolver for AnsweringResolver {
+    fn resolve_now(&mut self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.sink.update(self.update.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_pass_does_not_spin_re_resolving_while_every_address_is_in_backoff() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let resolver = AnswersAtOnce {
+            addresses: vec![Address::new(format!("127.0.0.1:{}", free_port()))],
+            requests: requests.clone(),
+        };
+        // Default backoff: the refused address waits at least 0.8 s before
+        // its next attempt.
+        let channel = BalancedChannel::builder("answers-at-once:///down")
+            .resolver_builder(resolver)
+            .build()
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        let status = route(&mut client, "x").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let after_the_pass = requests.load(Ordering::SeqCst);
+        assert!(
+            after_the_pass >= 1,
+            "the failed pass asked for re-resolution"
+        );
+        // Each answer starts a new pass, which ends at once: the address is
+        // still in backoff. Such a pass must not ask again, or the control
+        // task spins (one round per scheduling turn).
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        let more = requests.load(Ordering::SeqCst) - after_the_pass;
+        assert!(more <= 1, "{more} re-resolutions while in backoff");
+        assert_eq!(channel.state(), ConnectivityState::TransientFailure);
     })
     .await
     .unwrap();

@@ -25,7 +25,10 @@
 //!
 //! **After a failed pass.** Once every address has been started and every
 //! one has failed, the channel goes TRANSIENT_FAILURE with the last
-//! connection error and the policy asks for re-resolution. It stays
+//! connection error and the policy asks for re-resolution (unless no attempt
+//! failed during the pass: every address was still in backoff from the
+//! last one, so the resolver's answer would only end the next pass at once
+//! and ask again, in a loop). It stays
 //! TRANSIENT_FAILURE ("sticky", A62) until a subchannel is READY, also
 //! through new passes after resolver updates: each subchannel retries on
 //! its own backoff, reconnected whenever it reports IDLE, in no order. The
@@ -163,6 +166,9 @@ struct Pass {
     attempts: Vec<Attempt>,
     /// The address started last; `attempts.len()` once every one has been.
     index: usize,
+    /// An attempt reported TRANSIENT_FAILURE during this pass (rather than
+    /// every address being still in backoff from before it).
+    saw_failure: bool,
 }
 
 struct Attempt {
@@ -225,7 +231,11 @@ impl PickFirst {
         }
         // The old phase's subchannels are dropped only now, after the new
         // pass has taken those it shares with them.
-        self.phase = Phase::Pass(Pass { attempts, index: 0 });
+        self.phase = Phase::Pass(Pass {
+            attempts,
+            index: 0,
+            saw_failure: false,
+        });
         if !sticky {
             self.publish(ConnectivityState::Connecting, Arc::new(QueuePicker), ctl);
         }
@@ -278,6 +288,12 @@ impl PickFirst {
 
     /// Ends the pass if every address has been started and has failed:
     /// TRANSIENT_FAILURE, re-resolution, and every subchannel reconnects.
+    ///
+    /// A pass that ends at once because every subchannel is still in
+    /// backoff (a new list from a resolver that answers at once) learned
+    /// nothing new and does not ask for re-resolution: asking would bring
+    /// the same list back, end the next pass at once, and so spin. The
+    /// failure count asks once every subchannel has failed again.
     fn end_pass_if_failed(&mut self, ctl: &mut dyn Controller) {
         let Phase::Pass(pass) = &self.phase else {
             return;
@@ -287,13 +303,16 @@ impl PickFirst {
         }
         let subchannels: Vec<Subchannel> =
             pass.attempts.iter().map(|a| a.subchannel.clone()).collect();
+        let resolve = pass.saw_failure;
         self.timer = None;
         let error = self
             .last_error
             .clone()
             .unwrap_or_else(|| Error::new(ErrorKind::Connect, "no address could be connected"));
         self.publish_failure(error, ctl);
-        ctl.request_resolution();
+        if resolve {
+            ctl.request_resolution();
+        }
         for subchannel in &subchannels {
             subchannel.connect();
         }
@@ -323,6 +342,7 @@ impl PickFirst {
             ConnectivityState::Ready => self.select(subchannel, ctl),
             ConnectivityState::TransientFailure => {
                 pass.attempts[position].failed = true;
+                pass.saw_failure = true;
                 if position == pass.index {
                     // Failed: the next address starts now, not at the timer.
                     pass.index += 1;
@@ -861,6 +881,25 @@ mod tests {
         advance(DELAY).await;
         assert!(ctl.run_work(&mut *pf));
         assert_eq!(ctl.connects("c:1"), 1);
+    }
+
+    #[test]
+    fn a_pass_that_ends_at_once_in_backoff_does_not_ask_for_resolution_again() {
+        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
+        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
+        ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
+        assert_eq!(ctl.resolutions, 1);
+        // The resolver answers with the same list while both are in backoff.
+        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        assert_eq!(ctl.last_state(), TransientFailure);
+        assert_eq!(ctl.resolutions, 1, "no new failure, no new request");
+        // New failures of every subchannel ask again.
+        for addr in ["a:1", "b:1"] {
+            ctl.deliver(&mut *pf, addr, Idle);
+            ctl.deliver_error(&mut *pf, addr, TransientFailure, "refused again");
+        }
+        assert_eq!(ctl.resolutions, 2);
     }
 
     #[test]
