@@ -32,7 +32,9 @@ pub enum Behaviour {
     /// Sends its SETTINGS and then GOAWAY(0) at once on every connection,
     /// then closes it.
     SettingsThenGoAway,
-    /// Accepts TCP and never sends a byte.
+    /// Accepts TCP and never sends a byte (it reads and discards what the
+    /// client sends, and counts the connection in [`Seen::closed`] when the
+    /// client closes it).
     Silent,
 }
 
@@ -41,6 +43,8 @@ pub enum Behaviour {
 pub struct Seen {
     pub connections: AtomicUsize,
     pub streams: AtomicUsize,
+    /// Connections the client closed (counted by `Silent` only).
+    pub closed: AtomicUsize,
 }
 
 /// A running misbehaving server.
@@ -79,6 +83,10 @@ impl H2Server {
     pub fn streams(&self) -> usize {
         self.seen.streams.load(Ordering::SeqCst)
     }
+
+    pub fn closed(&self) -> usize {
+        self.seen.closed.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for H2Server {
@@ -89,14 +97,22 @@ impl Drop for H2Server {
 
 async fn serve(socket: TcpStream, behaviour: Behaviour, seen: Arc<Seen>) {
     match behaviour {
-        Behaviour::Silent => {
-            let _hold = socket;
-            std::future::pending::<()>().await;
-        }
+        Behaviour::Silent => silent(socket, seen).await,
         Behaviour::GoAwayOnFirstHeaders => raw_goaway(socket, true, seen).await,
         Behaviour::SettingsThenGoAway => raw_goaway(socket, false, seen).await,
         _ => with_h2(socket, behaviour, seen).await,
     }
+}
+
+/// Never writes; reads until the client closes the connection.
+async fn silent(mut socket: TcpStream, seen: Arc<Seen>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    seen.closed.fetch_add(1, Ordering::SeqCst);
 }
 
 /// Serves with `h2`'s server side.
