@@ -15,11 +15,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller};
+use crate::balancer::{
+    failure_message, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller,
+};
 use crate::picker::{FailPicker, PickerCell};
-use crate::resolver::{Resolver, ResolverEvent, ResolverUpdate};
+use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
 use crate::subchannel::{ConnectConfig, Inner, StateEvent};
-use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
+use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
 #[derive(Debug)]
@@ -37,7 +39,7 @@ pub(crate) struct Policy {
 pub(crate) struct Control {
     pub(crate) target: Target,
     pub(crate) resolver: Box<dyn Resolver>,
-    pub(crate) resolver_rx: mpsc::UnboundedReceiver<ResolverEvent>,
+    pub(crate) resolver_rx: UpdateReceiver,
     pub(crate) requests: mpsc::UnboundedReceiver<ControlRequest>,
     pub(crate) balancer: Box<dyn Balancer>,
     pub(crate) policy: Policy,
@@ -48,6 +50,54 @@ pub(crate) struct Control {
     pub(crate) picker: Arc<PickerCell>,
     pub(crate) seed: u64,
     pub(crate) effects: Effects,
+    pub(crate) failure: Failure,
+}
+
+/// Why the channel may not be READY, as the events delivered to the
+/// balancer tell it: published with every picker (see
+/// `picker::Snapshot::failure`), so nobody picks to build a message.
+#[derive(Default)]
+pub(crate) struct Failure {
+    /// The resolver's last error, or its last update being empty; cleared
+    /// by an update with addresses.
+    resolver: Option<Error>,
+    /// Whether the last update had addresses.
+    has_addresses: bool,
+    /// The last error a subchannel reported.
+    connection: Option<Error>,
+    /// Changed since it was last published.
+    changed: bool,
+}
+
+impl Failure {
+    /// `resolver error: ...` while the resolver gave no addresses, else
+    /// `last connection error: ...` (or the resolver's error if no
+    /// connection failed yet).
+    fn message(&self) -> Option<Arc<String>> {
+        let error = if self.has_addresses {
+            self.connection.as_ref().or(self.resolver.as_ref())
+        } else {
+            self.resolver.as_ref()
+        };
+        error.map(|e| Arc::new(failure_message(e)))
+    }
+
+    fn resolved(&mut self, update: &ResolverUpdate) {
+        self.has_addresses = !update.addresses().is_empty();
+        self.resolver = (!self.has_addresses)
+            .then(|| Error::new(ErrorKind::Resolver, "the resolver returned no addresses"));
+        self.changed = true;
+    }
+
+    fn resolver_failed(&mut self, error: &Error) {
+        self.resolver = Some(error.clone());
+        self.changed = true;
+    }
+
+    fn connection_failed(&mut self, error: &Error) {
+        self.connection = Some(error.clone());
+        self.changed = true;
+    }
 }
 
 /// One subchannel per address, shared by whoever holds it.
@@ -153,7 +203,7 @@ impl Control {
                     None => break,
                 },
                 Some(event) = self.events_rx.recv() => self.on_subchannel_event(event),
-                Some(event) = self.resolver_rx.recv() => self.on_resolver_event(event),
+                Some(events) = self.resolver_rx.recv() => self.on_resolver_events(events),
                 () = sleep_until(work_at), if work_at.is_some() => {}
             }
             self.take_burst();
@@ -163,7 +213,7 @@ impl Control {
         tracing::debug!(target = %self.target, "channel closed; control task stops");
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
         self.picker
-            .publish(ConnectivityState::Shutdown, Arc::new(closed));
+            .publish(ConnectivityState::Shutdown, Arc::new(closed), None);
     }
 
     /// Delivers the events already queued, at most [`MAX_BURST`].
@@ -173,8 +223,8 @@ impl Control {
                 self.on_request(request);
             } else if let Ok(event) = self.events_rx.try_recv() {
                 self.on_subchannel_event(event);
-            } else if let Ok(event) = self.resolver_rx.try_recv() {
-                self.on_resolver_event(event);
+            } else if let Some(events) = self.resolver_rx.try_recv() {
+                self.on_resolver_events(events);
             } else {
                 return;
             }
@@ -194,8 +244,12 @@ impl Control {
         if std::mem::take(&mut self.effects.resolve_now) {
             self.resolver.resolve_now();
         }
+        let failure = std::mem::take(&mut self.failure.changed).then(|| self.failure.message());
         if let Some((state, picker)) = self.effects.picker.take() {
-            self.picker.publish(state, picker);
+            let failure = failure.unwrap_or_else(|| self.picker.load().failure());
+            self.picker.publish(state, picker, failure);
+        } else if let Some(failure) = failure {
+            self.picker.load().set_failure(failure);
         }
     }
 
@@ -224,22 +278,26 @@ impl Control {
             return;
         };
         sc.set_state(event.state.connectivity);
+        if let Some(error) = &event.state.error {
+            self.failure.connection_failed(error);
+        }
         self.drive(|b, ctl| b.subchannel_update(&sc, &event.state, ctl));
     }
 
-    fn on_resolver_event(&mut self, event: ResolverEvent) {
-        let event = latest(event, &mut self.resolver_rx);
-        match event {
-            Ok(update) => {
-                if !self.switch_policy(&update) {
-                    self.drive(|b, ctl| b.resolver_update(&update, ctl));
-                }
-                self.table.forget_dead();
+    /// The newest update, then an error reported after it (the sink keeps
+    /// no older ones: updates are full snapshots).
+    fn on_resolver_events(&mut self, events: ResolverEvents) {
+        if let Some(update) = events.update {
+            self.failure.resolved(&update);
+            if !self.switch_policy(&update) {
+                self.drive(|b, ctl| b.resolver_update(&update, ctl));
             }
-            Err(error) => {
-                tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
-                self.drive(|b, ctl| b.resolver_error(&error, ctl));
-            }
+            self.table.forget_dead();
+        }
+        if let Some(error) = events.error {
+            tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
+            self.failure.resolver_failed(&error);
+            self.drive(|b, ctl| b.resolver_error(&error, ctl));
         }
     }
 
@@ -282,19 +340,6 @@ impl Control {
             }
         }
     }
-}
-
-/// Resolver updates are full snapshots: of a burst, only the newest matters.
-/// An error that follows an update in the same burst is dropped: balancers
-/// keep known addresses on errors anyway.
-fn latest(first: ResolverEvent, rx: &mut mpsc::UnboundedReceiver<ResolverEvent>) -> ResolverEvent {
-    let mut event = first;
-    while let Ok(next) = rx.try_recv() {
-        if next.is_ok() || event.is_err() {
-            event = next;
-        }
-    }
-    event
 }
 
 /// Sleeps until `at`; never completes for `None` (the caller guards it).
@@ -433,6 +478,7 @@ mod tests {
             picker: picker.clone(),
             seed: 1,
             effects: Effects::default(),
+            failure: Failure::default(),
         };
         Harness {
             log,
