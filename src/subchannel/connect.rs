@@ -1,6 +1,8 @@
 //! The connection task of one subchannel: connect, serve, notice loss,
 //! back off, report every state change. A connection counts as made (READY)
-//! once the server's HTTP/2 preface has arrived, as in grpc-go.
+//! once the server's HTTP/2 preface has arrived, as in grpc-go, and as a
+//! success that resets the backoff once it has stayed READY for the initial
+//! backoff delay (see the [module docs](super)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,12 +84,22 @@ pub(crate) async fn run(
     };
     let seed = config.rng_seed ^ link.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut backoff = Backoff::new(config.backoff, seed);
+    // When the next attempt may start, after a connection lost too soon.
+    let mut not_before: Option<Instant> = None;
     loop {
-        // IDLE: wait until the balancer asks for a connection.
+        // IDLE: wait until the balancer asks for a connection (and, after
+        // a connection that did not count as a success, for the backoff).
         tokio::select! {
             biased;
             _ = &mut shutdown => return,
             _ = link.connect.notified() => {}
+        }
+        if let Some(at) = not_before.take() {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep_until(at) => {}
+            }
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
@@ -99,9 +111,9 @@ pub(crate) async fn run(
         };
         match result {
             Ok((sender, mut connection)) => {
-                backoff.reset();
                 link.sender.store(Some(Arc::new(sender)));
                 report(ConnectivityState::Ready, None);
+                let ready_at = Instant::now();
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
@@ -110,7 +122,14 @@ pub(crate) async fn run(
                 link.sender.store(None);
                 drop(connection);
                 let Some(reason) = lost else { return };
-                tracing::debug!(address = %link.address, "connection lost");
+                if Instant::now() - ready_at >= backoff.min_success() {
+                    backoff.reset();
+                    tracing::debug!(address = %link.address, "connection lost");
+                } else {
+                    let at = started + backoff.next_delay();
+                    tracing::debug!(address = %link.address, after = ?(Instant::now() - ready_at), "connection lost too soon to count; backing off");
+                    not_before = Some(at);
+                }
                 report(
                     ConnectivityState::Idle,
                     Some(connection_lost(&link, reason)),
