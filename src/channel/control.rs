@@ -548,6 +548,151 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// What the policy under test was handed.
+    #[derive(Default)]
+    struct Seen {
+        resolver_updates: usize,
+        subchannel_updates: usize,
+    }
+
+    /// A real policy, counting the events it is handed.
+    struct Counting {
+        inner: Box<dyn Balancer>,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    impl Balancer for Counting {
+        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+            self.seen.lock().unwrap().resolver_updates += 1;
+            self.inner.resolver_update(update, ctl);
+        }
+
+        fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
+            self.inner.resolver_error(error, ctl);
+        }
+
+        fn subchannel_update(
+            &mut self,
+            sc: &Subchannel,
+            state: &SubchannelState,
+            ctl: &mut dyn Controller,
+        ) {
+            self.seen.lock().unwrap().subchannel_updates += 1;
+            self.inner.subchannel_update(sc, state, ctl);
+        }
+
+        fn work(&mut self, ctl: &mut dyn Controller) {
+            self.inner.work(ctl);
+        }
+    }
+
+    /// A real resolver, counting re-resolution requests.
+    struct CountingWrapper(Box<dyn Resolver>, Arc<Mutex<usize>>);
+
+    impl Resolver for CountingWrapper {
+        fn resolve_now(&mut self) {
+            *self.1.lock().unwrap() += 1;
+            self.0.resolve_now();
+        }
+    }
+
+    /// An HTTP/2 server on 127.0.0.1 that accepts every connection.
+    async fn h2_backend() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut connection) = h2::server::handshake(socket).await {
+                        while let Some(Ok(_)) = connection.accept().await {}
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_failing_addresses_cost_one_resolver_update_and_few_pickers() {
+        use crate::balancer::RoundRobinBuilder;
+        use crate::resolver::{ResolverBuilder, StaticResolverBuilder};
+        const FAILING: usize = 10_000;
+        let live = h2_backend().await;
+        // 127.0.0.0/8 is loopback and nothing listens on port 1: every
+        // connection is refused at once, and retried on its backoff.
+        let mut addrs: Vec<String> = (0..FAILING)
+            .map(|i| format!("127.0.{}.{}:1", 1 + i / 250, 1 + i % 250))
+            .collect();
+        addrs.push(live.to_string());
+        let target: Target = format!("static:///{}", addrs.join(",")).parse().unwrap();
+        let (sink, resolver_rx) = UpdateSink::channel();
+        let resolver = StaticResolverBuilder.build(&target, sink.clone()).unwrap();
+        let resolutions = Arc::new(Mutex::new(0));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let options = BuildOptions::new(target.clone(), 1);
+        let round_robin = RoundRobinBuilder.build(&Value::Null, &options).unwrap();
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let picker = Arc::new(PickerCell::new(
+            ConnectivityState::Connecting,
+            Arc::new(QueuePicker),
+        ));
+        let policy = || Policy {
+            builder: Arc::new(RoundRobinBuilder),
+            config: Value::Object(Default::default()),
+        };
+        let config = Arc::new(ConnectConfig {
+            rng_seed: 1,
+            ..ConnectConfig::default()
+        });
+        let control = Control {
+            target,
+            resolver: Box::new(CountingWrapper(resolver, resolutions.clone())),
+            resolver_rx,
+            requests,
+            balancer: Box::new(Counting {
+                inner: round_robin,
+                seen: seen.clone(),
+            }),
+            policy: policy(),
+            default_policy: Arc::new(policy()),
+            balancers: BalancerRegistry::new(),
+            table: SubchannelTable::new(config, events_tx),
+            events_rx,
+            picker: picker.clone(),
+            seed: 1,
+            effects: Effects::default(),
+            failure: Failure::default(),
+        };
+        let task = tokio::spawn(control.run());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+
+        let snapshot = picker.load();
+        assert_eq!(snapshot.state, ConnectivityState::Ready);
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let resolutions = *resolutions.lock().unwrap();
+        assert!(resolutions >= 1, "failures asked for re-resolution");
+        // The static list was sent once and applied once, however often
+        // re-resolution was asked for.
+        assert_eq!(sink.updates_sent(), 1, "{resolutions} resolve_now calls");
+        assert_eq!(seen.resolver_updates, 1);
+        // IDLE, CONNECTING, READY: the failures never changed the READY
+        // set, so no further picker was built.
+        assert!(snapshot.generation <= 4, "{} pickers", snapshot.generation);
+        // At most one attempt's 3 events per subchannel per backoff step:
+        // 8 attempts fit in 30 s with 20 % jitter.
+        let bound = 3 * 8 * (FAILING + 1);
+        assert!(
+            seen.subchannel_updates > 2 * FAILING && seen.subchannel_updates <= bound,
+            "{} events",
+            seen.subchannel_updates
+        );
+        let why = snapshot.failure().expect("connections failed");
+        assert!(why.starts_with("last connection error: 127.0."), "{why}");
+        drop(requests_tx);
+        task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn dropping_the_last_handle_stops_the_task_resolver_and_subchannels() {
         let mut h = harness(None);

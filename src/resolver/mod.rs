@@ -229,6 +229,12 @@ impl UpdateSink {
         self.mailbox.put(|pending| pending.error = Some(error))
     }
 
+    /// How many updates were sent through this sink and its clones.
+    #[cfg(test)]
+    pub(crate) fn updates_sent(&self) -> u64 {
+        self.mailbox.updates_sent.load(Ordering::Relaxed)
+    }
+
     /// True once the receiving channel is gone.
     pub fn is_closed(&self) -> bool {
         self.mailbox.receiver_gone.load(Ordering::Acquire)
