@@ -7,6 +7,19 @@
 //! a time, so a balancer never needs a lock. When the last channel handle is
 //! dropped its request channel closes and the task ends, dropping the
 //! balancer (and with it every subchannel) and the resolver.
+//!
+//! **Bounded by construction.** The resolver's sink holds one snapshot
+//! (`resolver::UpdateSink`), each subchannel queues at most one connection
+//! attempt's events (see `subchannel`), and a burst of events publishes
+//! one picker and asks the resolver once. Whatever the number of failing
+//! addresses, nothing between the tasks grows without bound.
+//!
+//! **Failure reason.** From the events it delivers, the task knows the
+//! resolver's last error and the last connection error; it publishes the
+//! one that explains the state (`resolver error: ...` while the resolver
+//! gave no addresses, else `last connection error: ...`) with every
+//! picker, and keeps it current between pickers, so messages such as
+//! `wait_until_ready`'s never pick to find out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
