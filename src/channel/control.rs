@@ -229,7 +229,10 @@ impl Control {
             .publish(ConnectivityState::Shutdown, Arc::new(closed), None);
     }
 
-    /// Delivers the events already queued, at most [`MAX_BURST`].
+    /// Delivers the events already queued, at most [`MAX_BURST`], and
+    /// the resolver's newest update with them even when subchannel events
+    /// fill the burst (so a flood of those never holds a new address set
+    /// back).
     fn take_burst(&mut self) {
         for _ in 0..MAX_BURST {
             if let Ok(request) = self.requests.try_recv() {
@@ -241,6 +244,9 @@ impl Control {
             } else {
                 return;
             }
+        }
+        if let Some(events) = self.resolver_rx.try_recv() {
+            self.on_resolver_events(events);
         }
     }
 
@@ -540,6 +546,32 @@ mod tests {
         drop(h.requests_tx);
         task.await.unwrap();
         assert_eq!(h.picker.load().state, ConnectivityState::Shutdown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resolver_update_is_not_held_back_by_a_flood_of_subchannel_events() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        for _ in 0..3 * MAX_BURST {
+            h.events_tx
+                .send(event(1, ConnectivityState::Connecting))
+                .unwrap();
+        }
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("b:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let log = h.log.lock().unwrap().clone();
+        // The first burst took one event from the wait and MAX_BURST more
+        // (for no known subchannel yet: not logged), then the newest update
+        // (the first one was replaced, unread); the rest of the flood came
+        // after it, for the subchannel it made.
+        assert_eq!(log.first().map(String::as_str), Some("resolver_update"));
+        let updates = log.iter().filter(|l| l.starts_with("update")).count();
+        assert_eq!(updates, 3 * MAX_BURST - (1 + MAX_BURST));
+        drop(h.requests_tx);
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
