@@ -14,6 +14,10 @@
 //!   connect (pick_first keeps its selected first address, so for it the
 //!   update is a check that the selection is still listed).
 //!
+//! - `event/round_robin/<n>`: one subchannel event (a failed child going
+//!   IDLE, CONNECTING, failing again) in a READY round_robin channel of `n`
+//!   subchannels, with the end-of-burst work the channel runs after it.
+//!
 //! Balancers run against the public `balancer::testing::FakeController`.
 //! Its `new_subchannel` is a `HashMap` lookup by address, where the real
 //! channel's control task does a similar lookup in its subchannel table, so
@@ -190,5 +194,41 @@ fn bench_update(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_picks, bench_update);
+/// `event/round_robin/<n>`: one subchannel event in a READY round_robin
+/// channel of `n` subchannels, the kind a channel with many failing
+/// addresses handles all the time: a child that failed (sticky
+/// TRANSIENT_FAILURE) goes IDLE after its backoff, CONNECTING, and fails
+/// again. Neither the READY set nor the channel state changes, so no
+/// picker is built. Each iteration is one `subchannel_update` plus the
+/// channel's end-of-burst `work` (`FakeController::deliver` runs both).
+fn bench_event(c: &mut Criterion) {
+    use ConnectivityState::{Connecting, Idle, TransientFailure};
+    let mut group = c.benchmark_group("event/round_robin");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for n in [100, 10_000] {
+        let addrs: Vec<String> = (0..n).map(addr).collect();
+        let (mut rr, mut ctl) = ready_balancer(&RoundRobinBuilder, &addrs);
+        let flapping = addrs[n / 2].as_str();
+        ctl.deliver_error(&mut *rr, flapping, TransientFailure, "refused");
+        ctl.pickers.clear();
+        let mut step = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                step = (step + 1) % 3;
+                match [Idle, Connecting, TransientFailure][step] {
+                    TransientFailure => {
+                        ctl.deliver_error(&mut *rr, flapping, TransientFailure, "refused")
+                    }
+                    state => ctl.deliver(&mut *rr, flapping, state),
+                }
+            })
+        });
+        assert!(ctl.pickers.is_empty(), "nothing changed: no picker");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_picks, bench_update, bench_event);
 criterion_main!(benches);

@@ -28,7 +28,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
 use crate::{ConnectivityState, Subchannel};
@@ -238,6 +238,11 @@ pub(crate) struct Snapshot {
     /// Set by the first call that asks an IDLE channel to connect, so that
     /// one snapshot sends at most one such request.
     pub(crate) idle_kicked: AtomicBool,
+    /// Why the channel may not be READY (`resolver error: ...` or `last
+    /// connection error: ...`), set at publish by the control task, which
+    /// keeps it current while the picker stays the same. Messages read it
+    /// instead of picking.
+    failure: ArcSwapOption<String>,
 }
 
 /// Where the control task publishes pickers and calls read them.
@@ -260,11 +265,18 @@ impl PickerCell {
         self.current.load()
     }
 
-    /// Publishes a new picker and wakes every queued call.
-    pub(crate) fn publish(&self, state: ConnectivityState, picker: Arc<dyn Picker>) {
+    /// Publishes a new picker, with the reason the channel may not be
+    /// READY, and wakes every queued call.
+    pub(crate) fn publish(
+        &self,
+        state: ConnectivityState,
+        picker: Arc<dyn Picker>,
+        failure: Option<Arc<String>>,
+    ) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.current
-            .store(Arc::new(Snapshot::new(generation, state, picker)));
+        let snapshot = Snapshot::new(generation, state, picker);
+        snapshot.failure.store(failure);
+        self.current.store(Arc::new(snapshot));
         self.changed.notify_waiters();
     }
 
@@ -287,7 +299,19 @@ impl Snapshot {
             state,
             picker,
             idle_kicked: AtomicBool::new(false),
+            failure: ArcSwapOption::empty(),
         }
+    }
+
+    /// Why the channel may not be READY, if anything failed yet.
+    pub(crate) fn failure(&self) -> Option<Arc<String>> {
+        self.failure.load_full()
+    }
+
+    /// Replaces the reason while the picker stays the same (no new
+    /// generation: nothing a queued call waits for changed).
+    pub(crate) fn set_failure(&self, failure: Option<Arc<String>>) {
+        self.failure.store(failure);
     }
 }
 
@@ -357,7 +381,7 @@ mod tests {
             tokio::spawn(async move { cell.changed_since(0).await })
         };
         tokio::task::yield_now().await;
-        cell.publish(ConnectivityState::Ready, Arc::new(QueuePicker));
+        cell.publish(ConnectivityState::Ready, Arc::new(QueuePicker), None);
         waiter.await.unwrap();
         assert_eq!(cell.load().generation, 1);
         assert_eq!(cell.load().state, ConnectivityState::Ready);

@@ -577,3 +577,58 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
     let err = BalancedChannel::from_target("static:///127.0.0.1:1").unwrap_err();
     assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
+
+#[tokio::test]
+async fn wait_until_ready_names_the_last_connection_error_while_still_connecting() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // round_robin over an address that refuses and one that accepts
+        // but never speaks: CONNECTING (the silent one has 20 s to answer
+        // its preface), with a refused connection already known.
+        let refused = free_port();
+        let silent = support::h2server::H2Server::start(support::h2server::Behaviour::Silent).await;
+        let counting = support::counting::CountingPicks::new("round_robin");
+        let channel =
+            BalancedChannel::builder(format!("static:///127.0.0.1:{refused},{}", silent.addr))
+                .balancer_builder(counting.clone())
+                .build()
+                .unwrap();
+        let err = channel
+            .wait_until_ready(Duration::from_millis(500))
+            .await
+            .unwrap_err()
+            .to_string();
+        let want = format!("(state CONNECTING: last connection error: 127.0.0.1:{refused}");
+        assert!(err.contains(&want), "{err}");
+        assert_eq!(counting.picks(), 0, "the message came from no pick");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn wait_until_ready_names_the_last_connection_error_when_every_address_refuses() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (a, b) = (free_port(), free_port());
+        for policy in ["pick_first", "round_robin"] {
+            let counting = support::counting::CountingPicks::new(policy);
+            let channel =
+                BalancedChannel::builder(format!("static:///127.0.0.1:{a},127.0.0.1:{b}"))
+                    .balancer_builder(counting.clone())
+                    .build()
+                    .unwrap();
+            let err = channel
+                .wait_until_ready(Duration::from_millis(500))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("(state TRANSIENT_FAILURE: last connection error: 127.0.0.1:"),
+                "{policy}: {err}"
+            );
+            assert!(err.contains("refused"), "{policy}: {err}");
+            assert_eq!(counting.picks(), 0, "{policy}: no pick for the message");
+        }
+    })
+    .await
+    .unwrap();
+}

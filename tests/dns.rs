@@ -329,6 +329,37 @@ async fn a_name_that_does_not_exist_fails_calls_with_an_error_naming_it() {
     .unwrap();
 }
 
+#[tokio::test]
+async fn wait_until_ready_says_resolver_error_for_a_name_that_does_not_exist_without_picking() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dns = DnsServer::start().await;
+        for policy in ["pick_first", "round_robin"] {
+            let counting = support::counting::CountingPicks::new(policy);
+            let channel = BalancedChannel::builder(dns.target("missing.test:50051"))
+                .resolver_builder(fast_dns())
+                .balancer_builder(counting.clone())
+                .build()
+                .unwrap();
+            let err = channel
+                .wait_until_ready(Duration::from_millis(500))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("(state TRANSIENT_FAILURE: resolver error: dns: cannot resolve"),
+                "{policy}: {err}"
+            );
+            assert!(
+                err.contains("\"missing.test\" does not exist"),
+                "{policy}: {err}"
+            );
+            assert_eq!(counting.picks(), 0, "{policy}: no pick for the message");
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// The addresses the first update of `target` holds, through the resolver
 /// alone (no connection is made).
 async fn first_addresses(target: &str, builder: DnsResolverBuilder) -> BTreeSet<String> {

@@ -7,11 +7,19 @@
 //! connection asks the resolver to resolve again. A subchannel that failed
 //! counts as TRANSIENT_FAILURE until it is READY again (gRFC A61's sticky
 //! failure), so a flapping backend does not make the channel CONNECTING.
-//! The channel state is [`aggregate_state`] of the
+//! The channel state is [`aggregate_state`](super::aggregate_state) of the
 //! subchannels.
 //!
 //! A new picker is published only when the READY set or the channel state
 //! changes, so a steady channel keeps its rotation.
+//!
+//! **Cost.** A subchannel event costs O(1): the policy keeps how many
+//! children are in each state, updates those counts, and asks the channel
+//! for [`work`](Balancer::work) after the burst of events it belongs to;
+//! `work` rebuilds the READY list and the picker once, and only when the
+//! READY set or the state changed. So a channel with thousands of failing
+//! addresses pays O(n) per burst of events, not per event. A resolver
+//! update costs O(n) and publishes at once.
 //!
 //! **Threading.** Every thread that makes calls picks from the same picker
 //! at once, so the picker writes nothing that two threads share: it keeps
@@ -32,9 +40,7 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::{
-    aggregate_state, dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller,
-};
+use super::{dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller};
 use crate::picker::{FailPicker, Pick, PickInfo, PickResult, Picker, QueuePicker};
 use crate::resolver::ResolverUpdate;
 use crate::subchannel::SubchannelState;
@@ -64,6 +70,9 @@ impl BalancerBuilder for RoundRobinBuilder {
             last_error: None,
             published: None,
             has_addresses: false,
+            counts: Counts::default(),
+            ready_changed: false,
+            work_scheduled: false,
         }))
     }
 }
@@ -80,9 +89,60 @@ struct RoundRobin {
     index: HashMap<u64, usize>,
     rng: SmallRng,
     last_error: Option<Error>,
-    /// What was last published: the state and the READY subchannel ids.
+    /// What was last published: the state, the READY subchannel ids and
+    /// the failure message.
     published: Option<(ConnectivityState, Vec<u64>, Option<String>)>,
     has_addresses: bool,
+    /// How many children are in each (sticky) state.
+    counts: Counts,
+    /// A child entered or left READY since the last picker was built.
+    ready_changed: bool,
+    /// `work` was asked for and has not run yet.
+    work_scheduled: bool,
+}
+
+/// How many children are in each state, kept as events arrive so that the
+/// channel state is O(1) to compute.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    ready: usize,
+    connecting: usize,
+    idle: usize,
+}
+
+impl Counts {
+    fn of<'a>(children: impl IntoIterator<Item = &'a Child>) -> Self {
+        let mut counts = Counts::default();
+        for child in children {
+            counts.add(child.state, 1);
+        }
+        counts
+    }
+
+    /// Adds `n` (1 or -1 as wrapping) children in `state`.
+    fn add(&mut self, state: ConnectivityState, n: usize) {
+        let count = match state {
+            ConnectivityState::Ready => &mut self.ready,
+            ConnectivityState::Connecting => &mut self.connecting,
+            ConnectivityState::Idle => &mut self.idle,
+            ConnectivityState::TransientFailure | ConnectivityState::Shutdown => return,
+        };
+        *count = count.wrapping_add(n);
+    }
+
+    /// [`aggregate_state`](super::aggregate_state) of the children, from
+    /// the counts.
+    fn aggregate(&self) -> ConnectivityState {
+        if self.ready > 0 {
+            ConnectivityState::Ready
+        } else if self.connecting > 0 {
+            ConnectivityState::Connecting
+        } else if self.idle > 0 {
+            ConnectivityState::Idle
+        } else {
+            ConnectivityState::TransientFailure
+        }
+    }
 }
 
 /// How many rotation counters a round_robin picker keeps (one per thread
@@ -150,21 +210,33 @@ impl Picker for RoundRobinPicker {
 }
 
 impl RoundRobin {
+    /// Publishes a picker if the state, the READY set or the failure
+    /// message changed. O(1) unless the READY set changed (then O(n) to
+    /// list it).
     fn regenerate(&mut self, ctl: &mut dyn Controller) {
         let state = if self.has_addresses {
-            aggregate_state(self.children.iter().map(|c| c.state))
+            self.counts.aggregate()
         } else {
             ConnectivityState::TransientFailure
         };
-        let ready: Vec<Subchannel> = self
-            .children
-            .iter()
-            .filter(|c| c.state == ConnectivityState::Ready)
-            .map(|c| c.subchannel.clone())
-            .collect();
         let error = (state == ConnectivityState::TransientFailure)
             .then(|| self.last_error.as_ref().map(failure_message))
             .flatten();
+        let same_ready = !std::mem::take(&mut self.ready_changed);
+        if let Some((was, _, was_error)) = &self.published {
+            if *was == state && *was_error == error && same_ready {
+                return;
+            }
+        }
+        let ready: Vec<Subchannel> = if state == ConnectivityState::Ready {
+            self.children
+                .iter()
+                .filter(|c| c.state == ConnectivityState::Ready)
+                .map(|c| c.subchannel.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let key = (
             state,
             ready.iter().map(Subchannel::id).collect(),
@@ -221,6 +293,8 @@ impl Balancer for RoundRobin {
         self.index = (0..self.children.len())
             .map(|i| (self.children[i].subchannel.id(), i))
             .collect();
+        self.counts = Counts::of(&self.children);
+        self.ready_changed = true;
         if self.children.is_empty() {
             self.last_error = Some(Error::new(
                 ErrorKind::Resolver,
@@ -258,6 +332,11 @@ impl Balancer for RoundRobin {
             (TransientFailure, Connecting | Idle) => TransientFailure,
             (_, new) => new,
         };
+        self.counts.add(was, usize::MAX);
+        self.counts.add(child.state, 1);
+        if (was == Ready) != (child.state == Ready) {
+            self.ready_changed = true;
+        }
         if state.connectivity == Idle {
             sc.connect();
         }
@@ -267,6 +346,15 @@ impl Balancer for RoundRobin {
         if let Some(error) = &state.error {
             self.last_error = Some(error.clone());
         }
+        // The picker is built once, after the burst this event is part of.
+        if !self.work_scheduled {
+            self.work_scheduled = true;
+            ctl.schedule_work(tokio::time::Instant::now());
+        }
+    }
+
+    fn work(&mut self, ctl: &mut dyn Controller) {
+        self.work_scheduled = false;
         self.regenerate(ctl);
     }
 
@@ -426,6 +514,78 @@ mod tests {
             .unwrap()
             .message()
             .contains("no usable addresses"));
+    }
+
+    #[test]
+    fn a_burst_of_subchannel_events_builds_one_picker_after_it() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        let addrs: Vec<String> = (0..100).map(|i| format!("h{i}:1")).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        rr.resolver_update(&update(&refs), &mut ctl);
+        let before = ctl.pickers.len();
+        // 100 subchannels connect, half become READY, in one burst: the
+        // events only update counts and ask for work once.
+        for (i, a) in addrs.iter().enumerate() {
+            let sc = ctl.subchannel(a);
+            for state in [Connecting, if i % 2 == 0 { Ready } else { Idle }] {
+                sc.set_state(state);
+                let state = SubchannelState {
+                    connectivity: state,
+                    error: None,
+                };
+                rr.subchannel_update(&sc, &state, &mut ctl);
+            }
+        }
+        assert_eq!(ctl.pickers.len(), before, "no picker during the burst");
+        assert!(ctl.work_at.is_some(), "work asked for");
+        assert!(ctl.run_work(&mut *rr));
+        assert_eq!(ctl.pickers.len(), before + 1, "one picker for the burst");
+        assert_eq!(ctl.last_state(), Ready);
+        let picks: std::collections::HashSet<String> =
+            (0..50).filter_map(|_| ctl.pick_addr()).collect();
+        assert_eq!(picks.len(), 50, "rotates over the 50 READY ones");
+        assert!(!ctl.run_work(&mut *rr), "work was asked for once");
+    }
+
+    #[test]
+    fn a_failing_child_in_a_ready_channel_publishes_nothing() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        let n = ctl.pickers.len();
+        for _ in 0..10 {
+            ctl.deliver(&mut *rr, "b:1", Connecting);
+            ctl.deliver_error(&mut *rr, "b:1", TransientFailure, "b:1: refused");
+            ctl.deliver(&mut *rr, "b:1", Idle);
+        }
+        assert_eq!(
+            ctl.pickers.len(),
+            n,
+            "the READY set and state never changed"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the events, the state kept from counts is the
+        /// aggregate of the children's sticky states.
+        #[test]
+        fn counted_state_is_the_aggregate_of_the_children(
+            events in proptest::collection::vec((0usize..4, 0u8..4), 0..200)
+        ) {
+            let addrs = ["a:1", "b:1", "c:1", "d:1"];
+            let (mut rr, mut ctl) = (build(1), FakeController::new());
+            rr.resolver_update(&update(&addrs), &mut ctl);
+            let mut model = [Idle; 4];
+            for (child, s) in events {
+                let state = ConnectivityState::from_u8(s);
+                model[child] = match (model[child], state) {
+                    (TransientFailure, Connecting | Idle) => TransientFailure,
+                    (_, new) => new,
+                };
+                ctl.deliver(&mut *rr, addrs[child], state);
+                proptest::prop_assert_eq!(ctl.last_state(), crate::balancer::aggregate_state(model));
+            }
+        }
     }
 
     /// Picks `times` times on this thread; the index of each pick.

@@ -86,7 +86,9 @@ impl FakeController {
             .collect()
     }
 
-    /// Plays the connection task: `addr`'s subchannel is now `state`.
+    /// Plays the connection task: `addr`'s subchannel is now `state`. Then
+    /// runs the work the balancer asked for now, as the channel does after
+    /// a burst (this is a burst of one event).
     pub fn deliver(&mut self, b: &mut dyn Balancer, addr: &str, state: ConnectivityState) {
         self.deliver_state(b, addr, state, None);
     }
@@ -119,6 +121,20 @@ impl FakeController {
             },
             self,
         );
+        self.run_due_work(b);
+    }
+
+    /// Plays the end of a burst: if the balancer asked for
+    /// [`Balancer::work`] at or before now (tokio time), clears the request
+    /// and runs it, as the channel does after delivering the events
+    /// already queued. Work asked for later is left for
+    /// [`run_work`](Self::run_work). [`deliver`](Self::deliver) calls this
+    /// after each event (a burst of one). Returns whether work ran.
+    pub fn run_due_work(&mut self, b: &mut dyn Balancer) -> bool {
+        match self.work_at {
+            Some(at) if at <= tokio::time::Instant::now() => self.run_work(b),
+            _ => false,
+        }
     }
 
     /// The state of the last published picker.

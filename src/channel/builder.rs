@@ -222,6 +222,7 @@ impl BalancedChannelBuilder {
             picker: picker.clone(),
             seed,
             effects: Default::default(),
+            failure: Default::default(),
         };
         tokio::spawn(control.run());
         Ok(BalancedChannel {

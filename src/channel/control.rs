@@ -7,6 +7,19 @@
 //! a time, so a balancer never needs a lock. When the last channel handle is
 //! dropped its request channel closes and the task ends, dropping the
 //! balancer (and with it every subchannel) and the resolver.
+//!
+//! **Bounded by construction.** The resolver's sink holds one snapshot
+//! (`resolver::UpdateSink`), each subchannel queues at most one connection
+//! attempt's events (see `subchannel`), and a burst of events publishes
+//! one picker and asks the resolver once. Whatever the number of failing
+//! addresses, nothing between the tasks grows without bound.
+//!
+//! **Failure reason.** From the events it delivers, the task knows the
+//! resolver's last error and the last connection error; it publishes the
+//! one that explains the state (`resolver error: ...` while the resolver
+//! gave no addresses, else `last connection error: ...`) with every
+//! picker, and keeps it current between pickers, so messages such as
+//! `wait_until_ready`'s never pick to find out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -15,11 +28,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::balancer::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller};
+use crate::balancer::{
+    failure_message, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller,
+};
 use crate::picker::{FailPicker, PickerCell};
-use crate::resolver::{Resolver, ResolverEvent, ResolverUpdate};
+use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
 use crate::subchannel::{ConnectConfig, Inner, StateEvent};
-use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
+use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
 #[derive(Debug)]
@@ -37,7 +52,7 @@ pub(crate) struct Policy {
 pub(crate) struct Control {
     pub(crate) target: Target,
     pub(crate) resolver: Box<dyn Resolver>,
-    pub(crate) resolver_rx: mpsc::UnboundedReceiver<ResolverEvent>,
+    pub(crate) resolver_rx: UpdateReceiver,
     pub(crate) requests: mpsc::UnboundedReceiver<ControlRequest>,
     pub(crate) balancer: Box<dyn Balancer>,
     pub(crate) policy: Policy,
@@ -48,6 +63,54 @@ pub(crate) struct Control {
     pub(crate) picker: Arc<PickerCell>,
     pub(crate) seed: u64,
     pub(crate) effects: Effects,
+    pub(crate) failure: Failure,
+}
+
+/// Why the channel may not be READY, as the events delivered to the
+/// balancer tell it: published with every picker (see
+/// `picker::Snapshot::failure`), so nobody picks to build a message.
+#[derive(Default)]
+pub(crate) struct Failure {
+    /// The resolver's last error, or its last update being empty; cleared
+    /// by an update with addresses.
+    resolver: Option<Error>,
+    /// Whether the last update had addresses.
+    has_addresses: bool,
+    /// The last error a subchannel reported.
+    connection: Option<Error>,
+    /// Changed since it was last published.
+    changed: bool,
+}
+
+impl Failure {
+    /// `resolver error: ...` while the resolver gave no addresses, else
+    /// `last connection error: ...` (or the resolver's error if no
+    /// connection failed yet).
+    fn message(&self) -> Option<Arc<String>> {
+        let error = if self.has_addresses {
+            self.connection.as_ref().or(self.resolver.as_ref())
+        } else {
+            self.resolver.as_ref()
+        };
+        error.map(|e| Arc::new(failure_message(e)))
+    }
+
+    fn resolved(&mut self, update: &ResolverUpdate) {
+        self.has_addresses = !update.addresses().is_empty();
+        self.resolver = (!self.has_addresses)
+            .then(|| Error::new(ErrorKind::Resolver, "the resolver returned no addresses"));
+        self.changed = true;
+    }
+
+    fn resolver_failed(&mut self, error: &Error) {
+        self.resolver = Some(error.clone());
+        self.changed = true;
+    }
+
+    fn connection_failed(&mut self, error: &Error) {
+        self.connection = Some(error.clone());
+        self.changed = true;
+    }
 }
 
 /// One subchannel per address, shared by whoever holds it.
@@ -153,7 +216,7 @@ impl Control {
                     None => break,
                 },
                 Some(event) = self.events_rx.recv() => self.on_subchannel_event(event),
-                Some(event) = self.resolver_rx.recv() => self.on_resolver_event(event),
+                Some(events) = self.resolver_rx.recv() => self.on_resolver_events(events),
                 () = sleep_until(work_at), if work_at.is_some() => {}
             }
             self.take_burst();
@@ -163,21 +226,27 @@ impl Control {
         tracing::debug!(target = %self.target, "channel closed; control task stops");
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
         self.picker
-            .publish(ConnectivityState::Shutdown, Arc::new(closed));
+            .publish(ConnectivityState::Shutdown, Arc::new(closed), None);
     }
 
-    /// Delivers the events already queued, at most [`MAX_BURST`].
+    /// Delivers the events already queued, at most [`MAX_BURST`], and
+    /// the resolver's newest update with them even when subchannel events
+    /// fill the burst (so a flood of those never holds a new address set
+    /// back).
     fn take_burst(&mut self) {
         for _ in 0..MAX_BURST {
             if let Ok(request) = self.requests.try_recv() {
                 self.on_request(request);
             } else if let Ok(event) = self.events_rx.try_recv() {
                 self.on_subchannel_event(event);
-            } else if let Ok(event) = self.resolver_rx.try_recv() {
-                self.on_resolver_event(event);
+            } else if let Some(events) = self.resolver_rx.try_recv() {
+                self.on_resolver_events(events);
             } else {
                 return;
             }
+        }
+        if let Some(events) = self.resolver_rx.try_recv() {
+            self.on_resolver_events(events);
         }
     }
 
@@ -194,8 +263,12 @@ impl Control {
         if std::mem::take(&mut self.effects.resolve_now) {
             self.resolver.resolve_now();
         }
+        let failure = std::mem::take(&mut self.failure.changed).then(|| self.failure.message());
         if let Some((state, picker)) = self.effects.picker.take() {
-            self.picker.publish(state, picker);
+            let failure = failure.unwrap_or_else(|| self.picker.load().failure());
+            self.picker.publish(state, picker, failure);
+        } else if let Some(failure) = failure {
+            self.picker.load().set_failure(failure);
         }
     }
 
@@ -224,22 +297,26 @@ impl Control {
             return;
         };
         sc.set_state(event.state.connectivity);
+        if let Some(error) = &event.state.error {
+            self.failure.connection_failed(error);
+        }
         self.drive(|b, ctl| b.subchannel_update(&sc, &event.state, ctl));
     }
 
-    fn on_resolver_event(&mut self, event: ResolverEvent) {
-        let event = latest(event, &mut self.resolver_rx);
-        match event {
-            Ok(update) => {
-                if !self.switch_policy(&update) {
-                    self.drive(|b, ctl| b.resolver_update(&update, ctl));
-                }
-                self.table.forget_dead();
+    /// The newest update, then an error reported after it (the sink keeps
+    /// no older ones: updates are full snapshots).
+    fn on_resolver_events(&mut self, events: ResolverEvents) {
+        if let Some(update) = events.update {
+            self.failure.resolved(&update);
+            if !self.switch_policy(&update) {
+                self.drive(|b, ctl| b.resolver_update(&update, ctl));
             }
-            Err(error) => {
-                tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
-                self.drive(|b, ctl| b.resolver_error(&error, ctl));
-            }
+            self.table.forget_dead();
+        }
+        if let Some(error) = events.error {
+            tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
+            self.failure.resolver_failed(&error);
+            self.drive(|b, ctl| b.resolver_error(&error, ctl));
         }
     }
 
@@ -282,19 +359,6 @@ impl Control {
             }
         }
     }
-}
-
-/// Resolver updates are full snapshots: of a burst, only the newest matters.
-/// An error that follows an update in the same burst is dropped: balancers
-/// keep known addresses on errors anyway.
-fn latest(first: ResolverEvent, rx: &mut mpsc::UnboundedReceiver<ResolverEvent>) -> ResolverEvent {
-    let mut event = first;
-    while let Ok(next) = rx.try_recv() {
-        if next.is_ok() || event.is_err() {
-            event = next;
-        }
-    }
-    event
 }
 
 /// Sleeps until `at`; never completes for `None` (the caller guards it).
@@ -433,6 +497,7 @@ mod tests {
             picker: picker.clone(),
             seed: 1,
             effects: Effects::default(),
+            failure: Failure::default(),
         };
         Harness {
             log,
@@ -484,6 +549,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_resolver_update_is_not_held_back_by_a_flood_of_subchannel_events() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        for _ in 0..3 * MAX_BURST {
+            h.events_tx
+                .send(event(1, ConnectivityState::Connecting))
+                .unwrap();
+        }
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("b:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let log = h.log.lock().unwrap().clone();
+        // The first burst took one event from the wait and MAX_BURST more
+        // (for no known subchannel yet: not logged), then the newest update
+        // (the first one was replaced, unread); the rest of the flood came
+        // after it, for the subchannel it made.
+        assert_eq!(log.first().map(String::as_str), Some("resolver_update"));
+        let updates = log.iter().filter(|l| l.starts_with("update")).count();
+        assert_eq!(updates, 3 * MAX_BURST - (1 + MAX_BURST));
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn scheduled_work_runs_at_its_time_on_the_paused_clock() {
         let mut h = harness(Some(Duration::from_millis(250)));
         h.sink
@@ -499,6 +590,151 @@ mod tests {
         assert!(Instant::now() - start >= Duration::from_millis(250));
         assert_eq!(h.picker.load().state, ConnectivityState::Ready);
         drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    /// What the policy under test was handed.
+    #[derive(Default)]
+    struct Seen {
+        resolver_updates: usize,
+        subchannel_updates: usize,
+    }
+
+    /// A real policy, counting the events it is handed.
+    struct Counting {
+        inner: Box<dyn Balancer>,
+        seen: Arc<Mutex<Seen>>,
+    }
+
+    impl Balancer for Counting {
+        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+            self.seen.lock().unwrap().resolver_updates += 1;
+            self.inner.resolver_update(update, ctl);
+        }
+
+        fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
+            self.inner.resolver_error(error, ctl);
+        }
+
+        fn subchannel_update(
+            &mut self,
+            sc: &Subchannel,
+            state: &SubchannelState,
+            ctl: &mut dyn Controller,
+        ) {
+            self.seen.lock().unwrap().subchannel_updates += 1;
+            self.inner.subchannel_update(sc, state, ctl);
+        }
+
+        fn work(&mut self, ctl: &mut dyn Controller) {
+            self.inner.work(ctl);
+        }
+    }
+
+    /// A real resolver, counting re-resolution requests.
+    struct CountingWrapper(Box<dyn Resolver>, Arc<Mutex<usize>>);
+
+    impl Resolver for CountingWrapper {
+        fn resolve_now(&mut self) {
+            *self.1.lock().unwrap() += 1;
+            self.0.resolve_now();
+        }
+    }
+
+    /// An HTTP/2 server on 127.0.0.1 that accepts every connection.
+    async fn h2_backend() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut connection) = h2::server::handshake(socket).await {
+                        while let Some(Ok(_)) = connection.accept().await {}
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_thousand_failing_addresses_cost_one_resolver_update_and_few_pickers() {
+        use crate::balancer::RoundRobinBuilder;
+        use crate::resolver::{ResolverBuilder, StaticResolverBuilder};
+        const FAILING: usize = 10_000;
+        let live = h2_backend().await;
+        // 127.0.0.0/8 is loopback and nothing listens on port 1: every
+        // connection is refused at once, and retried on its backoff.
+        let mut addrs: Vec<String> = (0..FAILING)
+            .map(|i| format!("127.0.{}.{}:1", 1 + i / 250, 1 + i % 250))
+            .collect();
+        addrs.push(live.to_string());
+        let target: Target = format!("static:///{}", addrs.join(",")).parse().unwrap();
+        let (sink, resolver_rx) = UpdateSink::channel();
+        let resolver = StaticResolverBuilder.build(&target, sink.clone()).unwrap();
+        let resolutions = Arc::new(Mutex::new(0));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let options = BuildOptions::new(target.clone(), 1);
+        let round_robin = RoundRobinBuilder.build(&Value::Null, &options).unwrap();
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let picker = Arc::new(PickerCell::new(
+            ConnectivityState::Connecting,
+            Arc::new(QueuePicker),
+        ));
+        let policy = || Policy {
+            builder: Arc::new(RoundRobinBuilder),
+            config: Value::Object(Default::default()),
+        };
+        let config = Arc::new(ConnectConfig {
+            rng_seed: 1,
+            ..ConnectConfig::default()
+        });
+        let control = Control {
+            target,
+            resolver: Box::new(CountingWrapper(resolver, resolutions.clone())),
+            resolver_rx,
+            requests,
+            balancer: Box::new(Counting {
+                inner: round_robin,
+                seen: seen.clone(),
+            }),
+            policy: policy(),
+            default_policy: Arc::new(policy()),
+            balancers: BalancerRegistry::new(),
+            table: SubchannelTable::new(config, events_tx),
+            events_rx,
+            picker: picker.clone(),
+            seed: 1,
+            effects: Effects::default(),
+            failure: Failure::default(),
+        };
+        let task = tokio::spawn(control.run());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+
+        let snapshot = picker.load();
+        assert_eq!(snapshot.state, ConnectivityState::Ready);
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let resolutions = *resolutions.lock().unwrap();
+        assert!(resolutions >= 1, "failures asked for re-resolution");
+        // The static list was sent once and applied once, however often
+        // re-resolution was asked for.
+        assert_eq!(sink.updates_sent(), 1, "{resolutions} resolve_now calls");
+        assert_eq!(seen.resolver_updates, 1);
+        // IDLE, CONNECTING, READY: the failures never changed the READY
+        // set, so no further picker was built.
+        assert!(snapshot.generation <= 4, "{} pickers", snapshot.generation);
+        // At most one attempt's 3 events per subchannel per backoff step:
+        // 8 attempts fit in 30 s with 20 % jitter.
+        let bound = 3 * 8 * (FAILING + 1);
+        assert!(
+            seen.subchannel_updates > 2 * FAILING && seen.subchannel_updates <= bound,
+            "{} events",
+            seen.subchannel_updates
+        );
+        let why = snapshot.failure().expect("connections failed");
+        assert!(why.starts_with("last connection error: 127.0."), "{why}");
+        drop(requests_tx);
         task.await.unwrap();
     }
 

@@ -49,7 +49,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::picker::{PickInfo, PickResult, PickerCell};
+use crate::picker::PickerCell;
 use crate::{Address, ConnectivityState, Error, ErrorKind, Target};
 use control::ControlRequest;
 
@@ -159,13 +159,14 @@ impl BalancedChannel {
         }
     }
 
+    /// wait_until_ready's error: the state and the reason published with
+    /// the picker (never a pick: picking has effects a policy counts).
     fn not_ready(&self, timeout: Duration) -> Error {
         let snapshot = self.shared.picker.load();
-        let headers = http::HeaderMap::new();
-        let why = match snapshot.picker.pick(&PickInfo::new("", &headers)) {
-            PickResult::Fail(s) | PickResult::Drop(s) => format!(": {}", s.message()),
-            _ => String::new(),
-        };
+        let why = snapshot
+            .failure()
+            .map(|reason| format!(": {reason}"))
+            .unwrap_or_default();
         Error::new(
             ErrorKind::Timeout,
             format!(

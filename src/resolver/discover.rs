@@ -12,7 +12,7 @@ use tonic::transport::channel::Change as TonicChange;
 use tonic::transport::Endpoint;
 use tower::discover::Change;
 
-use super::{builder_for, Resolver, ResolverBuilder, ResolverEvent, ResolverRegistry, UpdateSink};
+use super::{builder_for, Resolver, ResolverBuilder, ResolverRegistry, UpdateReceiver, UpdateSink};
 use crate::{Address, Error, Target};
 
 /// A resolver's updates as a stream of [`Change`]s, keyed by [`Address`],
@@ -38,7 +38,7 @@ use crate::{Address, Error, Target};
 /// ```
 pub struct ResolverDiscover {
     _resolver: Box<dyn Resolver>,
-    rx: mpsc::UnboundedReceiver<ResolverEvent>,
+    rx: UpdateReceiver,
     known: HashSet<Address>,
     pending: VecDeque<Change<Address, Endpoint>>,
     endpoint: Arc<EndpointFn>,
@@ -151,9 +151,13 @@ impl Stream for ResolverDiscover {
                 return Poll::Ready(Some(Ok(change)));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(update))) => self.apply(update.addresses()),
-                Poll::Ready(Some(Err(e))) => {
-                    tracing::warn!(error = %e, "discover: keeping the last known endpoints");
+                Poll::Ready(Some(events)) => {
+                    if let Some(update) = events.update {
+                        self.apply(update.addresses());
+                    }
+                    if let Some(e) = events.error {
+                        tracing::warn!(error = %e, "discover: keeping the last known endpoints");
+                    }
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,

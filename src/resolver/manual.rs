@@ -135,9 +135,11 @@ mod tests {
         let target: Target = "m:///x".parse().unwrap();
         let (sink, mut rx) = UpdateSink::channel();
         let mut handle = manual.build(&target, sink).unwrap();
-        assert_eq!(rx.recv().await.unwrap().unwrap().addresses().len(), 1);
+        let first = rx.recv().await.unwrap().update.unwrap();
+        assert_eq!(first.addresses().len(), 1);
         manual.update(["a:1", "b:1"]);
-        assert_eq!(rx.recv().await.unwrap().unwrap().addresses().len(), 2);
+        let second = rx.recv().await.unwrap().update.unwrap();
+        assert_eq!(second.addresses().len(), 2);
         handle.resolve_now();
         assert_eq!(manual.resolve_now_count(), 1);
         drop(rx);

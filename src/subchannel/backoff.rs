@@ -7,6 +7,10 @@
 //!                current_backoff = min(current_backoff * MULTIPLIER, MAX_BACKOFF)
 //! on success:    current_backoff = INITIAL_BACKOFF
 //! ```
+//!
+//! "Success" is a connection that stayed READY for at least
+//! INITIAL_BACKOFF; one lost sooner waits until its attempt's start plus
+//! the current backoff, as a failed attempt does.
 
 use std::time::Duration;
 
@@ -76,6 +80,14 @@ impl Backoff {
             1.0
         };
         Duration::from_secs_f64(base * factor)
+    }
+
+    /// How long a connection must stay READY to count as a success that
+    /// resets the delay: the initial delay. A connection lost sooner is
+    /// treated as a failed attempt, so reconnecting to a server that drops
+    /// every connection at once follows this schedule instead of looping.
+    pub(crate) fn min_success(&self) -> Duration {
+        self.config.initial
     }
 
     /// Back to the initial delay, after a successful connection.

@@ -1,6 +1,8 @@
 //! The connection task of one subchannel: connect, serve, notice loss,
 //! back off, report every state change. A connection counts as made (READY)
-//! once the server's HTTP/2 preface has arrived, as in grpc-go.
+//! once the server's HTTP/2 preface has arrived, as in grpc-go, and as a
+//! success that resets the backoff once it has stayed READY for the initial
+//! backoff delay (see the [module docs](super)).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,12 +84,22 @@ pub(crate) async fn run(
     };
     let seed = config.rng_seed ^ link.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut backoff = Backoff::new(config.backoff, seed);
+    // When the next attempt may start, after a connection lost too soon.
+    let mut not_before: Option<Instant> = None;
     loop {
-        // IDLE: wait until the balancer asks for a connection.
+        // IDLE: wait until the balancer asks for a connection (and, after
+        // a connection that did not count as a success, for the backoff).
         tokio::select! {
             biased;
             _ = &mut shutdown => return,
             _ = link.connect.notified() => {}
+        }
+        if let Some(at) = not_before.take() {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep_until(at) => {}
+            }
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
@@ -99,9 +111,9 @@ pub(crate) async fn run(
         };
         match result {
             Ok((sender, mut connection)) => {
-                backoff.reset();
                 link.sender.store(Some(Arc::new(sender)));
                 report(ConnectivityState::Ready, None);
+                let ready_at = Instant::now();
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
@@ -110,7 +122,14 @@ pub(crate) async fn run(
                 link.sender.store(None);
                 drop(connection);
                 let Some(reason) = lost else { return };
-                tracing::debug!(address = %link.address, "connection lost");
+                if Instant::now() - ready_at >= backoff.min_success() {
+                    backoff.reset();
+                    tracing::debug!(address = %link.address, "connection lost");
+                } else {
+                    let at = started + backoff.next_delay();
+                    tracing::debug!(address = %link.address, after = ?(Instant::now() - ready_at), "connection lost too soon to count; backing off");
+                    not_before = Some(at);
+                }
                 report(
                     ConnectivityState::Idle,
                     Some(connection_lost(&link, reason)),
@@ -216,6 +235,7 @@ fn connection_lost(link: &Link, reason: Result<Lost, oneshot::error::RecvError>)
 mod tests {
     use super::*;
     use crate::Subchannel;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
 
     /// Plays the balancer for one subchannel: reconnects whenever it goes
@@ -322,6 +342,144 @@ mod tests {
             error.contains("before the server's HTTP/2 preface"),
             "{error}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_requests_before_the_next_delivered_state_queue_one_attempt() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        // Nobody delivers the events (the control task is busy): the
+        // balancer's view stays IDLE and it keeps asking for 60 s.
+        for _ in 0..60 {
+            sc.connect();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let mut queued = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            queued.push(event.state.connectivity);
+        }
+        use ConnectivityState::*;
+        assert_eq!(queued, [Connecting, TransientFailure, Idle], "one attempt");
+        assert_eq!(sc.connect_requests(), 1);
+        // Delivering the IDLE lets the balancer ask again.
+        sc.set_state(Idle);
+        sc.connect();
+        let next = rx.recv().await.unwrap().state.connectivity;
+        assert_eq!(next, Connecting);
+    }
+
+    /// Holds tokio's paused clock still while real sockets work: a running
+    /// blocking task stops the clock from jumping ahead on its own, so the
+    /// test moves it with [`step`] and real I/O is never raced by a timer.
+    struct ClockHold(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+    fn hold_clock() -> ClockHold {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        tokio::task::spawn_blocking(move || {
+            let _ = rx.recv_timeout(Duration::from_secs(60));
+        });
+        ClockHold(tx)
+    }
+
+    /// Moves the held clock by `by`, then gives real I/O a moment.
+    async fn step(by: Duration) {
+        tokio::time::advance(by).await;
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1)))
+            .await
+            .unwrap();
+    }
+
+    /// A raw HTTP/2 server that, on every connection, reads the client
+    /// preface, sends an empty SETTINGS, waits `hold` and sends
+    /// GOAWAY(last_stream_id = 0, NO_ERROR), then closes. Counts connections.
+    async fn goaway_server(hold: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut preface = [0u8; 24];
+                    if socket.read_exact(&mut preface).await.is_err() {
+                        return;
+                    }
+                    let _ = socket.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await;
+                    tokio::time::sleep(hold).await;
+                    let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    let _ = socket.write_all(&goaway).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    /// Plays round_robin for one subchannel to a server that keeps each
+    /// connection `hold`: reconnects at once on IDLE. Returns when each
+    /// attempt started (seconds), for `secs` seconds or 50 attempts.
+    async fn attempts_against(hold: Duration, secs: u64) -> (Vec<f64>, usize) {
+        let (addr, connections) = goaway_server(hold).await;
+        let config = Arc::new(ConnectConfig {
+            backoff: BackoffConfig {
+                jitter: 0.0,
+                ..BackoffConfig::default()
+            },
+            ..ConnectConfig::default()
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let _hold = hold_clock();
+        let start = Instant::now();
+        let mut attempts = Vec::new();
+        sc.connect();
+        while Instant::now() - start < Duration::from_secs(secs) && attempts.len() <= 50 {
+            while let Ok(event) = rx.try_recv() {
+                let state = event.state.connectivity;
+                sc.set_state(state);
+                match state {
+                    ConnectivityState::Connecting => {
+                        attempts.push((Instant::now() - start).as_secs_f64())
+                    }
+                    ConnectivityState::Idle => sc.connect(),
+                    _ => {}
+                }
+            }
+            step(Duration::from_millis(50)).await;
+        }
+        (attempts, connections.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_drops_every_connection_at_once_is_retried_on_the_backoff_schedule() {
+        let (attempts, connections) = attempts_against(Duration::ZERO, 60).await;
+        // Each connection is READY (the server's SETTINGS came) and lost at
+        // once: the attempts follow gRPC's schedule (1 s, x1.6) as failed
+        // ones would, 8 in a minute, instead of reconnecting in a loop.
+        let want = [0.0, 1.0, 2.6, 5.16, 9.256, 15.81, 26.3, 43.07];
+        assert_eq!(attempts.len(), want.len(), "{attempts:?}");
+        for (got, want) in attempts.iter().zip(want) {
+            assert!(*got >= want - 0.01 && *got <= want + 0.2, "{attempts:?}");
+        }
+        assert_eq!(connections, attempts.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_stayed_ready_past_the_initial_delay_reconnects_at_once() {
+        // The server keeps each connection 2 s (more than the 1 s initial
+        // delay): every loss is after a success, so the backoff is reset
+        // and the next attempt starts at once, about every 2 s.
+        let (attempts, _) = attempts_against(Duration::from_secs(2), 21).await;
+        assert!(attempts.len() >= 10, "{attempts:?}");
+        for pair in attempts.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!((2.0..2.3).contains(&gap), "{attempts:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,13 +16,28 @@
 //! HTTP/2 handshake is done and the server's HTTP/2 preface has arrived: a
 //! socket that a dying server's kernel still accepts is not READY.
 //!
+//! **Events are bounded by construction.** The connection task waits in
+//! IDLE for a connection request, and a balancer can only ask once the
+//! control task has delivered that IDLE (requests made before the next
+//! delivery are one request). So at most one attempt's events —
+//! CONNECTING, READY or TRANSIENT_FAILURE, IDLE — are ever queued per
+//! subchannel, however slowly the control task reads them.
+//!
+//! **Backoff** follows gRPC's `connection-backoff.md` ([`BackoffConfig`]):
+//! a failed attempt waits until its start plus the current delay, which
+//! then grows. A connection counts as a success, resetting the delay, only
+//! once it has stayed READY for the initial delay (1 s by default): one
+//! the server drops sooner (a server that sends its SETTINGS and then
+//! GOAWAY at once) is lost IDLE as usual, but the next attempt waits as
+//! after a failed one, so a server that drops every connection is tried
+//! on the backoff schedule, not in a loop.
+//!
 //! The connection is `h2`'s, driven by one task that also watches it (see
 //! `http2`). Connection loss (peer close, reset, a keepalive PING left
 //! unanswered) is seen when it happens, not when the next call fails; a
 //! GOAWAY (e.g. at the server's maximum connection age) takes the
 //! subchannel out of READY at once, while the calls already open on that
-//! connection finish. Reconnection backoff follows gRPC's
-//! `connection-backoff.md` ([`BackoffConfig`]).
+//! connection finish.
 //!
 //! Dropping the last handle shuts the subchannel down: the sender is
 //! withdrawn so no new call uses it, calls already sent run to completion,
@@ -42,7 +57,7 @@ pub(crate) use connect::{ConnectConfig, StateEvent};
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -82,6 +97,9 @@ pub(crate) struct Link {
     /// The state as the control task last saw it (the balancer's view).
     state: AtomicU8,
     connect: Notify,
+    /// A connection was asked for since the control task last delivered a
+    /// state: a second request before then is the same request.
+    connect_requested: AtomicBool,
     /// How many times a balancer asked for a connection while IDLE.
     connect_requests: AtomicU32,
 }
@@ -112,6 +130,7 @@ impl Subchannel {
             sender: ArcSwapOption::empty(),
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             connect: Notify::new(),
+            connect_requested: AtomicBool::new(false),
             connect_requests: AtomicU32::new(0),
         });
         let (tx, rx) = oneshot::channel();
@@ -143,13 +162,14 @@ impl Subchannel {
     }
 
     /// Starts connecting if the subchannel is IDLE; does nothing otherwise.
+    /// Several calls while the same IDLE is current ask for one attempt.
     pub fn connect(&self) {
-        if self.state() == ConnectivityState::Idle {
-            self.inner
-                .link
-                .connect_requests
-                .fetch_add(1, Ordering::Relaxed);
-            self.inner.link.connect.notify_one();
+        let link = &self.inner.link;
+        if self.state() == ConnectivityState::Idle
+            && !link.connect_requested.swap(true, Ordering::AcqRel)
+        {
+            link.connect_requests.fetch_add(1, Ordering::Relaxed);
+            link.connect.notify_one();
         }
     }
 
@@ -157,11 +177,12 @@ impl Subchannel {
         self.inner.link.id
     }
 
+    /// Records the state the control task delivers to the balancer; the
+    /// next IDLE may be asked to connect again.
     pub(crate) fn set_state(&self, state: ConnectivityState) {
-        self.inner
-            .link
-            .state
-            .store(state.to_u8(), Ordering::Release);
+        let link = &self.inner.link;
+        link.state.store(state.to_u8(), Ordering::Release);
+        link.connect_requested.store(false, Ordering::Release);
     }
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
+pub mod counting;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod grpcio;

@@ -217,12 +217,10 @@ mod tests {
     use std::sync::Mutex;
 
     use rand::SeedableRng;
-    use tokio::sync::mpsc::error::TryRecvError;
-    use tokio::sync::mpsc::UnboundedReceiver;
 
     use super::*;
     use crate::resolver::dns::DnsResolverBuilder;
-    use crate::resolver::{Resolver, ResolverBuilder, ResolverEvent};
+    use crate::resolver::{Resolver, ResolverBuilder, UpdateReceiver};
     use crate::Target;
 
     /// A scripted DNS: the current answer (or error) and when it was asked.
@@ -290,18 +288,20 @@ mod tests {
         }
     }
 
-    fn start(
-        dns: &FakeDns,
-        builder: DnsResolverBuilder,
-    ) -> (Box<dyn Resolver>, UnboundedReceiver<ResolverEvent>) {
+    fn start(dns: &FakeDns, builder: DnsResolverBuilder) -> (Box<dyn Resolver>, UpdateReceiver) {
         let (sink, rx) = UpdateSink::channel();
         let target: Target = "dns:///svc.test:50051".parse().unwrap();
         let resolver = builder.lookup(dns.lookup()).build(&target, sink).unwrap();
         (resolver, rx)
     }
 
-    async fn next_set(rx: &mut UnboundedReceiver<ResolverEvent>) -> Vec<String> {
-        let update = rx.recv().await.unwrap().expect("an update, not an error");
+    async fn next_set(rx: &mut UpdateReceiver) -> Vec<String> {
+        let update = rx
+            .recv()
+            .await
+            .unwrap()
+            .into_result()
+            .expect("an update, not an error");
         update.addresses().iter().map(|a| a.to_string()).collect()
     }
 
@@ -334,7 +334,7 @@ mod tests {
         dns.set(&["::1", "10.0.0.3", "10.0.0.2"]);
         tokio::time::sleep(Duration::from_secs(65)).await;
         assert_eq!(dns.asked(), [0.0, 30.0, 60.0, 90.0]);
-        assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        assert!(rx.try_recv().is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -378,7 +378,7 @@ mod tests {
         next_set(&mut rx).await;
         dns.fail("SERVFAIL");
         tokio::time::sleep(Duration::from_secs(101)).await;
-        let error = rx.recv().await.unwrap().unwrap_err();
+        let error = rx.recv().await.unwrap().into_result().unwrap_err();
         assert!(error.is_resolver());
         let text = error.to_string();
         assert!(
@@ -389,7 +389,7 @@ mod tests {
         // empty set is ever sent.
         resolver.resolve_now();
         for _ in 0..4 {
-            assert!(rx.recv().await.unwrap().is_err());
+            assert!(rx.recv().await.unwrap().into_result().is_err());
         }
         assert_eq!(dns.asked(), [0.0, 100.0, 101.0, 103.0, 107.0, 111.0]);
         // Recovery resends the (same) set and goes back to the refresh interval.
@@ -421,13 +421,25 @@ mod tests {
         let dns = FakeDns::new(&[]);
         let builder = DnsResolverBuilder::default().lookup_timeout(Duration::from_secs(2));
         let (_resolver, mut rx) = start(&dns, builder);
-        let empty = rx.recv().await.unwrap().unwrap_err().to_string();
+        let empty = rx
+            .recv()
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap_err()
+            .to_string();
         assert!(
             empty.contains("\"svc.test\" has no A or AAAA records"),
             "{empty}"
         );
         dns.0.lock().unwrap().hang = true;
-        let hung = rx.recv().await.unwrap().unwrap_err().to_string();
+        let hung = rx
+            .recv()
+            .await
+            .unwrap()
+            .into_result()
+            .unwrap_err()
+            .to_string();
         assert!(hung.contains("took longer than 2s"), "{hung}");
     }
 
