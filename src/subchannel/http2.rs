@@ -42,13 +42,14 @@
 //! | `reset_stream_duration` (for how long) | 1 s | [`REMEMBER_RESETS_FOR`]: 1 s |
 //! | `max_local_error_reset_streams` (resets `h2` sends by itself) | 1024 | [`MAX_ERROR_RESETS`]: 1024, and the connection drains at [`DRAIN_AFTER_ERROR_RESETS`] (512) |
 //!
-//! - A storm resets thousands of streams a second (16,500 to 19,300 in
+//! - A storm resets thousands of streams a second (16,600 to 18,800 in
 //!   BENCHMARKS.md, section 4), and `h2` remembers a reset stream only if
-//!   fewer than `max_concurrent_reset_streams` are remembered. With 50, in
-//!   that storm `h2` reset about 520 streams by itself per 3,000 to 7,000
-//!   cancellations; with 10,000, none. Each remembered stream stays in
-//!   `h2`'s stream table for `reset_stream_duration`, which is ample for
-//!   the frames a server sent before it read the RST_STREAM.
+//!   fewer than `max_concurrent_reset_streams` are remembered. With `h2`'s
+//!   50, in that storm `h2` had reset 512 streams by itself on a
+//!   connection after 2,700 to 5,200 cancellations (and the connection
+//!   drained); with 10,000 it reset none. Each remembered stream stays in
+//!   `h2`'s stream table for `reset_stream_duration`, ample for the frames
+//!   a server sent before it read the RST_STREAM.
 //! - The limit on resets `h2` sends by itself stays: it bounds what a
 //!   server that keeps sending frames on closed streams can make the client
 //!   queue (one RST_STREAM each, without bound if the server does not
