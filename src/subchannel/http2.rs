@@ -150,9 +150,14 @@ impl std::fmt::Debug for Sender {
 }
 
 impl Sender {
-    /// Ready when a stream can be opened; an error once the connection
-    /// refuses new streams (GOAWAY) or has ended.
+    /// Ready when a stream can be opened: `h2` can take one and fewer
+    /// than [`pacer::MAX_HELD`] cancelled streams wait for the server. An
+    /// error at once when the connection refuses new streams (GOAWAY) or
+    /// has ended.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        if let Poll::Ready(Err(e)) = self.h2.poll_ready(cx) {
+            return Poll::Ready(Err(e));
+        }
         std::task::ready!(self.cancels.poll_room(cx));
         self.h2.poll_ready(cx)
     }
