@@ -330,6 +330,34 @@ impl<K> Held<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    struct Flag(AtomicBool);
+
+    impl futures_util::task::ArcWake for Flag {
+        fn wake_by_ref(flag: &Arc<Self>) {
+            flag.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn new_streams_wait_while_max_held_streams_wait_and_go_when_one_is_reset() {
+        let cancels = Cancels::new(Arc::new(Wire::new()));
+        let woken = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = futures_util::task::waker(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        cancels.held.store(MAX_HELD - 1, Ordering::SeqCst);
+        assert!(cancels.poll_room(&mut cx).is_ready());
+        cancels.held.store(MAX_HELD, Ordering::SeqCst);
+        assert!(cancels.poll_room(&mut cx).is_pending());
+        cancels.released(1);
+        assert!(woken.0.load(Ordering::SeqCst), "the waiting call is woken");
+        assert!(cancels.poll_room(&mut cx).is_ready());
+        // A closed connection never makes a call wait.
+        cancels.held.store(MAX_HELD, Ordering::SeqCst);
+        drop(cancels.wake_waiters(true));
+        assert!(cancels.poll_room(&mut cx).is_ready());
+    }
 
     fn held(ids: impl IntoIterator<Item = u32>) -> Held<u32> {
         let mut held = Held::default();
