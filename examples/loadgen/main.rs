@@ -1,12 +1,14 @@
 //! Load generator: unary gRPC throughput, latency and client CPU of
 //! tonic-balance against tonic's own channels and raw hyper and h2, plus a
-//! failover scenario. See BENCHMARKS.md for figures.
+//! failover scenario and a cancellation storm. See BENCHMARKS.md for
+//! figures.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- \
-//!     [--scenario throughput|failover|all] [--concurrency 1,16,64] \
+//!     [--scenario throughput|failover|cancel-storm|all] [--concurrency 1,16,64] \
 //!     [--duration 3s] [--warmup 1s] [--rounds 3] [--clients a,b,...] \
-//!     [--failover-concurrency 16]
+//!     [--failover-concurrency 16] \
+//!     [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms]
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with
@@ -17,9 +19,12 @@
 //! `tonic-direct` taken within each round (then the median of those).
 
 mod clients;
+#[path = "../../tests/support/h2frames.rs"]
+mod h2frames;
 mod report;
 mod run;
 mod server;
+mod storm;
 
 pub mod proto {
     tonic::include_proto!("proto");
@@ -43,6 +48,7 @@ struct Options {
     rounds: usize,
     clients: Vec<Kind>,
     failover_concurrency: usize,
+    storm: storm::Storm,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,6 +76,9 @@ fn main() -> Result<(), BoxError> {
         }
         if matches!(options.scenario.as_str(), "failover" | "all") {
             failover(&options).await?;
+        }
+        if matches!(options.scenario.as_str(), "cancel-storm" | "all") {
+            cancel_storm(&options).await?;
         }
         Ok::<_, BoxError>(())
     })?;
@@ -158,6 +167,23 @@ async fn failover(options: &Options) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The storm against each client in turn, `rounds` times, each on a fresh
+/// backend.
+async fn cancel_storm(options: &Options) -> Result<(), BoxError> {
+    let mut outcomes = Vec::new();
+    for round in 0..options.rounds {
+        for client in storm::StormClient::ALL {
+            let outcome = storm::run(options.storm, client, round).await?;
+            eprintln!("  cancel-storm round {} {} done", round + 1, client.name());
+            outcomes.push(outcome);
+            // Let the dropped client's connection and tasks wind down.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    storm::print(options.storm, &outcomes);
+    Ok(())
+}
+
 fn parse(args: &[String]) -> Result<Options, BoxError> {
     let known = [
         "--scenario",
@@ -167,6 +193,9 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
         "--rounds",
         "--clients",
         "--failover-concurrency",
+        "--storm-calls",
+        "--storm-callers",
+        "--storm-wait",
     ];
     for pair in args.chunks(2) {
         if !known.contains(&pair[0].as_str()) || pair.len() < 2 {
@@ -181,10 +210,11 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
             .collect()
     };
     let scenario = flag(args, "--scenario").unwrap_or("all").to_owned();
-    if !["throughput", "failover", "all"].contains(&scenario.as_str()) {
-        return Err(
-            format!("--scenario must be throughput, failover or all, not {scenario}").into(),
-        );
+    if !["throughput", "failover", "cancel-storm", "all"].contains(&scenario.as_str()) {
+        return Err(format!(
+            "--scenario must be throughput, failover, cancel-storm or all, not {scenario}"
+        )
+        .into());
     }
     let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
     let clients = list("--clients", &all.join(","))
@@ -204,6 +234,12 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
         failover_concurrency: flag(args, "--failover-concurrency")
             .unwrap_or("16")
             .parse()?,
+        storm: storm::Storm {
+            calls: flag(args, "--storm-calls").unwrap_or("10000").parse()?,
+            callers: flag(args, "--storm-callers").unwrap_or("50").parse()?,
+            longest_wait: duration(flag(args, "--storm-wait").unwrap_or("2ms"))?,
+            handler_delay: Duration::from_millis(1),
+        },
     })
 }
 

@@ -30,7 +30,7 @@ use crate::picker::OnDone;
 use crate::Address;
 
 /// The handle a call opens its stream with.
-pub(crate) type Sender = h2::client::SendRequest<Bytes>;
+pub(crate) use crate::subchannel::Sender;
 
 /// Why a call was not sent.
 pub(crate) enum SendError {

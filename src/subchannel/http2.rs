@@ -4,7 +4,7 @@
 //! from their own task: the request's HEADERS and DATA are queued in the
 //! same poll and leave in one write. The only task per connection is the
 //! [`drive`] task, which runs `h2`'s connection (reading, writing, flow
-//! control) and watches three things for the subchannel:
+//! control) and watches these things for the subchannel:
 //!
 //! - the connection ending (peer close, I/O error, protocol error);
 //! - the server refusing new streams (a GOAWAY, e.g. at its maximum
@@ -12,24 +12,73 @@
 //!   already open run to completion;
 //! - keepalive (gRFC A8): a PING every `interval` (only while calls are open
 //!   unless `while_idle`), and the connection is closed if no PING ACK comes
-//!   back within `timeout`.
+//!   back within `timeout`;
+//! - the streams of cancelled calls, reset at a pace the server's
+//!   rapid-reset guard accepts (see [`pacer`]);
+//! - `h2`'s own count of the streams it reset because of the server's
+//!   frames (see below): past half of its limit the connection stops taking
+//!   new calls ([`Lost::ErrorResets`]) and drains.
 //!
 //! When the subchannel lets go of the connection (it was lost, or the
 //! subchannel shut down) the drive task drops its own handle; `h2` then
 //! closes the connection as soon as the last call's stream ends.
+//!
+//! # Resets and `h2`'s limits
+//!
+//! A call dropped before it ends (its future or response body dropped, its
+//! deadline passed) resets its stream with RST_STREAM(CANCEL), paced so
+//! that the server's own rapid-reset guard is never tripped (see
+//! [`pacer`]). The server may already have sent frames on the stream:
+//! `h2` ignores frames on a stream it reset for as long as it remembers
+//! the stream, and answers a frame on a forgotten stream with a
+//! RST_STREAM(STREAM_CLOSED) of its own. It counts those resets over the
+//! connection's whole life and, at `max_local_error_reset_streams`, ends
+//! the connection with GOAWAY(ENHANCE_YOUR_CALM, "too_many_internal_resets"),
+//! failing every call on it. The limits used here:
+//!
+//! | `h2` client option | `h2` default | here |
+//! |---|---|---|
+//! | `max_concurrent_reset_streams` (reset streams remembered) | 50 | [`REMEMBERED_RESETS`]: 10,000 |
+//! | `reset_stream_duration` (for how long) | 1 s | [`REMEMBER_RESETS_FOR`]: 1 s |
+//! | `max_local_error_reset_streams` (resets `h2` sends by itself) | 1024 | [`MAX_ERROR_RESETS`]: 1024, and the connection drains at [`DRAIN_AFTER_ERROR_RESETS`] (512) |
+//!
+//! - A storm resets thousands of streams a second (16,600 to 18,800 in
+//!   BENCHMARKS.md, section 4), and `h2` remembers a reset stream only if
+//!   fewer than `max_concurrent_reset_streams` are remembered. With `h2`'s
+//!   50, in that storm `h2` had reset 512 streams by itself on a
+//!   connection after 2,700 to 5,200 cancellations (and the connection
+//!   drained); with 10,000 it reset none. Each remembered stream stays in
+//!   `h2`'s stream table for `reset_stream_duration`, ample for the frames
+//!   a server sent before it read the RST_STREAM.
+//! - The limit on resets `h2` sends by itself stays: it bounds what a
+//!   server that keeps sending frames on closed streams can make the client
+//!   queue (one RST_STREAM each, without bound if the server does not
+//!   read). But it counts over the connection's whole life, and reaching
+//!   it fails the calls in flight. So a connection that has sent
+//!   [`DRAIN_AFTER_ERROR_RESETS`] such resets stops taking new calls
+//!   ([`Lost::ErrorResets`]) and drains: the calls on it finish with the
+//!   other half of the limit to spare, new calls go to a new connection.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-/// The handle calls open streams with.
-pub(crate) type Sender = h2::client::SendRequest<Bytes>;
+mod frames;
+pub(crate) mod pacer;
+mod pings;
+
+use frames::{FrameWatch, Wire};
+use pacer::{Cancels, Pacer};
+use pings::Pings;
 
 /// HTTP/2 settings, as hyper's client (and so tonic's channel) uses them.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -37,6 +86,16 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_FRAME_SIZE: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// How many streams reset by us `h2` remembers (frames on them are
+/// ignored, not answered with a RST_STREAM of its own).
+pub(crate) const REMEMBERED_RESETS: usize = 10_000;
+/// How long `h2` remembers a stream reset by us.
+pub(crate) const REMEMBER_RESETS_FOR: Duration = Duration::from_secs(1);
+/// `h2`'s limit of the resets it sends by itself, per connection.
+pub(crate) const MAX_ERROR_RESETS: usize = 1024;
+/// The connection drains once `h2` sent this many resets by itself.
+pub(crate) const DRAIN_AFTER_ERROR_RESETS: usize = MAX_ERROR_RESETS / 2;
 
 /// Keepalive settings of one connection (gRFC A8).
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +114,9 @@ pub(crate) enum Lost {
     Draining(h2::Error),
     /// No PING ACK within the keepalive timeout; the connection was closed.
     KeepaliveTimeout(Duration),
+    /// `h2` reset this many streams by itself, half of its limit: the
+    /// connection drains before `h2` would end it; open calls continue.
+    ErrorResets(usize),
 }
 
 impl std::fmt::Display for Lost {
@@ -64,34 +126,134 @@ impl std::fmt::Display for Lost {
             Lost::Closed(Some(e)) => write!(f, "closed: {e}"),
             Lost::Draining(e) => write!(f, "the server refuses new calls: {e}"),
             Lost::KeepaliveTimeout(t) => write!(f, "no keepalive ping ack within {t:?}"),
+            Lost::ErrorResets(n) => write!(
+                f,
+                "drained after resetting {n} streams the server sent frames on after they \
+                 were closed (h2 ends a connection at {MAX_ERROR_RESETS})"
+            ),
         }
     }
 }
 
+/// The handle calls open streams with: `h2`'s sender, and where a call
+/// dropped before its response hands its stream (see [`pacer`]).
+#[derive(Clone)]
+pub(crate) struct Sender {
+    h2: h2::client::SendRequest<Bytes>,
+    cancels: Arc<Cancels>,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// Ready when a stream can be opened: `h2` can take one and fewer
+    /// than [`pacer::MAX_HELD`] cancelled streams wait for the server. An
+    /// error at once when the connection refuses new streams (GOAWAY) or
+    /// has ended.
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
+        if let Poll::Ready(Err(e)) = self.h2.poll_ready(cx) {
+            return Poll::Ready(Err(e));
+        }
+        std::task::ready!(self.cancels.poll_room(cx));
+        self.h2.poll_ready(cx)
+    }
+
+    /// Opens a stream with `request`'s HEADERS (see
+    /// `h2::client::SendRequest::send_request`).
+    pub(crate) fn send_request(
+        &mut self,
+        request: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
+        let (inner, stream) = self.h2.send_request(request, end_of_stream)?;
+        let response = ResponseFuture {
+            inner,
+            cancels: self.cancels.clone(),
+            done: false,
+        };
+        Ok((response, stream))
+    }
+
+    fn num_active_streams(&self) -> usize {
+        self.h2.num_active_streams()
+    }
+}
+
+/// A stream's response headers. Dropping it before they came cancels the
+/// call: its stream is reset at once or held briefly (see [`pacer`]).
+pub(crate) struct ResponseFuture {
+    inner: h2::client::ResponseFuture,
+    cancels: Arc<Cancels>,
+    done: bool,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<RecvStream>, h2::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        self.done = true;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for ResponseFuture {
+    fn drop(&mut self) {
+        if !self.done {
+            let id = self.inner.stream_id().as_u32();
+            self.cancels.cancel(id, &mut self.inner);
+        }
+    }
+}
+
+/// The connection [`drive`] runs, and what it shares with the calls.
+pub(crate) struct Connection<IO> {
+    h2: h2::client::Connection<FrameWatch<IO>, Bytes>,
+    wire: Arc<Wire>,
+    cancels: Arc<Cancels>,
+}
+
 /// Performs the HTTP/2 handshake on `io` and returns the sender and the
 /// connection, which [`drive`] must run.
-pub(crate) async fn handshake<IO>(
-    io: IO,
-) -> Result<(Sender, h2::client::Connection<IO, Bytes>), h2::Error>
+pub(crate) async fn handshake<IO>(io: IO) -> Result<(Sender, Connection<IO>), h2::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    h2::client::Builder::new()
+    let wire = Arc::new(Wire::new());
+    let (h2, connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
-        .handshake(io)
-        .await
+        .max_concurrent_reset_streams(REMEMBERED_RESETS)
+        .reset_stream_duration(REMEMBER_RESETS_FOR)
+        .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+        .handshake(FrameWatch::new(io, wire.clone()))
+        .await?;
+    let cancels = Arc::new(Cancels::new(wire.clone()));
+    let sender = Sender {
+        h2,
+        cancels: cancels.clone(),
+    };
+    let connection = Connection {
+        h2: connection,
+        wire,
+        cancels,
+    };
+    Ok((sender, connection))
 }
 
 /// Runs `connection` until it ends. Reports, once, the first reason it stops
 /// taking new calls on `lost`. `release` resolving (or its sender being
 /// dropped) means the subchannel no longer uses this connection.
 pub(crate) async fn drive<IO>(
-    mut connection: h2::client::Connection<IO, Bytes>,
+    connection: Connection<IO>,
     probe: Sender,
     keepalive: Option<Keepalive>,
     release: oneshot::Receiver<()>,
@@ -99,10 +261,17 @@ pub(crate) async fn drive<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let pinger = keepalive.and_then(|k| Some(Pinger::new(k, connection.ping_pong()?)));
+    let Connection {
+        h2: mut connection,
+        wire,
+        cancels,
+    } = connection;
+    let pings = Pings::new(connection.ping_pong(), keepalive);
     let mut watch = Watch {
         probe: Some(probe),
-        pinger,
+        pings,
+        pacer: Pacer::new(cancels),
+        wire,
         release: Some(release),
         lost: Some(lost),
     };
@@ -113,13 +282,21 @@ pub(crate) async fn drive<IO>(
         }
         watch.poll(cx)
     })
-    .await
+    .await;
+    watch.pacer.close();
+    tracing::debug!(
+        cancels = watch.wire.cancels_sent(),
+        error_resets = watch.wire.error_resets_sent(),
+        "HTTP/2 connection ended"
+    );
 }
 
 /// What the drive task watches besides the connection itself.
 struct Watch {
     probe: Option<Sender>,
-    pinger: Option<Pinger>,
+    pings: Pings,
+    pacer: Pacer,
+    wire: Arc<Wire>,
     release: Option<oneshot::Receiver<()>>,
     lost: Option<oneshot::Sender<Lost>>,
 }
@@ -136,25 +313,38 @@ impl Watch {
         if let Some(release) = self.release.as_mut() {
             if Pin::new(release).poll(cx).is_ready() {
                 self.let_go();
-                return Poll::Pending;
             }
+        }
+        // An ACK tells the pacer which streams the server has read.
+        self.pings.poll_ack(cx, &self.wire);
+        let holding = self.pacer.poll(cx);
+        if holding && self.wire.ping_is_welcome(Instant::now()) {
+            self.pings.send(cx, &self.wire);
         }
         let Some(probe) = self.probe.as_mut() else {
             return Poll::Pending;
         };
         // A GOAWAY makes every new stream fail: stop taking calls now.
-        if let Poll::Ready(Err(e)) = probe.poll_ready(cx) {
+        if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
             self.report(Lost::Draining(e));
             self.let_go();
             return Poll::Pending;
         }
+        let error_resets = self.wire.error_resets_sent();
+        if error_resets >= DRAIN_AFTER_ERROR_RESETS {
+            tracing::debug!(
+                error_resets,
+                "draining the connection before h2's reset limit"
+            );
+            self.report(Lost::ErrorResets(error_resets));
+            self.let_go();
+            return Poll::Pending;
+        }
         let active = probe.num_active_streams() > 0;
-        if let Some(pinger) = self.pinger.as_mut() {
-            if pinger.poll(cx, active).is_ready() {
-                let timeout = pinger.config.timeout;
-                self.report(Lost::KeepaliveTimeout(timeout));
-                return Poll::Ready(());
-            }
+        if self.pings.poll_keepalive(cx, active, &self.wire).is_ready() {
+            let timeout = self.pings.keepalive.map(|k| k.timeout).unwrap_or_default();
+            self.report(Lost::KeepaliveTimeout(timeout));
+            return Poll::Ready(());
         }
         Poll::Pending
     }
@@ -163,60 +353,7 @@ impl Watch {
     /// calls still on it end.
     fn let_go(&mut self) {
         self.probe = None;
-        self.pinger = None;
+        self.pings.keepalive = None;
         self.release = None;
-    }
-}
-
-/// Sends keepalive PINGs and times out their ACKs.
-struct Pinger {
-    config: Keepalive,
-    ping_pong: h2::PingPong,
-    timer: Pin<Box<Sleep>>,
-    awaiting_ack: bool,
-}
-
-impl Pinger {
-    fn new(config: Keepalive, ping_pong: h2::PingPong) -> Self {
-        Pinger {
-            config,
-            ping_pong,
-            timer: Box::pin(tokio::time::sleep(config.interval)),
-            awaiting_ack: false,
-        }
-    }
-
-    /// Ready when a PING went unanswered for the timeout.
-    fn poll(&mut self, cx: &mut Context<'_>, active: bool) -> Poll<()> {
-        if self.awaiting_ack {
-            // An error here is the connection's: it surfaces as its end.
-            if let Poll::Ready(Ok(_)) = self.ping_pong.poll_pong(cx) {
-                self.awaiting_ack = false;
-                self.rearm(self.config.interval);
-            }
-        }
-        while self.timer.as_mut().poll(cx).is_ready() {
-            if self.awaiting_ack {
-                return Poll::Ready(());
-            }
-            if (active || self.config.while_idle)
-                && self.ping_pong.send_ping(h2::Ping::opaque()).is_ok()
-            {
-                self.awaiting_ack = true;
-                self.rearm(self.config.timeout);
-                // Registers interest in the ACK.
-                if let Poll::Ready(Ok(_)) = self.ping_pong.poll_pong(cx) {
-                    self.awaiting_ack = false;
-                    self.rearm(self.config.interval);
-                }
-            } else {
-                self.rearm(self.config.interval);
-            }
-        }
-        Poll::Pending
-    }
-
-    fn rearm(&mut self, after: Duration) {
-        self.timer.as_mut().reset(Instant::now() + after);
     }
 }

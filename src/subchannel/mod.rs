@@ -54,6 +54,7 @@ mod preface;
 
 pub use backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
+pub(crate) use http2::Sender;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

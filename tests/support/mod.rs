@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use h2frames::{Direction, FrameParser, FrameStats};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -19,7 +20,9 @@ pub mod counting;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod grpcio;
+pub mod h2frames;
 pub mod h2server;
+pub mod late_frames;
 
 pub mod proto {
     tonic::include_proto!("proto");
@@ -35,6 +38,27 @@ pub struct Stats {
     pub calls: AtomicUsize,
     pub open_connections: AtomicUsize,
     pub accepted_connections: AtomicUsize,
+    /// Handlers running now (a cancelled call's handler is dropped).
+    pub in_flight: AtomicUsize,
+    /// HTTP/2 frames seen on every connection.
+    pub frames: FrameStats,
+}
+
+/// Counts a handler in flight until dropped (also when the call is
+/// cancelled and the server drops the handler's future).
+struct InFlight(Arc<Stats>);
+
+impl InFlight {
+    fn enter(stats: &Arc<Stats>) -> InFlight {
+        stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
@@ -48,6 +72,7 @@ struct Service {
 impl Simple for Service {
     async fn route(&self, req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        let _in_flight = InFlight::enter(&self.stats);
         let data = req.into_inner().data;
         if let Some(ms) = data.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -141,6 +166,14 @@ impl Backend {
         self.stats.open_connections.load(Ordering::SeqCst)
     }
 
+    pub fn accepted_connections(&self) -> usize {
+        self.stats.accepted_connections.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.stats.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Kills the backend: its listener and every connection close at once.
     pub fn kill(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -169,16 +202,21 @@ fn async_stream(
             CountedIo {
                 io,
                 stats: stats.clone(),
+                reads: FrameParser::new(Direction::Read),
+                writes: FrameParser::new(Direction::Write),
             }
         });
         Some((result, (listener, stats)))
     })
 }
 
-/// A server-side connection that counts itself open until dropped.
+/// A server-side connection that counts itself open until dropped, and
+/// counts the HTTP/2 frames that go through it.
 pub struct CountedIo {
     io: TcpStream,
     stats: Arc<Stats>,
+    reads: FrameParser,
+    writes: FrameParser,
 }
 
 impl Drop for CountedIo {
@@ -201,7 +239,15 @@ impl AsyncRead for CountedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        match poll {
+            Poll::Ready(Ok(())) => this.reads.feed(&buf.filled()[before..], &this.stats.frames),
+            Poll::Pending => this.reads.end_burst(&this.stats.frames),
+            Poll::Ready(Err(_)) => {}
+        }
+        poll
     }
 }
 
@@ -211,7 +257,12 @@ impl AsyncWrite for CountedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.writes.feed(&buf[..n], &this.stats.frames);
+        }
+        poll
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
