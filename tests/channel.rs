@@ -510,7 +510,15 @@ async fn dropping_the_channel_closes_every_connection() {
             .await
             .unwrap();
         let mut client = SimpleClient::new(channel.clone());
-        assert!(eventually(Duration::from_secs(5), || b.open_connections() == 1).await);
+        // Both backends accept their connection (the channel is READY once
+        // the first is).
+        assert!(
+            eventually(Duration::from_secs(5), || (
+                a.open_connections(),
+                b.open_connections()
+            ) == (1, 1))
+            .await
+        );
         tally(&mut client, 4).await;
         assert_eq!((a.open_connections(), b.open_connections()), (1, 1));
         drop(client);
