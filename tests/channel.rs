@@ -640,3 +640,61 @@ async fn wait_until_ready_names_the_last_connection_error_when_every_address_ref
     .await
     .unwrap();
 }
+
+/// A resolver that answers every `resolve_now` at once with no addresses,
+/// counting the requests.
+struct EmptyAtOnce(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+struct EmptyAtOnceResolver {
+    sink: tonic_balance::resolver::UpdateSink,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tonic_balance::resolver::ResolverBuilder for EmptyAtOnce {
+    fn scheme(&self) -> &str {
+        "empty-at-once"
+    }
+
+    fn build(
+        &self,
+        _: &tonic_balance::Target,
+        sink: tonic_balance::resolver::UpdateSink,
+    ) -> Result<Box<dyn tonic_balance::resolver::Resolver>, tonic_balance::Error> {
+        sink.update(ResolverUpdate::new(Vec::new()));
+        Ok(Box::new(EmptyAtOnceResolver {
+            sink,
+            requests: self.0.clone(),
+        }))
+    }
+}
+
+impl tonic_balance::resolver::Resolver for EmptyAtOnceResolver {
+    fn resolve_now(&mut self) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sink.update(ResolverUpdate::new(Vec::new()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resolver_that_answers_at_once_with_no_addresses_is_asked_at_most_once_a_second() {
+    for policy in ["pick_first", "round_robin"] {
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let channel = BalancedChannel::builder("empty-at-once:///svc")
+            .resolver_builder(EmptyAtOnce(requests.clone()))
+            .balancer(policy)
+            .build()
+            .unwrap();
+        // Each empty answer makes the policy ask again: without pacing the
+        // control task and the resolver spin, one round per scheduling turn.
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(asked <= 1, "{policy}: {asked} re-resolutions at once");
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=11).contains(&asked), "{policy}: {asked} in 10.5 s");
+        assert_eq!(channel.state(), ConnectivityState::TransientFailure);
+    }
+}

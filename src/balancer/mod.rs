@@ -93,8 +93,10 @@ pub trait Controller {
     /// Publishes a new picker and the channel state that goes with it.
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
 
-    /// Asks the resolver to resolve again (it may rate-limit). Requests
-    /// made while one is outstanding are merged into it.
+    /// Asks the resolver to resolve again (it may rate-limit too). The
+    /// channel passes at most one request a second on to its resolver;
+    /// requests within that second are merged into one at its end, so a
+    /// resolver that answers at once cannot make a policy spin.
     fn request_resolution(&mut self);
 
     /// Asks the channel to call [`Balancer::work`] at `at` (tokio time, so

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -154,8 +155,11 @@ struct Ctl<'a> {
 pub(crate) struct Effects {
     /// The last picker handed over; only it is published.
     picker: Option<(ConnectivityState, Arc<dyn Picker>)>,
-    /// A re-resolution was asked for (several requests make one).
+    /// A re-resolution was asked for (several requests make one) and not
+    /// yet passed on to the resolver.
     resolve_now: bool,
+    /// When the resolver was last asked to resolve again.
+    resolved_at: Option<Instant>,
     /// When to call the balancer's `work` (the earliest request).
     work_at: Option<Instant>,
 }
@@ -202,13 +206,42 @@ impl Controller for Ctl<'_> {
 /// looks at its timer again.
 const MAX_BURST: usize = 4096;
 
+/// The least time between two re-resolutions the channel asks of its
+/// resolver (gRPC's initial backoff). Requests within it are merged into
+/// one at its end, so a resolver that answers at once (with no addresses,
+/// an error, or a list whose every address is in backoff) cannot make the
+/// policy and the resolver spin.
+pub(crate) const MIN_RESOLVE_NOW_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Effects {
+    /// When a merged re-resolution request is due (`now` at the
+    /// earliest), if one waits.
+    fn resolve_due(&self, now: Instant) -> Option<Instant> {
+        if !self.resolve_now {
+            return None;
+        }
+        let due = self
+            .resolved_at
+            .map_or(now, |at| at + MIN_RESOLVE_NOW_INTERVAL);
+        Some(due.max(now))
+    }
+
+    /// The next time the loop must wake without an event.
+    fn next_wake(&self) -> Option<Instant> {
+        match (self.work_at, self.resolve_due(Instant::now())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 impl Control {
     /// The event loop: wait for something, take everything else already
     /// queued with it (a burst), run the balancer's due work, then apply
     /// what the burst asked for: one resolve-now, one published picker.
     pub(crate) async fn run(mut self) {
         loop {
-            let work_at = self.effects.work_at;
+            let wake_at = self.effects.next_wake();
             tokio::select! {
                 biased;
                 request = self.requests.recv() => match request {
@@ -217,11 +250,13 @@ impl Control {
                 },
                 Some(event) = self.events_rx.recv() => self.on_subchannel_event(event),
                 Some(events) = self.resolver_rx.recv() => self.on_resolver_events(events),
-                () = sleep_until(work_at), if work_at.is_some() => {}
+                () = sleep_until(wake_at), if wake_at.is_some() => {}
             }
             self.take_burst();
             self.run_due_work();
             self.apply_effects();
+            // Never hog the runtime, whatever keeps arriving.
+            tokio::task::coop::consume_budget().await;
         }
         tracing::debug!(target = %self.target, "channel closed; control task stops");
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
@@ -260,7 +295,10 @@ impl Control {
     }
 
     fn apply_effects(&mut self) {
-        if std::mem::take(&mut self.effects.resolve_now) {
+        let now = Instant::now();
+        if self.effects.resolve_due(now).is_some_and(|due| due <= now) {
+            self.effects.resolve_now = false;
+            self.effects.resolved_at = Some(now);
             self.resolver.resolve_now();
         }
         let failure = std::mem::take(&mut self.failure.changed).then(|| self.failure.message());
@@ -570,6 +608,32 @@ mod tests {
         assert_eq!(log.first().map(String::as_str), Some("resolver_update"));
         let updates = log.iter().filter(|l| l.starts_with("update")).count();
         assert_eq!(updates, 3 * MAX_BURST - (1 + MAX_BURST));
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn re_resolution_is_asked_of_the_resolver_at_most_once_a_second() {
+        let mut h = harness(None);
+        let addrs: Vec<Address> = (0..2).map(|i| Address::new(format!("a{i}:1"))).collect();
+        h.sink.update(ResolverUpdate::new(addrs));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        // Nine bursts, 100 ms apart, each asking for a re-resolution.
+        for i in 0..9u64 {
+            h.events_tx
+                .send(event(i % 2 + 1, ConnectivityState::Connecting))
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // At once for the first, then merged into one at the end of the
+        // second.
+        assert_eq!(*h.resolutions.lock().unwrap(), 1);
+        tokio::time::sleep_until(start + Duration::from_millis(1001)).await;
+        assert_eq!(*h.resolutions.lock().unwrap(), 2);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(*h.resolutions.lock().unwrap(), 2, "nothing more was asked");
         drop(h.requests_tx);
         task.await.unwrap();
     }
