@@ -119,9 +119,9 @@ async fn pick_and_send(
         match decision {
             Decision::Send(ready, completion) => {
                 if let Some((sender, address)) = ready {
-                    match attempt(sender, address, outgoing, completion, progress).await? {
-                        Attempted::Sent(sent) => return Ok(sent),
-                        Attempted::Again(again) => outgoing = again,
+                    let sent = attempt(sender, address, &mut outgoing, completion, progress);
+                    if let Some(sent) = sent.await? {
+                        return Ok(sent);
                     }
                 }
                 repicks += 1;
@@ -195,26 +195,20 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
     Ok((snapshot.generation, decision))
 }
 
-/// How an attempt ended, when the call goes on.
-enum Attempted {
-    Sent(Sent),
-    /// Pick again and send this.
-    Again(Outgoing),
-}
-
-/// One attempt on a connected subchannel. The attempt's pick completes when
-/// it fails (or, once sent, when the call ends).
+/// One attempt on a connected subchannel; `Ok(None)` means pick again.
+/// The attempt's pick completes when it fails (or, once sent, when the
+/// call ends).
 async fn attempt(
     sender: Sender,
     address: Address,
-    outgoing: Outgoing,
+    outgoing: &mut Outgoing,
     completion: Completion,
     progress: &mut Progress,
-) -> Result<Attempted, Status> {
+) -> Result<Option<Sent>, Status> {
     let address = progress.sent_to.insert(address);
     let failure = match stream::send(sender, outgoing, address).await {
         Ok((response, pipe)) => {
-            return Ok(Attempted::Sent(Sent {
+            return Ok(Some(Sent {
                 response,
                 pipe,
                 completion,
@@ -226,27 +220,31 @@ async fn attempt(
     drop(completion);
     match failure {
         // Never left the client: pick again, as often as it takes.
-        SendError::Unsent(unsent) => Ok(Attempted::Again(*unsent)),
+        SendError::Unsent => Ok(None),
         // Not processed by the server: once more (gRFC A6).
-        SendError::Unprocessed(Some(retry), _) if !progress.retried_unprocessed => {
-            progress.retried_unprocessed = true;
-            Ok(Attempted::Again(*retry))
+        SendError::Unprocessed(status) => {
+            if progress.retried_unprocessed {
+                Err(not_retried(&status, "already retried once"))
+            } else if !outgoing.rewind() {
+                Err(not_retried(
+                    &status,
+                    &format!(
+                        "not retried: more than {} KiB of its body was sent, \
+                         beyond the replay buffer",
+                        REPLAY_LIMIT / 1024
+                    ),
+                ))
+            } else {
+                progress.retried_unprocessed = true;
+                Ok(None)
+            }
         }
-        SendError::Unprocessed(retry, status) => Err(not_retried(&status, retry.is_some())),
         SendError::Failed(status) => Err(status),
     }
 }
 
 /// An unprocessed call that is not sent again: `UNAVAILABLE` with why.
-fn not_retried(status: &Status, replayable: bool) -> Status {
-    let why = if replayable {
-        "already retried once".to_owned()
-    } else {
-        format!(
-            "not retried: more than {} KiB of its body was sent, beyond the replay buffer",
-            REPLAY_LIMIT / 1024
-        )
-    };
+fn not_retried(status: &Status, why: &str) -> Status {
     Status::unavailable(format!("{} ({why})", status.message()))
 }
 

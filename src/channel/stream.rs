@@ -45,7 +45,6 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
-use http::request::Parts;
 use http::Response;
 use tokio::sync::oneshot;
 use tonic::{Code, Status};
@@ -56,17 +55,19 @@ use replay::BodySource;
 /// The handle a call opens its stream with.
 pub(crate) type Sender = h2::client::SendRequest<Bytes>;
 
-/// Why a call attempt did not get its response headers.
+/// Why a call attempt did not get its response headers. The request stays
+/// with the caller ([`Outgoing`]) for the next attempt.
 pub(crate) enum SendError {
     /// Nothing left the client (the connection was gone, or refused new
-    /// streams, before the stream was opened): the request comes back and
-    /// may be sent anywhere, any number of times (gRFC A6).
-    Unsent(Box<Outgoing>),
+    /// streams, before the stream was opened): the request may be sent
+    /// anywhere, any number of times (gRFC A6).
+    Unsent,
     /// The server's HTTP/2 layer provably did not hand the call to its
     /// application (RST_STREAM(REFUSED_STREAM), or the stream was above a
-    /// GOAWAY's last_stream_id). The request comes back if its body can be
-    /// replayed (see [`REPLAY_LIMIT`]); the status says what happened.
-    Unprocessed(Option<Box<Outgoing>>, Status),
+    /// GOAWAY's last_stream_id): the request may be sent again if its body
+    /// can be replayed ([`Outgoing::rewind`]). The status says what
+    /// happened.
+    Unprocessed(Status),
     /// The call failed.
     Failed(Status),
 }
@@ -77,52 +78,79 @@ pub(crate) enum SendError {
 /// pipe that must go on sending it.
 pub(crate) async fn send(
     mut sender: Sender,
-    outgoing: Outgoing,
+    outgoing: &mut Outgoing,
     address: &Address,
 ) -> Result<(Response<RecvStream>, Option<RequestPipe>), SendError> {
     if std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
         .is_err()
     {
-        return Err(SendError::Unsent(Box::new(outgoing)));
+        return Err(SendError::Unsent);
     }
-    let (request, head, body) = outgoing.attempt();
-    let end_of_stream = body.is_end_stream();
-    let (mut response, stream) = match sender.send_request(request, end_of_stream) {
+    let end_of_stream = outgoing.body_mut().is_end_stream();
+    let (mut response, stream) = match sender.send_request(outgoing.request(), end_of_stream) {
         Ok(opened) => opened,
         // The connection failed or was told to go away before this
         // stream existed: nothing was written for it.
-        Err(e) if e.is_go_away() || e.is_io() => {
-            return Err(SendError::Unsent(Box::new(Outgoing::unsent(head, body))))
-        }
+        Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
         Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
     };
     drop(sender);
-    let mut pipe = RequestPipe::new(body, stream, end_of_stream);
-    let result = std::future::poll_fn(|cx| {
-        pipe.poll_progress(cx);
-        Pin::new(&mut response).poll(cx)
-    })
-    .await;
-    match result {
-        Ok(response) => Ok((response, pipe.committed())),
-        Err(e) => Err(pipe.failed(head, &e, address)),
+    let mut pipe = PipeState::new(stream, end_of_stream);
+    let result = {
+        let body = outgoing.body_mut();
+        std::future::poll_fn(|cx| {
+            pipe.poll_progress(body, cx);
+            Pin::new(&mut response).poll(cx)
+        })
+        .await
+    };
+    match (result, pipe) {
+        (Ok(response), PipeState::Sending(sender)) => {
+            let body = outgoing.take_body();
+            Ok((response, Some(RequestPipe { sender, body })))
+        }
+        (Ok(response), _) => Ok((response, None)),
+        (Err(e), pipe) => Err(pipe.failed(&e, address)),
     }
 }
 
-/// Sends a request body on its stream, with HTTP/2 flow control.
+/// The rest of a request body, sent after the response headers arrived
+/// (client and bidirectional streaming).
 pub(crate) struct RequestPipe {
+    sender: BodySender,
     body: BodySource,
-    stream: SendStream<Bytes>,
-    /// A data frame read ahead, sent once it is known whether it is last.
-    held: Option<Bytes>,
-    /// Whether a DATA frame was sent.
-    sent_any: bool,
-    state: PipeState,
 }
 
+impl RequestPipe {
+    /// Sends the rest of the body from a task of its own. Dropping the
+    /// returned handle (the call ended: its response finished, failed,
+    /// passed its deadline, or was dropped) stops the task and resets the
+    /// stream with CANCEL if the body is still being sent.
+    pub(crate) fn spawn(self) -> StopPipe {
+        let RequestPipe {
+            sender: mut pipe,
+            mut body,
+        } = self;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            std::future::poll_fn(|cx| {
+                if Pin::new(&mut stopped).poll(cx).is_ready() {
+                    pipe.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                pipe.poll_send(&mut body, cx).map(|_| ())
+            })
+            .await
+        });
+        stop
+    }
+}
+
+/// Where the request body is while the call waits for headers.
 enum PipeState {
-    Sending,
+    Sending(BodySender),
+    /// The whole body is sent; the stream's send half is released.
     Sent,
     /// The request body itself failed (the stream was reset).
     BodyFailed(Status),
@@ -130,86 +158,63 @@ enum PipeState {
     StreamGone,
 }
 
-impl RequestPipe {
-    fn new(body: BodySource, stream: SendStream<Bytes>, end_of_stream: bool) -> Self {
-        RequestPipe {
-            body,
+impl PipeState {
+    fn new(stream: SendStream<Bytes>, end_of_stream: bool) -> Self {
+        if end_of_stream {
+            return PipeState::Sent;
+        }
+        PipeState::Sending(BodySender {
             stream,
             held: None,
             sent_any: false,
-            state: if end_of_stream {
-                PipeState::Sent
-            } else {
-                PipeState::Sending
-            },
-        }
+        })
     }
 
-    /// Sends what the body has now, while the call waits for headers.
-    fn poll_progress(&mut self, cx: &mut Context<'_>) {
-        if let PipeState::Sending = self.state {
-            match self.poll_send(cx) {
-                Poll::Ready(Ok(())) => self.state = PipeState::Sent,
-                Poll::Ready(Err(PipeError::Body(status))) => {
-                    self.state = PipeState::BodyFailed(status)
-                }
-                Poll::Ready(Err(PipeError::Stream)) => self.state = PipeState::StreamGone,
-                Poll::Pending => {}
-            }
-        }
-    }
-
-    /// The response headers arrived: the rest of the body (if any) is sent
-    /// from a task of its own, and nothing is kept for a replay.
-    fn committed(mut self) -> Option<RequestPipe> {
-        match self.state {
-            PipeState::Sending => {
-                self.body.commit();
-                Some(self)
-            }
-            _ => None,
+    /// Sends what the body has now.
+    fn poll_progress(&mut self, body: &mut BodySource, cx: &mut Context<'_>) {
+        let PipeState::Sending(sender) = self else {
+            return;
+        };
+        match sender.poll_send(body, cx) {
+            Poll::Ready(Ok(())) => *self = PipeState::Sent,
+            Poll::Ready(Err(PipeError::Body(status))) => *self = PipeState::BodyFailed(status),
+            Poll::Ready(Err(PipeError::Stream)) => *self = PipeState::StreamGone,
+            Poll::Pending => {}
         }
     }
 
     /// Why the attempt failed with `e` on its response.
-    fn failed(self, head: Parts, e: &h2::Error, address: &Address) -> SendError {
+    fn failed(self, e: &h2::Error, address: &Address) -> SendError {
         // The request body's own error says more than the reset it caused;
         // a send that failed because the stream was gone is not the body's
         // fault: the stream's error is the reason.
-        if let PipeState::BodyFailed(status) = self.state {
+        if let PipeState::BodyFailed(status) = self {
             return SendError::Failed(status);
         }
         match unprocessed(e) {
-            Some(why) => SendError::Unprocessed(
-                Outgoing::rewound(head, self.body).map(Box::new),
-                Status::unavailable(format!("{address}: {why}")),
-            ),
+            Some(why) => SendError::Unprocessed(Status::unavailable(format!("{address}: {why}"))),
             None => SendError::Failed(status_from_h2(e, address)),
         }
     }
+}
 
-    /// Sends the rest of the body from a task of its own. Dropping the
-    /// returned handle (the call ended: its response finished, failed,
-    /// passed its deadline, or was dropped) stops the task and resets the
-    /// stream with CANCEL if the body is still being sent.
-    pub(crate) fn spawn(mut self) -> StopPipe {
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            std::future::poll_fn(|cx| {
-                if Pin::new(&mut stopped).poll(cx).is_ready() {
-                    self.stream.send_reset(Reason::CANCEL);
-                    return Poll::Ready(());
-                }
-                self.poll_send(cx).map(|_| ())
-            })
-            .await
-        });
-        stop
-    }
+/// Sends a request body on its stream, with HTTP/2 flow control.
+struct BodySender {
+    stream: SendStream<Bytes>,
+    /// A data frame read ahead, sent once it is known whether it is last.
+    held: Option<Bytes>,
+    /// Whether a DATA frame was sent.
+    sent_any: bool,
+}
 
+impl BodySender {
     /// Ready when the whole body is sent, or sending failed (a failed body
     /// resets the stream).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipeError>> {
+    fn poll_send(
+        &mut self,
+        body: &mut BodySource,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), PipeError>> {
         loop {
             // Once a frame is out, each further one waits for send window,
             // so a long stream cannot buffer without bound. A unary request
@@ -223,7 +228,7 @@ impl RequestPipe {
                     }
                 }
             }
-            let frame = match self.body.poll_frame(cx) {
+            let frame = match body.poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // Nothing more for now: send what was read ahead, and

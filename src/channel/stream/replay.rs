@@ -56,24 +56,30 @@ impl Outgoing {
     }
 
     /// The head to send for one attempt (a clone: `h2` consumes it).
-    pub(crate) fn attempt(self) -> (Request<()>, Parts, BodySource) {
+    pub(crate) fn request(&self) -> Request<()> {
         let mut request = Request::new(());
         *request.method_mut() = self.head.method.clone();
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
         *request.headers_mut() = self.head.headers.clone();
-        (request, self.head, self.body)
+        request
     }
 
-    /// Puts an attempt's parts back together for the next attempt, which
-    /// starts the body over; `None` if the body can no longer be replayed.
-    pub(crate) fn rewound(head: Parts, mut body: BodySource) -> Option<Outgoing> {
-        body.rewind().then_some(Outgoing { head, body })
+    pub(crate) fn body_mut(&mut self) -> &mut BodySource {
+        &mut self.body
     }
 
-    /// Puts back an attempt that sent nothing.
-    pub(crate) fn unsent(head: Parts, body: BodySource) -> Outgoing {
-        Outgoing { head, body }
+    /// The rest of the body, once the response headers arrived: the call
+    /// is committed, nothing more is kept for a replay.
+    pub(crate) fn take_body(&mut self) -> BodySource {
+        self.body.commit();
+        std::mem::replace(&mut self.body, BodySource::new(Body::empty()))
+    }
+
+    /// Starts the body over for another attempt; false if it can no longer
+    /// be replayed (it outgrew [`REPLAY_LIMIT`], or was committed).
+    pub(crate) fn rewind(&mut self) -> bool {
+        self.body.rewind()
     }
 }
 
