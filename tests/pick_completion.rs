@@ -18,7 +18,7 @@ use std::time::Duration;
 use support::h2server::{Behaviour, H2Server};
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{eventually, fast_backoff, free_port, route, Backend};
+use support::{eventually, fast_backoff, route, Backend, ClosedPort};
 use tonic::Code;
 use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller};
 use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker, QueuePicker};
@@ -152,9 +152,9 @@ async fn re_picks_and_transparent_retries_complete_every_pick_once() {
     tokio::time::timeout(TEST_LIMIT, async {
         let healthy = Backend::start();
         let refuser = H2Server::start(Behaviour::RefuseEveryStream).await;
-        let dead = format!("127.0.0.1:{}", free_port());
+        let dead = ClosedPort::new();
         let (channel, counters) =
-            counting_channel(&[dead, addr(refuser.addr), addr(healthy.addr)]).await;
+            counting_channel(&[addr(dead.addr), addr(refuser.addr), addr(healthy.addr)]).await;
         assert!(eventually(Duration::from_secs(5), || healthy.open_connections() == 1).await);
         assert!(eventually(Duration::from_secs(5), || refuser.connections() == 1).await);
         let mut client = SimpleClient::new(channel);
@@ -276,8 +276,8 @@ async fn a_call_the_caller_drops_completes_its_pick() {
 #[tokio::test]
 async fn a_wait_for_ready_call_past_its_deadline_reports_the_last_pick_failure() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let dead = format!("127.0.0.1:{}", free_port());
-        let channel = BalancedChannel::builder(format!("static:///{dead}"))
+        let dead = ClosedPort::new();
+        let channel = BalancedChannel::builder(format!("static:///{}", dead.addr))
             .balancer("round_robin")
             .backoff(fast_backoff())
             .build()
@@ -294,7 +294,7 @@ async fn a_wait_for_ready_call_past_its_deadline_reports_the_last_pick_failure()
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
         let message = status.message();
         assert!(
-            message.contains("TRANSIENT_FAILURE") && message.contains(&dead),
+            message.contains("TRANSIENT_FAILURE") && message.contains(&addr(dead.addr)),
             "{message}"
         );
     })
