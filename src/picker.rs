@@ -265,6 +265,11 @@ impl PickerCell {
         self.current.load()
     }
 
+    /// The current snapshot, owned.
+    pub(crate) fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
     /// Publishes a new picker, with the reason the channel may not be
     /// READY, and wakes every queued call.
     pub(crate) fn publish(

@@ -5,7 +5,29 @@
 //! its address (for the response's [`Peer`]), and the send from the
 //! caller's own task (see [`stream`](super::stream)): no buffer task and no dispatch
 //! task between the call and the connection.
+//!
+//! **Deadline.** A call's deadline (its `grpc-timeout`, capped by the
+//! channel's default timeout) covers the whole call, as gRPC's does: one
+//! timer bounds the pick, the wait for response headers and then, moved
+//! into the response body, the body and trailers (or every message of a
+//! stream). When it passes the call ends with `DEADLINE_EXCEEDED` and its
+//! stream is reset with CANCEL. A call without a deadline waits for a
+//! picker at most the channel's queue timeout.
+//!
+//! **Attempts** (gRFC A6 transparent retry). A call whose stream never
+//! opened (its connection was gone) is picked again, any number of times;
+//! one the server provably did not process (REFUSED_STREAM, or above a
+//! GOAWAY's last_stream_id) is picked again once, on whatever the picker
+//! chooses then, if its body fits the replay buffer. Every pick's `on_done`
+//! runs exactly once: when its attempt fails, or when the call ends.
+//!
+//! **Messages.** A call that times out says where it was: waiting for a
+//! picker (the channel's state and the last pick failure the call itself
+//! saw, as grpc-go's `lastPickErr`) or for a backend's response. The
+//! channel never picks on its own account.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -14,9 +36,12 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::stream::{self, ResponseBody, SendError, Sender};
+use super::stream::{
+    self, Completion, Deadline, Outgoing, RequestPipe, ResponseBody, SendError, Sender,
+    REPLAY_LIMIT,
+};
 use super::{ControlRequest, Peer, Shared, WaitForReady};
-use crate::picker::{OnDone, PickInfo, PickResult};
+use crate::picker::{PickInfo, PickResult};
 use crate::{Address, ConnectivityState};
 
 /// How many times a call is re-picked on the same picker when its
@@ -32,101 +57,85 @@ pub(crate) async fn call(
         .get::<WaitForReady>()
         .map_or(shared.defaults.wait_for_ready, |w| w.0);
     let timeout = call_timeout(req.headers(), shared.defaults.timeout);
+    let mut progress = Progress::default();
     let Some(timeout) = timeout else {
         let queue_deadline = Instant::now() + shared.defaults.queue_timeout;
-        return pick_and_send(&shared, req, wait_for_ready, Some(queue_deadline)).await;
+        let sent = pick_and_send(
+            &shared,
+            req,
+            wait_for_ready,
+            Some(queue_deadline),
+            &mut progress,
+        );
+        return respond(sent.await?, progress, None);
     };
-    let deadline = Instant::now() + timeout;
-    match tokio::time::timeout_at(deadline, pick_and_send(&shared, req, wait_for_ready, None)).await
-    {
-        Ok(result) => result,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "deadline of {timeout:?} exceeded for a call to {} ({})",
-            shared.target,
-            describe_state(&shared)
-        ))),
+    let mut deadline = Deadline::after(timeout);
+    let sent = {
+        let send = pick_and_send(&shared, req, wait_for_ready, None, &mut progress);
+        tokio::pin!(send);
+        std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
+            Poll::Ready(sent) => Poll::Ready(Some(sent)),
+            Poll::Pending => deadline.poll_expired(cx).map(|()| None),
+        })
+        .await
+    };
+    match sent {
+        Some(sent) => respond(sent?, progress, Some(deadline)),
+        None => Err(deadline_exceeded(&shared, timeout, &progress)),
     }
 }
 
+/// What a call has been through, for its error messages.
+#[derive(Default)]
+struct Progress {
+    /// The last failure a pick gave this call (while it waited for ready).
+    last_pick_error: Option<Status>,
+    /// The backend the call waits on for response headers, once sent.
+    sent_to: Option<Address>,
+    /// Whether an attempt the server did not process was sent again.
+    retried_unprocessed: bool,
+}
+
+/// A call whose response headers arrived.
+struct Sent {
+    response: Response<h2::RecvStream>,
+    pipe: Option<RequestPipe>,
+    completion: Completion,
+}
+
+/// Picks and sends until an attempt gets its response headers, waiting for
+/// a new picker where the current one cannot serve the call.
 async fn pick_and_send(
     shared: &Shared,
-    mut req: Request<Body>,
+    req: Request<Body>,
     wait_for_ready: bool,
     queue_deadline: Option<Instant>,
-) -> Result<Response<Body>, Status> {
+    progress: &mut Progress,
+) -> Result<Sent, Status> {
+    let mut outgoing = Outgoing::new(req);
     let mut repicks = 0;
     loop {
-        let (generation, decision) = {
-            let snapshot = shared.picker.load();
-            if snapshot.state == ConnectivityState::Idle
-                && !snapshot
-                    .idle_kicked
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                let _ = shared.requests.send(ControlRequest::ExitIdle);
-            }
-            let info = PickInfo::new(req.uri().path(), req.headers());
-            // The pick borrows from the snapshot: take what the call needs
-            // from the subchannel while the snapshot is held.
-            let decision = match snapshot.picker.pick(&info) {
-                PickResult::Pick(pick) => {
-                    let subchannel = pick.subchannel();
-                    let ready = match subchannel.sender() {
-                        Some(sender) => set_origin(&mut req, subchannel.authority())
-                            .map(|()| Some((sender, subchannel.address().clone()))),
-                        None => Ok(None),
-                    };
-                    let on_done = pick.into_on_done();
-                    match ready {
-                        Ok(ready) => Decision::Send(ready, on_done),
-                        Err(status) => {
-                            // The call ends here: the policy hears of it.
-                            if let Some(f) = on_done {
-                                f();
-                            }
-                            return Err(status);
-                        }
-                    }
-                }
-                PickResult::Queue => Decision::Queue,
-                PickResult::Fail(status) => Decision::Fail(status),
-                PickResult::Drop(status) => Decision::Drop(status),
-            };
-            (snapshot.generation, decision)
-        };
+        let (generation, decision) = pick(shared, &mut outgoing)?;
         match decision {
-            Decision::Send(ready, on_done) => {
+            Decision::Send(ready, completion) => {
                 if let Some((sender, address)) = ready {
-                    match stream::send(sender, req, &address).await {
-                        Ok((response, pipe)) => {
-                            if let Some(pipe) = pipe {
-                                pipe.spawn();
-                            }
-                            return Ok(respond(response, address, on_done));
-                        }
-                        Err(failure) => {
-                            if let Some(f) = on_done {
-                                f();
-                            }
-                            match failure {
-                                // Never left the client (gRFC A6): pick again.
-                                SendError::Unsent(unsent) => req = *unsent,
-                                SendError::Failed(status) => return Err(status),
-                            }
-                        }
+                    let sent = attempt(sender, address, &mut outgoing, completion, progress);
+                    if let Some(sent) = sent.await? {
+                        return Ok(sent);
                     }
-                } else if let Some(f) = on_done {
-                    f();
                 }
                 repicks += 1;
                 if repicks > REPICKS_PER_PICKER {
                     repicks = 0;
-                    wait_for_picker(shared, generation, queue_deadline).await?;
+                    wait_for_picker(shared, generation, queue_deadline, progress).await?;
                 }
             }
-            Decision::Queue => wait_for_picker(shared, generation, queue_deadline).await?,
+            Decision::Queue => {
+                wait_for_picker(shared, generation, queue_deadline, progress).await?
+            }
             Decision::Fail(status) if wait_for_ready && status.code() == Code::Unavailable => {
-                wait_for_picker(shared, generation, queue_deadline).await?
+                progress.last_pick_error = Some(status);
+                wait_for_picker(shared, generation, queue_deadline, progress).await?
             }
             Decision::Fail(status) => {
                 return Err(Status::new(
@@ -147,16 +156,103 @@ async fn pick_and_send(
 /// is released.
 enum Decision {
     /// The chosen subchannel's sender and address if it is connected.
-    Send(Option<(Sender, Address)>, Option<OnDone>),
+    Send(Option<(Sender, Address)>, Completion),
     Queue,
     Fail(Status),
     Drop(Status),
+}
+
+/// One pick on the current picker, with its generation. A pick's
+/// `on_done` from here on runs once, however its attempt ends.
+fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Status> {
+    let snapshot = shared.picker.load();
+    if snapshot.state == ConnectivityState::Idle
+        && !snapshot
+            .idle_kicked
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        let _ = shared.requests.send(ControlRequest::ExitIdle);
+    }
+    let info = PickInfo::new(outgoing.uri().path(), outgoing.headers());
+    // The pick borrows from the snapshot: take what the call needs from the
+    // subchannel while the snapshot is held.
+    let decision = match snapshot.picker.pick(&info) {
+        PickResult::Pick(pick) => {
+            let subchannel = pick.subchannel();
+            let ready = match subchannel.sender() {
+                Some(sender) => set_origin(outgoing.uri_mut(), subchannel.authority())
+                    .map(|()| Some((sender, subchannel.address().clone()))),
+                None => Ok(None),
+            };
+            // Even a call that ends here (a bad URI) completes its pick.
+            let completion = Completion::new(pick.into_on_done());
+            Decision::Send(ready?, completion)
+        }
+        PickResult::Queue => Decision::Queue,
+        PickResult::Fail(status) => Decision::Fail(status),
+        PickResult::Drop(status) => Decision::Drop(status),
+    };
+    Ok((snapshot.generation, decision))
+}
+
+/// One attempt on a connected subchannel; `Ok(None)` means pick again.
+/// The attempt's pick completes when it fails (or, once sent, when the
+/// call ends).
+async fn attempt(
+    sender: Sender,
+    address: Address,
+    outgoing: &mut Outgoing,
+    completion: Completion,
+    progress: &mut Progress,
+) -> Result<Option<Sent>, Status> {
+    let address = progress.sent_to.insert(address);
+    let failure = match stream::send(sender, outgoing, address).await {
+        Ok((response, pipe)) => {
+            return Ok(Some(Sent {
+                response,
+                pipe,
+                completion,
+            }))
+        }
+        Err(failure) => failure,
+    };
+    progress.sent_to = None;
+    drop(completion);
+    match failure {
+        // Never left the client: pick again, as often as it takes.
+        SendError::Unsent => Ok(None),
+        // Not processed by the server: once more (gRFC A6).
+        SendError::Unprocessed(status) => {
+            if progress.retried_unprocessed {
+                Err(not_retried(&status, "already retried once"))
+            } else if !outgoing.rewind() {
+                Err(not_retried(
+                    &status,
+                    &format!(
+                        "not retried: more than {} KiB of its body was sent, \
+                         beyond the replay buffer",
+                        REPLAY_LIMIT / 1024
+                    ),
+                ))
+            } else {
+                progress.retried_unprocessed = true;
+                Ok(None)
+            }
+        }
+        SendError::Failed(status) => Err(status),
+    }
+}
+
+/// An unprocessed call that is not sent again: `UNAVAILABLE` with why.
+fn not_retried(status: &Status, why: &str) -> Status {
+    Status::unavailable(format!("{} ({why})", status.message()))
 }
 
 async fn wait_for_picker(
     shared: &Shared,
     generation: u64,
     queue_deadline: Option<Instant>,
+    progress: &Progress,
 ) -> Result<(), Status> {
     let changed = shared.picker.changed_since(generation);
     let Some(deadline) = queue_deadline else {
@@ -170,44 +266,61 @@ async fn wait_for_picker(
                 "no ready endpoint for {} after waiting {:?} ({})",
                 shared.target,
                 shared.defaults.queue_timeout,
-                describe_state(shared)
+                describe_state(shared, progress)
             ))
         })
 }
 
-/// `state X` plus the last error a failing picker reports.
-fn describe_state(shared: &Shared) -> String {
-    let snapshot = shared.picker.load();
-    let headers = http::HeaderMap::new();
-    match snapshot.picker.pick(&PickInfo::new("", &headers)) {
-        PickResult::Fail(s) | PickResult::Drop(s) => {
-            format!("state {}: {}", snapshot.state, s.message())
-        }
-        _ => format!("state {}", snapshot.state),
+fn deadline_exceeded(shared: &Shared, timeout: Duration, progress: &Progress) -> Status {
+    let target = &shared.target;
+    Status::deadline_exceeded(match &progress.sent_to {
+        Some(address) => format!(
+            "deadline of {timeout:?} exceeded for a call to {target}: \
+             no response headers from {address}"
+        ),
+        None => format!(
+            "deadline of {timeout:?} exceeded for a call to {target} ({})",
+            describe_state(shared, progress)
+        ),
+    })
+}
+
+/// `state X` plus the last pick failure the call saw, if any.
+fn describe_state(shared: &Shared, progress: &Progress) -> String {
+    let state = shared.picker.load().state;
+    match &progress.last_pick_error {
+        Some(status) => format!("state {state}: {}", status.message()),
+        None => format!("state {state}"),
     }
 }
 
-fn set_origin(req: &mut Request<Body>, authority: &Authority) -> Result<(), Status> {
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+fn set_origin(uri: &mut Uri, authority: &Authority) -> Result<(), Status> {
+    let mut parts = std::mem::take(uri).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
-    *req.uri_mut() = Uri::from_parts(parts)
+    *uri = Uri::from_parts(parts)
         .map_err(|e| Status::internal(format!("cannot build the request URI: {e}")))?;
     Ok(())
 }
 
+/// The response for a call whose headers arrived: its body ends at the
+/// call's deadline and runs the pick's `on_done` when the call ends.
 fn respond(
-    response: Response<h2::RecvStream>,
-    address: Address,
-    on_done: Option<OnDone>,
-) -> Response<Body> {
-    let (mut parts, stream) = response.into_parts();
+    sent: Sent,
+    progress: Progress,
+    deadline: Option<Deadline>,
+) -> Result<Response<Body>, Status> {
+    let Some(address) = progress.sent_to else {
+        return Err(Status::internal("a sent call lost track of its backend"));
+    };
+    let stop_pipe = sent.pipe.map(RequestPipe::spawn);
+    let (mut parts, stream) = sent.response.into_parts();
     parts.extensions.insert(Peer::new(address.clone()));
-    let body = ResponseBody::new(stream, address, on_done);
-    Response::from_parts(parts, Body::new(body))
+    let body = ResponseBody::new(stream, address, sent.completion, deadline, stop_pipe);
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 /// The call's timeout: the `grpc-timeout` header, capped by the channel's

@@ -162,6 +162,12 @@ pub(crate) struct Effects {
     resolved_at: Option<Instant>,
     /// When to call the balancer's `work` (the earliest request).
     work_at: Option<Instant>,
+    /// A subchannel became READY during the burst: queued calls must look
+    /// again even if the policy's picker did not change (a connection that
+    /// was lost and replaced within one burst leaves the READY set as it
+    /// was, but the calls that found the old connection gone wait for a
+    /// new snapshot).
+    wake_queued: bool,
 }
 
 impl Controller for Ctl<'_> {
@@ -302,9 +308,16 @@ impl Control {
             self.resolver.resolve_now();
         }
         let failure = std::mem::take(&mut self.failure.changed).then(|| self.failure.message());
+        let wake_queued = std::mem::take(&mut self.effects.wake_queued);
         if let Some((state, picker)) = self.effects.picker.take() {
             let failure = failure.unwrap_or_else(|| self.picker.load().failure());
             self.picker.publish(state, picker, failure);
+        } else if wake_queued {
+            // The same picker again, as a new snapshot: queued calls wake.
+            let current = self.picker.load_full();
+            let failure = failure.unwrap_or_else(|| current.failure());
+            self.picker
+                .publish(current.state, current.picker.clone(), failure);
         } else if let Some(failure) = failure {
             self.picker.load().set_failure(failure);
         }
@@ -337,6 +350,9 @@ impl Control {
         sc.set_state(event.state.connectivity);
         if let Some(error) = &event.state.error {
             self.failure.connection_failed(error);
+        }
+        if event.state.connectivity == ConnectivityState::Ready {
+            self.effects.wake_queued = true;
         }
         self.drive(|b, ctl| b.subchannel_update(&sc, &event.state, ctl));
     }
@@ -429,6 +445,8 @@ mod tests {
         made: Arc<Mutex<Vec<Weak<Inner>>>>,
         subchannels: Vec<Subchannel>,
         work_delay: Option<Duration>,
+        /// Publishes nothing on subchannel updates.
+        quiet: bool,
     }
 
     impl Balancer for Stub {
@@ -459,6 +477,9 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("update {}", state.connectivity));
+            if self.quiet {
+                return;
+            }
             ctl.update_picker(state.connectivity, Arc::new(QueuePicker));
             ctl.request_resolution();
             ctl.schedule_work(Instant::now());
@@ -502,6 +523,10 @@ mod tests {
     }
 
     fn harness(work_delay: Option<Duration>) -> Harness {
+        harness_with(work_delay, false)
+    }
+
+    fn harness_with(work_delay: Option<Duration>, quiet: bool) -> Harness {
         let log = Log::default();
         let made = Arc::default();
         let resolutions = Arc::new(Mutex::new(0));
@@ -526,6 +551,7 @@ mod tests {
                 made: Arc::clone(&made),
                 subchannels: Vec::new(),
                 work_delay,
+                quiet,
             }),
             policy: policy(),
             default_policy: Arc::new(policy()),
@@ -634,6 +660,41 @@ mod tests {
         assert_eq!(*h.resolutions.lock().unwrap(), 2);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(*h.resolutions.lock().unwrap(), 2, "nothing more was asked");
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subchannel_ready_again_wakes_queued_calls_even_with_the_same_picker() {
+        let mut h = harness_with(None, true);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        let generation = h.picker.load().generation;
+        // Lost and replaced within one burst: the policy publishes nothing.
+        for state in [
+            ConnectivityState::Idle,
+            ConnectivityState::Connecting,
+            ConnectivityState::Ready,
+        ] {
+            h.events_tx.send(event(1, state)).unwrap();
+        }
+        let waiter = {
+            let picker = h.picker.clone();
+            tokio::spawn(async move { picker.changed_since(generation).await })
+        };
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the queued call wakes")
+            .unwrap();
+        assert_eq!(h.picker.load().generation, generation + 1);
+        // A burst with no READY in it wakes nobody.
+        h.events_tx
+            .send(event(1, ConnectivityState::Connecting))
+            .unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(h.picker.load().generation, generation + 1);
         drop(h.requests_tx);
         task.await.unwrap();
     }

@@ -1,19 +1,43 @@
-//! One call on one HTTP/2 connection: open the stream, send the request
-//! body, hand back the response.
+//! One call attempt on one HTTP/2 connection: open the stream, send the
+//! request body, hand back the response.
 //!
 //! The call's own task does all of it: it opens the stream with a clone of
 //! the connection's `h2` sender, sends the request body while it waits for
 //! the response headers (a unary request's HEADERS and DATA, with
 //! END_STREAM, are queued in one poll and leave in one write), and returns
-//! the response with a body that reads the stream and gives back flow
-//! control credit. Only a request body still streaming when the response
-//! headers arrive (bidirectional streaming) moves to a task of its own.
+//! the response with a body ([`ResponseBody`]) that reads the stream, gives
+//! back flow control credit and ends at the call's [`Deadline`]. Only a
+//! request body still streaming when the response headers arrive
+//! (client or bidirectional streaming) moves to a task of its own, which
+//! stops when the call ends.
+//!
+//! **Stream slots.** A stream beyond the server's
+//! SETTINGS_MAX_CONCURRENT_STREAMS waits in `h2`'s queue (`pending_open`)
+//! for a slot; it is not sent early. A server may still refuse a stream its
+//! own accounting has no room for (gRPC C-core counts a stream a little
+//! after the client saw it end), which is what transparent retry is for.
+//!
+//! **Attempts that may be sent again** (gRFC A6): an attempt whose stream
+//! never opened ([`SendError::Unsent`]) comes back whole; one the server's
+//! HTTP/2 layer provably kept from its application (RST_STREAM
+//! REFUSED_STREAM, or a stream above a GOAWAY's last_stream_id: `h2` fails
+//! exactly those with the GOAWAY's error, `is_go_away() && is_remote()`)
+//! comes back as [`SendError::Unprocessed`] if its body can be replayed
+//! (see [`REPLAY_LIMIT`]). Anything else may have reached the application
+//! and is not retried.
 //!
 //! Errors map to gRPC codes as gRPC's HTTP/2 transport specifies
-//! (`PROTOCOL-HTTP2.md`): `REFUSED_STREAM` and a lost or refusing
-//! connection are `UNAVAILABLE`, `CANCEL` is `CANCELLED`,
-//! `ENHANCE_YOUR_CALM` is `RESOURCE_EXHAUSTED`, `INADEQUATE_SECURITY` is
-//! `PERMISSION_DENIED`, other resets are `INTERNAL`.
+//! (`PROTOCOL-HTTP2.md`): `REFUSED_STREAM`, a GOAWAY and a lost connection
+//! are `UNAVAILABLE`, `CANCEL` is `CANCELLED`, `ENHANCE_YOUR_CALM` is
+//! `RESOURCE_EXHAUSTED`, `INADEQUATE_SECURITY` is `PERMISSION_DENIED`, other
+//! resets are `INTERNAL`. A request body that could not be sent because its
+//! stream was already gone reports the stream's error, not its own.
+
+mod replay;
+mod response;
+
+pub(crate) use replay::{Outgoing, REPLAY_LIMIT};
+pub(crate) use response::{Completion, Deadline, ResponseBody, StopPipe};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,73 +45,161 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
-use http::{Request, Response};
-use http_body::{Body as _, Frame};
-use tonic::body::Body;
+use http::Response;
+use tokio::sync::oneshot;
 use tonic::{Code, Status};
 
-use crate::picker::OnDone;
 use crate::Address;
+use replay::BodySource;
 
 /// The handle a call opens its stream with.
 pub(crate) use crate::subchannel::Sender;
 
-/// Why a call was not sent.
+/// Why a call attempt did not get its response headers. The request stays
+/// with the caller ([`Outgoing`]) for the next attempt.
 pub(crate) enum SendError {
-    /// The connection refused the stream before anything was written: the
-    /// request comes back and may be sent elsewhere (gRFC A6).
-    Unsent(Box<Request<Body>>),
+    /// Nothing left the client (the connection was gone, or refused new
+    /// streams, before the stream was opened): the request may be sent
+    /// anywhere, any number of times (gRFC A6).
+    Unsent,
+    /// The server's HTTP/2 layer provably did not hand the call to its
+    /// application (RST_STREAM(REFUSED_STREAM), or the stream was above a
+    /// GOAWAY's last_stream_id): the request may be sent again if its body
+    /// can be replayed ([`Outgoing::rewind`]). The status says what
+    /// happened.
+    Unprocessed(Status),
     /// The call failed.
     Failed(Status),
 }
 
-/// Sends `req` (whose URI already names the server) on `sender`.
+/// Sends `outgoing` (whose URI already names the server) on `sender` and
+/// waits for the response headers, sending the request body meanwhile.
+/// Returns the response and, if the request body is still streaming, the
+/// pipe that must go on sending it.
 pub(crate) async fn send(
     mut sender: Sender,
-    req: Request<Body>,
+    outgoing: &mut Outgoing,
     address: &Address,
 ) -> Result<(Response<RecvStream>, Option<RequestPipe>), SendError> {
     if std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
         .is_err()
     {
-        return Err(SendError::Unsent(Box::new(req)));
+        return Err(SendError::Unsent);
     }
-    let (parts, body) = req.into_parts();
-    let end_of_stream = body.is_end_stream();
-    let (response, stream) = sender
-        .send_request(Request::from_parts(parts, ()), end_of_stream)
-        .map_err(|e| SendError::Failed(status_from_h2(&e, address)))?;
+    let end_of_stream = outgoing.body_mut().is_end_stream();
+    let (mut response, stream) = match sender.send_request(outgoing.request(), end_of_stream) {
+        Ok(opened) => opened,
+        // The connection failed or was told to go away before this
+        // stream existed: nothing was written for it.
+        Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
+        Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
+    };
     drop(sender);
-    let mut pipe = (!end_of_stream).then(|| RequestPipe::new(body, stream));
-    let mut response = response;
-    let mut body_error = None;
-    let result = std::future::poll_fn(|cx| {
-        if let Some(p) = pipe.as_mut() {
-            match p.poll_send(cx) {
-                Poll::Ready(Ok(())) => pipe = None,
-                Poll::Ready(Err(status)) => {
-                    pipe = None;
-                    body_error = Some(status);
-                }
-                Poll::Pending => {}
-            }
+    let mut pipe = PipeState::new(stream, end_of_stream);
+    let result = {
+        let body = outgoing.body_mut();
+        std::future::poll_fn(|cx| {
+            pipe.poll_progress(body, cx);
+            Pin::new(&mut response).poll(cx)
+        })
+        .await
+    };
+    match (result, pipe) {
+        (Ok(response), PipeState::Sending(sender)) => {
+            let body = outgoing.take_body();
+            Ok((response, Some(RequestPipe { sender, body })))
         }
-        Pin::new(&mut response).poll(cx)
-    })
-    .await;
-    match result {
-        Ok(response) => Ok((response, pipe)),
-        // The request body's own error says more than the reset it caused.
-        Err(e) => Err(SendError::Failed(
-            body_error.unwrap_or_else(|| status_from_h2(&e, address)),
-        )),
+        (Ok(response), _) => Ok((response, None)),
+        (Err(e), pipe) => Err(pipe.failed(&e, address)),
+    }
+}
+
+/// The rest of a request body, sent after the response headers arrived
+/// (client and bidirectional streaming).
+pub(crate) struct RequestPipe {
+    sender: BodySender,
+    body: BodySource,
+}
+
+impl RequestPipe {
+    /// Sends the rest of the body from a task of its own. Dropping the
+    /// returned handle (the call ended: its response finished, failed,
+    /// passed its deadline, or was dropped) stops the task and resets the
+    /// stream with CANCEL if the body is still being sent.
+    pub(crate) fn spawn(self) -> StopPipe {
+        let RequestPipe {
+            sender: mut pipe,
+            mut body,
+        } = self;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            std::future::poll_fn(|cx| {
+                if Pin::new(&mut stopped).poll(cx).is_ready() {
+                    pipe.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                pipe.poll_send(&mut body, cx).map(|_| ())
+            })
+            .await
+        });
+        stop
+    }
+}
+
+/// Where the request body is while the call waits for headers.
+enum PipeState {
+    Sending(BodySender),
+    /// The whole body is sent; the stream's send half is released.
+    Sent,
+    /// The request body itself failed (the stream was reset).
+    BodyFailed(Status),
+    /// The stream is gone: the response says why.
+    StreamGone,
+}
+
+impl PipeState {
+    fn new(stream: SendStream<Bytes>, end_of_stream: bool) -> Self {
+        if end_of_stream {
+            return PipeState::Sent;
+        }
+        PipeState::Sending(BodySender {
+            stream,
+            held: None,
+            sent_any: false,
+        })
+    }
+
+    /// Sends what the body has now.
+    fn poll_progress(&mut self, body: &mut BodySource, cx: &mut Context<'_>) {
+        let PipeState::Sending(sender) = self else {
+            return;
+        };
+        match sender.poll_send(body, cx) {
+            Poll::Ready(Ok(())) => *self = PipeState::Sent,
+            Poll::Ready(Err(PipeError::Body(status))) => *self = PipeState::BodyFailed(status),
+            Poll::Ready(Err(PipeError::Stream)) => *self = PipeState::StreamGone,
+            Poll::Pending => {}
+        }
+    }
+
+    /// Why the attempt failed with `e` on its response.
+    fn failed(self, e: &h2::Error, address: &Address) -> SendError {
+        // The request body's own error says more than the reset it caused;
+        // a send that failed because the stream was gone is not the body's
+        // fault: the stream's error is the reason.
+        if let PipeState::BodyFailed(status) = self {
+            return SendError::Failed(status);
+        }
+        match unprocessed(e) {
+            Some(why) => SendError::Unprocessed(Status::unavailable(format!("{address}: {why}"))),
+            None => SendError::Failed(status_from_h2(e, address)),
+        }
     }
 }
 
 /// Sends a request body on its stream, with HTTP/2 flow control.
-pub(crate) struct RequestPipe {
-    body: Body,
+struct BodySender {
     stream: SendStream<Bytes>,
     /// A data frame read ahead, sent once it is known whether it is last.
     held: Option<Bytes>,
@@ -95,25 +207,14 @@ pub(crate) struct RequestPipe {
     sent_any: bool,
 }
 
-impl RequestPipe {
-    fn new(body: Body, stream: SendStream<Bytes>) -> Self {
-        RequestPipe {
-            body,
-            stream,
-            held: None,
-            sent_any: false,
-        }
-    }
-
-    /// Sends the rest of the body from a task of its own.
-    pub(crate) fn spawn(mut self) {
-        tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| self.poll_send(cx)).await;
-        });
-    }
-
-    /// Ready when the whole body is sent (or failed, which resets the stream).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+impl BodySender {
+    /// Ready when the whole body is sent, or sending failed (a failed body
+    /// resets the stream).
+    fn poll_send(
+        &mut self,
+        body: &mut BodySource,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), PipeError>> {
         loop {
             // Once a frame is out, each further one waits for send window,
             // so a long stream cannot buffer without bound. A unary request
@@ -123,12 +224,11 @@ impl RequestPipe {
                 while self.stream.capacity() == 0 {
                     match ready!(self.stream.poll_capacity(cx)) {
                         Some(Ok(_)) => {}
-                        Some(Err(e)) => return Poll::Ready(Err(stream_gone(Some(e)))),
-                        None => return Poll::Ready(Err(stream_gone(None))),
+                        Some(Err(_)) | None => return Poll::Ready(Err(PipeError::Stream)),
                     }
                 }
             }
-            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            let frame = match body.poll_frame(cx) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // Nothing more for now: send what was read ahead, and
@@ -136,11 +236,8 @@ impl RequestPipe {
                     if let Some(data) = self.held.take() {
                         self.send_data(data, false)?;
                     }
-                    if let Poll::Ready(reset) = self.stream.poll_reset(cx) {
-                        return Poll::Ready(Err(match reset {
-                            Ok(reason) => stream_gone(Some(h2::Error::from(reason))),
-                            Err(e) => stream_gone(Some(e)),
-                        }));
+                    if self.stream.poll_reset(cx).is_ready() {
+                        return Poll::Ready(Err(PipeError::Stream));
                     }
                     return Poll::Pending;
                 }
@@ -159,14 +256,14 @@ impl RequestPipe {
                         if let Ok(trailers) = frame.into_trailers() {
                             self.stream
                                 .send_trailers(trailers)
-                                .map_err(|e| stream_gone(Some(e)))?;
+                                .map_err(|_| PipeError::Stream)?;
                             return Poll::Ready(Ok(()));
                         }
                     }
                 },
                 Some(Err(status)) => {
                     self.stream.send_reset(Reason::CANCEL);
-                    return Poll::Ready(Err(status));
+                    return Poll::Ready(Err(PipeError::Body(status)));
                 }
                 None => {
                     let last = self.held.take().unwrap_or_default();
@@ -177,79 +274,39 @@ impl RequestPipe {
         }
     }
 
-    fn send_data(&mut self, data: Bytes, end_of_stream: bool) -> Result<(), Status> {
+    fn send_data(&mut self, data: Bytes, end_of_stream: bool) -> Result<(), PipeError> {
         self.sent_any = true;
         self.stream
             .send_data(data, end_of_stream)
-            .map_err(|e| stream_gone(Some(e)))
+            .map_err(|_| PipeError::Stream)
     }
 }
 
-fn stream_gone(e: Option<h2::Error>) -> Status {
-    match e {
-        Some(e) => Status::new(code_from_h2(&e), format!("sending the request: {e}")),
-        None => Status::unavailable("sending the request: the stream was closed"),
-    }
+/// Why a request body stopped being sent.
+enum PipeError {
+    /// The body yielded an error.
+    Body(Status),
+    /// The stream is closed or reset: its response carries the reason.
+    Stream,
 }
 
-/// The response body: the stream's DATA frames, then its trailers. Runs the
-/// pick's `on_done` when the call ends (the body is read or dropped).
-pub(crate) struct ResponseBody {
-    stream: RecvStream,
-    data_done: bool,
-    address: Address,
-    on_done: Option<OnDone>,
-}
-
-impl ResponseBody {
-    pub(crate) fn new(stream: RecvStream, address: Address, on_done: Option<OnDone>) -> Self {
-        ResponseBody {
-            stream,
-            data_done: false,
-            address,
-            on_done,
-        }
+/// Why the server provably did not process a call, if it did not: it
+/// refused the stream, or its GOAWAY's last_stream_id is below the
+/// stream's (`h2` fails exactly those streams with the GOAWAY's error).
+fn unprocessed(e: &h2::Error) -> Option<String> {
+    if !e.is_remote() {
+        return None;
     }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        if let Some(f) = self.on_done.take() {
-            f();
-        }
+    let reason = e.reason().unwrap_or(Reason::NO_ERROR);
+    if e.is_reset() && reason == Reason::REFUSED_STREAM {
+        return Some("the server refused the stream (REFUSED_STREAM) before processing it".into());
     }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = &mut *self;
-        if !this.data_done {
-            match ready!(this.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Credit goes back at once: tonic buffers what it reads.
-                    let _ = this.stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(status_from_h2(&e, &this.address)))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(status_from_h2(&e, &this.address)))),
-        }
+    if e.is_go_away() {
+        return Some(format!(
+            "the server's GOAWAY ({reason:?}) stopped the call before processing it"
+        ));
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.stream.is_end_stream()
-    }
+    None
 }
 
 /// The gRPC status for an HTTP/2 error on a call to `address`.

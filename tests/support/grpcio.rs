@@ -57,14 +57,36 @@ impl GrpcioServer {
 
     /// SIGSTOP: the process freezes; the kernel keeps its sockets, so the
     /// connection stays up and nothing answers (a hung host).
+    /// Returns once every thread of the process is stopped (state `T` in
+    /// `/proc`), so that nothing it does afterwards races the caller.
     pub fn freeze(&self) {
         signal(self.pid(), libc::SIGSTOP);
+        for _ in 0..1000 {
+            if all_threads_stopped(self.pid()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("process {} did not stop after SIGSTOP", self.pid());
     }
 
     /// SIGCONT: undoes [`freeze`](Self::freeze).
     pub fn thaw(&self) {
         signal(self.pid(), libc::SIGCONT);
     }
+}
+
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `tid (comm) S ...`: the state follows the last `)`.
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+    })
 }
 
 fn signal(pid: u32, sig: libc::c_int) {

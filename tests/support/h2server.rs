@@ -25,6 +25,9 @@ pub enum Behaviour {
     StallAfterMessages(usize),
     /// Answers every stream with RST_STREAM(REFUSED_STREAM).
     RefuseEveryStream,
+    /// Reads `bytes` of each stream's request body (or all of it, if
+    /// shorter), then answers RST_STREAM(REFUSED_STREAM).
+    RefuseAfterReading(usize),
     /// On the first request HEADERS of a connection, sends
     /// GOAWAY(last_stream_id = 0, NO_ERROR) and closes the connection
     /// shortly after: no stream was processed.
@@ -45,6 +48,9 @@ pub struct Seen {
     pub streams: AtomicUsize,
     /// Connections the client closed (counted by `Silent` only).
     pub closed: AtomicUsize,
+    /// Streams the client reset with RST_STREAM(CANCEL) while the server
+    /// held them open (after answering their headers).
+    pub cancelled: AtomicUsize,
 }
 
 /// A running misbehaving server.
@@ -87,6 +93,10 @@ impl H2Server {
     pub fn closed(&self) -> usize {
         self.seen.closed.load(Ordering::SeqCst)
     }
+
+    pub fn cancelled(&self) -> usize {
+        self.seen.cancelled.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for H2Server {
@@ -120,14 +130,16 @@ async fn with_h2(socket: TcpStream, behaviour: Behaviour, seen: Arc<Seen>) {
     let Ok(mut connection) = h2::server::handshake(socket).await else {
         return;
     };
-    let mut held = Vec::new();
-    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
         seen.streams.fetch_add(1, Ordering::SeqCst);
         match behaviour {
             Behaviour::RefuseEveryStream => respond.send_reset(h2::Reason::REFUSED_STREAM),
+            Behaviour::RefuseAfterReading(bytes) => {
+                tokio::spawn(refuse_after_reading(request.into_body(), respond, bytes));
+            }
             Behaviour::HeadersThenSilence => {
                 if let Ok(stream) = respond.send_response(grpc_response(), false) {
-                    held.push(stream);
+                    tokio::spawn(hold(stream, seen.clone()));
                 }
             }
             Behaviour::StallAfterMessages(n) => {
@@ -135,12 +147,39 @@ async fn with_h2(socket: TcpStream, behaviour: Behaviour, seen: Arc<Seen>) {
                     for _ in 0..n {
                         let _ = stream.send_data(echo_message(b"m"), false);
                     }
-                    held.push(stream);
+                    tokio::spawn(hold(stream, seen.clone()));
                 }
             }
             _ => unreachable!("raw behaviours are served elsewhere"),
         }
     }
+}
+
+/// Keeps a stream open without sending on it; counts a CANCEL from the
+/// client.
+async fn hold(mut stream: h2::SendStream<Bytes>, seen: Arc<Seen>) {
+    let reset = std::future::poll_fn(|cx| stream.poll_reset(cx)).await;
+    if let Ok(h2::Reason::CANCEL) = reset {
+        seen.cancelled.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn refuse_after_reading(
+    mut body: h2::RecvStream,
+    mut respond: h2::server::SendResponse<Bytes>,
+    bytes: usize,
+) {
+    let mut read = 0;
+    while read < bytes {
+        match body.data().await {
+            Some(Ok(data)) => {
+                read += data.len();
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            _ => break,
+        }
+    }
+    respond.send_reset(h2::Reason::REFUSED_STREAM);
 }
 
 fn grpc_response() -> http::Response<()> {

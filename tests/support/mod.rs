@@ -293,6 +293,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port held bound but not listening: connecting to it is
+/// refused for as long as this lives, and no other test (or process) can
+/// start a server on it meanwhile, as one can on a port [`free_port`]
+/// returned.
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind a loopback port");
+        let addr = socket.local_addr().expect("bound address");
+        ClosedPort {
+            addr,
+            _socket: socket,
+        }
+    }
+}
+
 /// `static:///a,b,c` for these backends.
 pub fn static_target(backends: &[&Backend]) -> String {
     let list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();

@@ -1,0 +1,196 @@
+//! The response body of a call, bounded by the call's deadline.
+//!
+//! gRPC's deadline covers the whole call, not only the wait for response
+//! headers: [`ResponseBody`] carries the call's [`Deadline`] (the same
+//! timer that bounded the pick and the wait for headers), and when it
+//! passes the body yields `DEADLINE_EXCEEDED`, the stream is reset with
+//! RST_STREAM(CANCEL) and a request body still streaming stops.
+//!
+//! The call ends when the body yields its trailers, its end, or an error,
+//! or when it is dropped, whichever comes first: then, once, the pick's
+//! `on_done` runs, the request pipe (if any) is told to stop, and the
+//! stream is released (`h2` resets it with CANCEL if it is still open).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use http_body::Frame;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
+use tonic::Status;
+
+use super::status_from_h2;
+use crate::picker::OnDone;
+use crate::Address;
+
+/// A call's deadline: one timer for the whole call. It is boxed so that it
+/// can move from the call's future into its response body; a call without
+/// a deadline has none.
+pub(crate) struct Deadline {
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    /// A deadline `timeout` from now.
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Deadline {
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// The call's timeout, for messages.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Ready once the deadline has passed.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+/// A pick's `on_done`, run exactly once: when the call (or the attempt)
+/// ends, or when it is dropped with the call's future or body, however
+/// that happens (deadline, cancellation by the caller).
+pub(crate) struct Completion(Option<OnDone>);
+
+impl Completion {
+    pub(crate) fn new(on_done: Option<OnDone>) -> Self {
+        Completion(on_done)
+    }
+
+    /// Runs `on_done` if it has not run yet.
+    pub(crate) fn run(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// Dropping it tells a spawned request pipe to stop (see
+/// [`RequestPipe::spawn`](super::RequestPipe::spawn)).
+pub(crate) type StopPipe = oneshot::Sender<()>;
+
+/// The response body: the stream's DATA frames, then its trailers.
+pub(crate) struct ResponseBody {
+    /// `None` once the call ended: releasing it resets an open stream.
+    stream: Option<RecvStream>,
+    data_done: bool,
+    address: Address,
+    completion: Completion,
+    deadline: Option<Deadline>,
+    stop_pipe: Option<StopPipe>,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(
+        stream: RecvStream,
+        address: Address,
+        completion: Completion,
+        deadline: Option<Deadline>,
+        stop_pipe: Option<StopPipe>,
+    ) -> Self {
+        ResponseBody {
+            stream: Some(stream),
+            data_done: false,
+            address,
+            completion,
+            deadline,
+            stop_pipe,
+        }
+    }
+
+    /// Ends the call: runs `on_done`, stops the request pipe and releases
+    /// the stream and the timer.
+    fn finish(&mut self) {
+        self.stream = None;
+        self.stop_pipe = None;
+        self.deadline = None;
+        self.completion.run();
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.finish();
+        Poll::Ready(Some(Err(status)))
+    }
+
+    fn poll_stream(
+        stream: &mut RecvStream,
+        data_done: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame<Bytes>>, h2::Error>> {
+        if !*data_done {
+            match ready!(stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Credit goes back at once: tonic buffers what it reads.
+                    let _ = stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Ok(Some(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => *data_done = true,
+            }
+        }
+        stream
+            .poll_trailers(cx)
+            .map_ok(|trailers| trailers.map(Frame::trailers))
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The deadline first: a stream that is always ready must not
+        // outrun it.
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.poll_expired(cx).is_ready() {
+                let status = Status::deadline_exceeded(format!(
+                    "deadline of {:?} exceeded while receiving the response from {}",
+                    deadline.timeout(),
+                    this.address
+                ));
+                return this.fail(status);
+            }
+        }
+        match ready!(Self::poll_stream(stream, &mut this.data_done, cx)) {
+            Ok(Some(frame)) => {
+                if frame.is_trailers() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Ok(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                let status = status_from_h2(&e, &this.address);
+                this.fail(status)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.as_ref().is_none_or(RecvStream::is_end_stream)
+    }
+}

@@ -1,0 +1,303 @@
+//! Every pick's completion (`on_done`) runs exactly once, however the call
+//! ends: served, re-picked because its subchannel was not connected,
+//! transparently retried after a refusal, past its deadline while waiting
+//! for the response headers or the body, or cancelled by a caller that
+//! drops it. And the channel never picks on its own account (e.g. to build
+//! an error message): every pick belongs to a call attempt.
+//!
+//! The policy is written here, through the public API: it rotates over
+//! every subchannel, connected or not, and counts picks and completions.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::h2server::{Behaviour, H2Server};
+use support::proto::simple_client::SimpleClient;
+use support::proto::SimpleRequest;
+use support::{eventually, fast_backoff, route, Backend, ClosedPort};
+use tonic::Code;
+use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller};
+use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker, QueuePicker};
+use tonic_balance::resolver::ResolverUpdate;
+use tonic_balance::subchannel::SubchannelState;
+use tonic_balance::{BalancedChannel, ConnectivityState, Error, Subchannel, WaitForReady};
+
+mod echo {
+    tonic::include_proto!("echo");
+}
+
+use echo::echo_client::EchoClient;
+use echo::RepeatRequest;
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Counts picks and completions.
+#[derive(Clone, Default)]
+struct Counting {
+    picks: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+}
+
+impl Counting {
+    fn picks(&self) -> usize {
+        self.picks.load(Ordering::SeqCst)
+    }
+
+    fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+struct CountingBalancer {
+    counters: Counting,
+    subchannels: Vec<Subchannel>,
+}
+
+struct CountingPicker {
+    subchannels: Vec<Subchannel>,
+    next: AtomicUsize,
+    counters: Counting,
+}
+
+impl BalancerBuilder for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+
+    fn build(&self, _: &serde_json::Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
+        Ok(Box::new(CountingBalancer {
+            counters: self.clone(),
+            subchannels: Vec::new(),
+        }))
+    }
+}
+
+/// CONNECTING until a subchannel is READY; then every subchannel, connected
+/// or not, is in the rotation (a new picker at each READY).
+impl Balancer for CountingBalancer {
+    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        self.subchannels = update
+            .addresses()
+            .iter()
+            .filter_map(|a| ctl.new_subchannel(a).ok())
+            .collect();
+        for sc in &self.subchannels {
+            sc.connect();
+        }
+        ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
+    }
+
+    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
+
+    fn subchannel_update(
+        &mut self,
+        sc: &Subchannel,
+        state: &SubchannelState,
+        ctl: &mut dyn Controller,
+    ) {
+        match state.connectivity {
+            ConnectivityState::Idle => sc.connect(),
+            ConnectivityState::Ready => ctl.update_picker(
+                ConnectivityState::Ready,
+                Arc::new(CountingPicker {
+                    subchannels: self.subchannels.clone(),
+                    next: AtomicUsize::new(0),
+                    counters: self.counters.clone(),
+                }),
+            ),
+            _ => {}
+        }
+    }
+}
+
+impl Picker for CountingPicker {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
+        self.counters.picks.fetch_add(1, Ordering::SeqCst);
+        let done = self.counters.done.clone();
+        PickResult::Pick(
+            Pick::borrowed(&self.subchannels[i]).with_on_done(Box::new(move || {
+                done.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+    }
+}
+
+async fn counting_channel(addrs: &[String]) -> (BalancedChannel, Counting) {
+    let counters = Counting::default();
+    let channel = BalancedChannel::builder(format!("static:///{}", addrs.join(",")))
+        .balancer_builder(counters.clone())
+        .backoff(fast_backoff())
+        .build()
+        .expect("channel");
+    (channel, counters)
+}
+
+fn addr(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+fn request(data: &str, timeout: Duration) -> tonic::Request<SimpleRequest> {
+    let mut request = tonic::Request::new(SimpleRequest { data: data.into() });
+    request.set_timeout(timeout);
+    request
+}
+
+#[tokio::test]
+async fn re_picks_and_transparent_retries_complete_every_pick_once() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let healthy = Backend::start();
+        let refuser = H2Server::start(Behaviour::RefuseEveryStream).await;
+        let dead = ClosedPort::new();
+        let (channel, counters) =
+            counting_channel(&[addr(dead.addr), addr(refuser.addr), addr(healthy.addr)]).await;
+        assert!(eventually(Duration::from_secs(5), || healthy.open_connections() == 1).await);
+        assert!(eventually(Duration::from_secs(5), || refuser.connections() == 1).await);
+        let mut client = SimpleClient::new(channel);
+        for i in 0..12 {
+            let served_by = route(&mut client, "x")
+                .await
+                .unwrap_or_else(|status| panic!("call {i}: {status:?}"));
+            assert_eq!(served_by, addr(healthy.addr));
+        }
+        // Each call went through the rotation until the healthy backend:
+        // the dead one is re-picked, the refusal retried.
+        assert!(counters.picks() > 12, "{} picks", counters.picks());
+        assert!(refuser.streams() >= 1);
+        assert_eq!(counters.done(), counters.picks());
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_waiting_for_headers_completes_its_one_pick() {
+    let slow = Backend::start();
+    let (channel, counters) = counting_channel(&[addr(slow.addr)]).await;
+    channel
+        .wait_until_ready(Duration::from_secs(10))
+        .await
+        .expect("READY");
+    let mut client = SimpleClient::new(channel);
+    tokio::time::pause();
+    let status = tokio::time::timeout(
+        TEST_LIMIT,
+        client.route(request("sleep:30000", Duration::from_millis(300))),
+    )
+    .await
+    .expect("bounded")
+    .expect_err("the backend answers after 30 s");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains(&addr(slow.addr)),
+        "says where the call waited: {}",
+        status.message()
+    );
+    assert_eq!((counters.picks(), counters.done()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_in_the_body_completes_its_pick_when_it_ends() {
+    let server = H2Server::start(Behaviour::HeadersThenSilence).await;
+    let (channel, counters) = counting_channel(&[addr(server.addr)]).await;
+    channel
+        .wait_until_ready(Duration::from_secs(10))
+        .await
+        .expect("READY");
+    let mut client = EchoClient::new(channel);
+    tokio::time::pause();
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut request = tonic::Request::new(RepeatRequest {
+            data: b"m".to_vec(),
+            count: 1,
+        });
+        request.set_timeout(Duration::from_secs(1));
+        let mut stream = client.repeat(request).await.expect("headers").into_inner();
+        assert_eq!(counters.done(), 0, "in flight");
+        let status = stream.message().await.expect_err("silence");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        // Counted when the call ended, while the caller still holds it.
+        assert_eq!((counters.picks(), counters.done()), (1, 1));
+        drop(stream);
+        assert_eq!(counters.done(), 1, "not again on drop");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_call_the_caller_drops_completes_its_pick() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let slow = Backend::start();
+        let stall = H2Server::start(Behaviour::StallAfterMessages(1)).await;
+        let (channel, counters) = counting_channel(&[addr(slow.addr)]).await;
+        channel
+            .wait_until_ready(Duration::from_secs(10))
+            .await
+            .expect("READY");
+        // Dropped while waiting for the response headers.
+        let mut client = SimpleClient::new(channel);
+        let call = tokio::spawn(async move {
+            client
+                .route(request("sleep:30000", Duration::from_secs(60)))
+                .await
+        });
+        assert!(eventually(Duration::from_secs(10), || slow.calls() == 1).await);
+        call.abort();
+        let _ = call.await;
+        assert_eq!((counters.picks(), counters.done()), (1, 1));
+
+        // Dropped mid-stream.
+        let (channel, counters) = counting_channel(&[addr(stall.addr)]).await;
+        channel
+            .wait_until_ready(Duration::from_secs(10))
+            .await
+            .expect("READY");
+        let mut client = EchoClient::new(channel);
+        let request = RepeatRequest {
+            data: b"m".to_vec(),
+            count: 5,
+        };
+        let mut stream = client.repeat(request).await.expect("headers").into_inner();
+        assert!(stream.message().await.expect("a message").is_some());
+        assert_eq!(counters.done(), 0, "in flight");
+        drop(stream);
+        assert_eq!((counters.picks(), counters.done()), (1, 1));
+        assert!(eventually(Duration::from_secs(5), || stall.cancelled() == 1).await);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_wait_for_ready_call_past_its_deadline_reports_the_last_pick_failure() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dead = ClosedPort::new();
+        let channel = BalancedChannel::builder(format!("static:///{}", dead.addr))
+            .balancer("round_robin")
+            .backoff(fast_backoff())
+            .build()
+            .expect("channel");
+        let err = channel
+            .wait_until_ready(Duration::from_millis(500))
+            .await
+            .expect_err("nothing listens");
+        assert!(err.to_string().contains("TRANSIENT_FAILURE"), "{err}");
+        let mut client = SimpleClient::new(channel);
+        let mut request = request("x", Duration::from_millis(500));
+        request.extensions_mut().insert(WaitForReady(true));
+        let status = client.route(request).await.expect_err("nothing listens");
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        let message = status.message();
+        assert!(
+            message.contains("TRANSIENT_FAILURE") && message.contains(&addr(dead.addr)),
+            "{message}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
