@@ -22,6 +22,7 @@ pub struct Address {
 pub struct Attributes {
     weight: Option<u32>,
     metadata: Option<Arc<serde_json::Value>>,
+    server_name: Option<Arc<str>>,
 }
 
 impl Address {
@@ -67,6 +68,18 @@ impl Attributes {
     /// Free-form metadata from the naming service (e.g. etcd's `Metadata`).
     pub fn metadata(&self) -> Option<&serde_json::Value> {
         self.metadata.as_deref()
+    }
+
+    /// The host name to verify this address's TLS certificate against
+    /// (and to send as SNI), when a resolver knows it better than the
+    /// channel's target does; it wins over the target's host.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    /// Sets the TLS server name.
+    pub fn set_server_name(&mut self, name: Option<&str>) {
+        self.server_name = name.map(Arc::from);
     }
 
     /// Sets the weight.

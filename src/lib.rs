@@ -42,6 +42,7 @@
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
 mod address;
+pub mod backoff;
 pub mod balancer;
 pub mod channel;
 mod connectivity;

@@ -11,10 +11,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::backoff::{Backoff, BackoffConfig};
 use super::http2::{self, Lost, Sender};
 use super::preface::PrefaceWatch;
 use super::{Link, SubchannelState};
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
 
 /// How subchannels connect; one per channel, shared by its subchannels.

@@ -47,12 +47,11 @@
 //! long as any balancer or picker holds it, so an address that stays in the
 //! resolver's set keeps its connection across updates and policy changes.
 
-mod backoff;
 mod connect;
 mod http2;
 mod preface;
 
-pub use backoff::BackoffConfig;
+pub use crate::backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
 pub(crate) use http2::Sender;
 

@@ -1,4 +1,5 @@
-//! Connection backoff, per gRPC's `connection-backoff.md`.
+//! Exponential backoff, per gRPC's `connection-backoff.md`: subchannels
+//! reconnect on it, and resolvers retry on it.
 //!
 //! ```text
 //! current_backoff = INITIAL_BACKOFF
