@@ -159,21 +159,84 @@ impl From<std::net::SocketAddr> for Address {
 /// Checks that `s` is `host:port` with a non-empty host and a port in
 /// 1..=65535 (`[v6]:port` for IPv6). Returns a message naming the bad part.
 pub(crate) fn validate_host_port(s: &str) -> Result<(), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("address {s:?} has no port (want host:port)"))?;
-    if host.is_empty() {
-        return Err(format!("address {s:?} has an empty host"));
-    }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!(
+    match split_host_port(s) {
+        Err(why) => Err(format!("address {why}")),
+        Ok((host, None)) if host.contains(':') && !s.starts_with('[') => Err(format!(
             "address {s:?}: IPv6 hosts go in brackets, as [::1]:port"
-        ));
+        )),
+        Ok((_, None)) => Err(format!("address {s:?} has no port (want host:port)")),
+        Ok((_, Some(port))) => parse_port(port)
+            .map(|_| ())
+            .map_err(|why| format!("address {s:?} has a {why}")),
     }
+}
+
+/// Splits `host:port`, `[v6]:port`, `[v6]`, a bare IPv6 literal or `host`
+/// into the host (without brackets) and the port text, if any. The one
+/// host:port parser of the crate: the static list, the DNS and literal
+/// resolvers, etcd values and registration all use it, so every one of
+/// them says the same thing about the same mistake.
+pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?} has no closing ']'"))?;
+        if host.is_empty() {
+            return Err(format!("{s:?} has an empty host"));
+        }
+        return match after {
+            "" => Ok((host, None)),
+            _ => match after.strip_prefix(':') {
+                Some(port) => Ok((host, Some(port))),
+                None => Err(format!("{s:?}: unexpected {after:?} after ']'")),
+            },
+        };
+    }
+    if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok((s, None));
+    }
+    match s.rsplit_once(':') {
+        None => Ok((s, None)),
+        Some((host, _)) if host.contains(':') => Err(format!(
+            "{s:?}: IPv6 addresses with a port go in brackets, as [::1]:50051"
+        )),
+        Some(("", _)) => Err(format!("{s:?} has an empty host")),
+        Some((host, port)) => Ok((host, Some(port))),
+    }
+}
+
+/// A port number in 1..=65535; the message names what is wrong.
+pub(crate) fn parse_port(port: &str) -> Result<u16, String> {
     match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("address {s:?} has a bad port {port:?}")),
-        Ok(_) => Ok(()),
+        Ok(0) | Err(_) if port.is_empty() => Err("the port after ':' is missing".into()),
+        Ok(0) | Err(_) => Err(format!("bad port {port:?} (want 1-65535)")),
+        Ok(port) => Ok(port),
     }
+}
+
+/// `host` as `host:port`, in brackets if it is an IPv6 literal.
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A host name: labels of letters, digits, '-' and '_', at most 253 bytes.
+pub(crate) fn check_host_name(host: &str) -> Result<(), String> {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{host:?} is not a valid host name"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,5 +271,27 @@ mod tests {
         assert!(validate_host_port("::1:80")
             .unwrap_err()
             .contains("brackets"));
+        assert!(validate_host_port("[::1]").unwrap_err().contains("no port"));
+        assert!(validate_host_port("[]:80")
+            .unwrap_err()
+            .contains("empty host"));
+    }
+
+    #[test]
+    fn split_host_port_takes_every_form() {
+        assert_eq!(split_host_port("a.test:1"), Ok(("a.test", Some("1"))));
+        assert_eq!(split_host_port("a.test"), Ok(("a.test", None)));
+        assert_eq!(split_host_port("[::1]:2"), Ok(("::1", Some("2"))));
+        assert_eq!(split_host_port("[::1]"), Ok(("::1", None)));
+        assert_eq!(split_host_port("::1"), Ok(("::1", None)));
+        assert!(split_host_port("[::1").unwrap_err().contains("no closing"));
+        assert!(split_host_port("[::1]x")
+            .unwrap_err()
+            .contains("unexpected"));
+        assert_eq!(join_host_port("::1", 3), "[::1]:3");
+        assert_eq!(join_host_port("10.0.0.1", 3), "10.0.0.1:3");
+        assert!(parse_port("").unwrap_err().contains("is missing"));
+        assert!(check_host_name("a..b").is_err());
+        assert!(check_host_name("svc-1.local.").is_ok());
     }
 }

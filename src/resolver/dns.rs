@@ -38,7 +38,9 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::task::JoinHandle;
 
-use super::{Resolver, ResolverBuilder, ResolverUpdate, UpdateSink};
+use super::fixed::fixed;
+use super::{Resolver, ResolverBuilder, UpdateSink};
+use crate::address::{check_host_name, parse_port, split_host_port};
 use crate::subchannel::BackoffConfig;
 use crate::{Error, ErrorKind, Target};
 use lookup::HickoryLookup;
@@ -143,8 +145,7 @@ impl ResolverBuilder for DnsResolverBuilder {
         let (host, port) = parse_endpoint(target)?;
         let server = parse_authority(target)?;
         if let Some(ips) = without_query(&host) {
-            sink.update(ResolverUpdate::new(task::addresses(&ips, port)));
-            return Ok(Box::new(FixedResolver { _sink: sink }));
+            return Ok(fixed(sink, task::addresses(&ips, port)));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
             Error::with_source(
@@ -200,15 +201,6 @@ impl Drop for DnsResolver {
     }
 }
 
-/// An IP literal or `localhost`: nothing to look up, nothing to refresh,
-/// so nothing to resend on `resolve_now` (it keeps the sink only so that
-/// the channel's side stays open).
-struct FixedResolver {
-    _sink: UpdateSink,
-}
-
-impl Resolver for FixedResolver {}
-
 /// The addresses of an IP literal or of `localhost`.
 fn without_query(host: &str) -> Option<Vec<IpAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -232,7 +224,7 @@ fn parse_endpoint(target: &Target) -> Result<(String, u16), Error> {
         Some(port) => parse_port(port).map_err(bad)?,
     };
     if host.parse::<IpAddr>().is_err() {
-        check_name(host).map_err(bad)?;
+        check_host_name(host).map_err(bad)?;
     }
     Ok((host.to_owned(), port))
 }
@@ -255,57 +247,6 @@ fn parse_authority(target: &Target) -> Result<Option<SocketAddr>, Error> {
         Some(port) => parse_port(port).map_err(bad)?,
     };
     Ok(Some(SocketAddr::new(ip, port)))
-}
-
-/// Splits `host:port`, `[v6]:port`, `[v6]`, a bare IPv6 literal or `host`.
-fn split_host_port(s: &str) -> Result<(&str, Option<&str>), String> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?} has no closing ']'"))?;
-        return match after {
-            "" => Ok((host, None)),
-            _ => match after.strip_prefix(':') {
-                Some(port) => Ok((host, Some(port))),
-                None => Err(format!("{s:?}: unexpected {after:?} after ']'")),
-            },
-        };
-    }
-    if s.parse::<Ipv6Addr>().is_ok() {
-        return Ok((s, None));
-    }
-    match s.rsplit_once(':') {
-        None => Ok((s, None)),
-        Some((host, _)) if host.contains(':') => Err(format!(
-            "{s:?}: IPv6 addresses with a port go in brackets, as [::1]:50051"
-        )),
-        Some(("", _)) => Err(format!("{s:?} has an empty host")),
-        Some((host, port)) => Ok((host, Some(port))),
-    }
-}
-
-fn parse_port(port: &str) -> Result<u16, String> {
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) if port.is_empty() => Err("the port after ':' is missing".into()),
-        Ok(0) | Err(_) => Err(format!("bad port {port:?} (want 1-65535)")),
-        Ok(port) => Ok(port),
-    }
-}
-
-/// A host name: labels of letters, digits, '-' and '_', at most 253 bytes.
-fn check_name(host: &str) -> Result<(), String> {
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let label_ok = |label: &str| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-    };
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-        return Err(format!("{host:?} is not a valid host name"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ mod discover;
 mod dns;
 #[cfg(feature = "etcd")]
 pub(crate) mod etcd;
+mod fixed;
+mod literal;
 mod manual;
 mod registry;
 mod static_list;
@@ -47,6 +49,10 @@ pub use discover::ResolverDiscover;
 pub use dns::{DnsAnswer, DnsLookup, DnsLookupFuture, DnsResolverBuilder};
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdResolverBuilder;
+pub use literal::{
+    Ipv4ResolverBuilder, Ipv6ResolverBuilder, PassthroughResolverBuilder,
+    UnixAbstractResolverBuilder, UnixResolverBuilder,
+};
 pub use manual::ManualResolver;
 pub use registry::{register, ResolverRegistry};
 pub use static_list::StaticResolverBuilder;

@@ -4,12 +4,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use super::{ResolverBuilder, StaticResolverBuilder};
+use super::{
+    Ipv4ResolverBuilder, Ipv6ResolverBuilder, PassthroughResolverBuilder, ResolverBuilder,
+    StaticResolverBuilder, UnixAbstractResolverBuilder, UnixResolverBuilder,
+};
 
 /// A set of resolver builders by scheme.
 ///
-/// [`ResolverRegistry::new`] has the built-in schemes: `static`, plus `dns`
-/// and `etcd` when those features are on. Channels use a copy of the
+/// [`ResolverRegistry::new`] has the built-in schemes (see
+/// [`ResolverRegistry::new`]). Channels use a copy of the
 /// process-wide registry (see [`register`]) unless given their own.
 #[derive(Clone)]
 pub struct ResolverRegistry {
@@ -17,10 +20,17 @@ pub struct ResolverRegistry {
 }
 
 impl ResolverRegistry {
-    /// A registry with the built-in schemes.
+    /// A registry with the built-in schemes: `static`, `unix`,
+    /// `unix-abstract`, `passthrough`, `ipv4`, `ipv6`, and `dns` and `etcd`
+    /// with those features.
     pub fn new() -> Self {
         let mut registry = ResolverRegistry::empty();
         registry.register(Arc::new(StaticResolverBuilder));
+        registry.register(Arc::new(UnixResolverBuilder));
+        registry.register(Arc::new(UnixAbstractResolverBuilder));
+        registry.register(Arc::new(PassthroughResolverBuilder));
+        registry.register(Arc::new(Ipv4ResolverBuilder));
+        registry.register(Arc::new(Ipv6ResolverBuilder));
         #[cfg(feature = "dns")]
         registry.register(Arc::new(crate::resolver::DnsResolverBuilder::default()));
         #[cfg(feature = "etcd")]

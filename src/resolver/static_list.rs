@@ -1,19 +1,14 @@
 //! The `static` resolver: a fixed list in the target,
 //! `static:///10.0.0.1:50051,10.0.0.2:50051` (`[::1]:50051` for IPv6).
 
-use super::{Resolver, ResolverBuilder, ResolverUpdate, UpdateSink};
+use super::fixed::fixed;
+use super::{Resolver, ResolverBuilder, UpdateSink};
 use crate::address::validate_host_port;
 use crate::{Address, Error, Target};
 
 /// Builds resolvers for `static:///host:port,host:port,...`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StaticResolverBuilder;
-
-/// The list never changes, so re-resolution has nothing to send: it keeps
-/// the sink only so that the channel's side stays open.
-struct StaticResolver {
-    _sink: UpdateSink,
-}
 
 impl StaticResolverBuilder {
     /// Parses the endpoint list; the error names the bad entry.
@@ -41,16 +36,12 @@ impl ResolverBuilder for StaticResolverBuilder {
         "static"
     }
 
+    /// Sends the list once; `resolve_now` does nothing (the list cannot
+    /// change).
     fn build(&self, target: &Target, sink: UpdateSink) -> Result<Box<dyn Resolver>, Error> {
-        sink.update(ResolverUpdate::new(Self::parse(target)?));
-        Ok(Box::new(StaticResolver { _sink: sink }))
+        Ok(fixed(sink, Self::parse(target)?))
     }
 }
-
-/// `resolve_now` does nothing: the answer cannot change, and resending a
-/// list of thousands of addresses on every failed connection is what made
-/// channels with many dead endpoints busy.
-impl Resolver for StaticResolver {}
 
 #[cfg(test)]
 mod tests {
