@@ -53,6 +53,7 @@ pub mod registration;
 pub mod resolver;
 pub mod subchannel;
 pub mod target;
+mod transport;
 
 pub use address::{Address, Attributes};
 pub use channel::{BalancedChannel, BalancedChannelBuilder, Peer, WaitForReady};

@@ -143,14 +143,14 @@ impl BalancedChannelBuilder {
     /// Sends HTTP/2 pings every `interval` and drops a connection whose
     /// ping is not answered within `timeout`.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.connect.keepalive_interval = Some(interval);
-        self.connect.keepalive_timeout = Some(timeout);
+        self.connect.transport.keepalive_interval = Some(interval);
+        self.connect.transport.keepalive_timeout = Some(timeout);
         self
     }
 
     /// Whether keepalive pings are sent while no call is open.
     pub fn keepalive_while_idle(mut self, enabled: bool) -> Self {
-        self.connect.keepalive_while_idle = enabled;
+        self.connect.transport.keepalive_while_idle = enabled;
         self
     }
 

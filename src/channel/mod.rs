@@ -35,7 +35,6 @@
 mod builder;
 mod call;
 mod control;
-mod stream;
 
 pub use builder::BalancedChannelBuilder;
 

@@ -7,23 +7,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::http2::{self, Lost, Sender};
-use super::preface::PrefaceWatch;
 use super::{Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::transport::{self, Lost};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
 
 /// How subchannels connect; one per channel, shared by its subchannels.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConnectConfig {
     pub(crate) backoff: BackoffConfig,
-    pub(crate) keepalive_interval: Option<Duration>,
-    pub(crate) keepalive_timeout: Option<Duration>,
-    pub(crate) keepalive_while_idle: bool,
+    pub(crate) transport: transport::Settings,
     pub(crate) authority: Option<http::uri::Authority>,
     pub(crate) rng_seed: u64,
 }
@@ -33,17 +29,6 @@ pub(crate) struct ConnectConfig {
 pub(crate) struct StateEvent {
     pub(crate) id: u64,
     pub(crate) state: SubchannelState,
-}
-
-/// gRPC's default keepalive timeout (gRFC A8), when only an interval is set.
-const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A READY connection as the connection task holds it.
-struct Connection {
-    /// Resolves with the reason the connection stopped taking calls.
-    lost: oneshot::Receiver<Lost>,
-    /// Dropping it tells the drive task the subchannel let go.
-    _release: oneshot::Sender<()>,
 }
 
 impl ConnectConfig {
@@ -103,24 +88,28 @@ pub(crate) async fn run(
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
-        let attempt = tokio::time::timeout(backoff.connect_timeout(), connect(&link, &config));
+        let attempt = tokio::time::timeout(
+            backoff.connect_timeout(),
+            transport::establish(&link.address, &config.transport),
+        );
         let result = tokio::select! {
             biased;
             _ = &mut shutdown => return,
             r = attempt => r.unwrap_or_else(|_| Err(timed_out(&link, backoff.connect_timeout()))),
         };
         match result {
-            Ok((sender, mut connection)) => {
-                link.sender.store(Some(Arc::new(sender)));
+            Ok(mut established) => {
+                link.connection
+                    .store(Some(Arc::new(established.connection.clone())));
                 report(ConnectivityState::Ready, None);
                 let ready_at = Instant::now();
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
-                    r = &mut connection.lost => Some(r),
+                    r = established.lost() => Some(r),
                 };
-                link.sender.store(None);
-                drop(connection);
+                link.connection.store(None);
+                drop(established);
                 let Some(reason) = lost else { return };
                 if Instant::now() - ready_at >= backoff.min_success() {
                     backoff.reset();
@@ -150,72 +139,6 @@ pub(crate) async fn run(
     }
 }
 
-async fn connect(link: &Link, config: &ConnectConfig) -> Result<(Sender, Connection), Error> {
-    let addr = link.address.addr();
-    let fail = |e: std::io::Error| Error::with_source(ErrorKind::Connect, addr.to_owned(), e);
-    #[cfg(unix)]
-    if let Some(path) = addr.strip_prefix("unix:") {
-        let io = tokio::net::UnixStream::connect(path).await.map_err(fail)?;
-        return handshake(io, link, config).await;
-    }
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(fail)?;
-    tcp.set_nodelay(true).map_err(fail)?;
-    handshake(tcp, link, config).await
-}
-
-async fn handshake<IO>(
-    io: IO,
-    link: &Link,
-    config: &ConnectConfig,
-) -> Result<(Sender, Connection), Error>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let failed = |e: h2::Error| {
-        Error::with_source(
-            ErrorKind::Connect,
-            format!("{}: HTTP/2 handshake", link.address),
-            e,
-        )
-    };
-    let (io, spoke) = PrefaceWatch::new(io);
-    let (sender, connection) = http2::handshake(io).await.map_err(failed)?;
-    let keepalive = config.keepalive_interval.map(|interval| http2::Keepalive {
-        interval,
-        timeout: config
-            .keepalive_timeout
-            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
-        while_idle: config.keepalive_while_idle,
-    });
-    let (release, released) = oneshot::channel();
-    let (lost_tx, lost) = oneshot::channel();
-    tokio::spawn(http2::drive(
-        connection,
-        sender.clone(),
-        keepalive,
-        released,
-        lost_tx,
-    ));
-    // READY only once the server has sent its preface (see `preface`). The
-    // socket is dropped, failing `spoke`, when the connection ends first.
-    spoke.await.map_err(|_| {
-        Error::new(
-            ErrorKind::Connect,
-            format!(
-                "{}: connection closed before the server's HTTP/2 preface",
-                link.address
-            ),
-        )
-    })?;
-    Ok((
-        sender,
-        Connection {
-            lost,
-            _release: release,
-        },
-    ))
-}
-
 fn timed_out(link: &Link, after: Duration) -> Error {
     Error::new(
         ErrorKind::Connect,
@@ -223,10 +146,10 @@ fn timed_out(link: &Link, after: Duration) -> Error {
     )
 }
 
-fn connection_lost(link: &Link, reason: Result<Lost, oneshot::error::RecvError>) -> Error {
+fn connection_lost(link: &Link, reason: Option<Lost>) -> Error {
     let message = match reason {
-        Ok(lost) => format!("{}: connection {lost}", link.address),
-        Err(_) => format!("{}: connection closed", link.address),
+        Some(lost) => format!("{}: connection {lost}", link.address),
+        None => format!("{}: connection closed", link.address),
     };
     Error::new(ErrorKind::Connect, message)
 }
@@ -518,9 +441,11 @@ mod tests {
 
     fn keepalive(interval_ms: u64, timeout_ms: u64) -> Arc<ConnectConfig> {
         Arc::new(ConnectConfig {
-            keepalive_interval: Some(Duration::from_millis(interval_ms)),
-            keepalive_timeout: Some(Duration::from_millis(timeout_ms)),
-            keepalive_while_idle: true,
+            transport: transport::Settings {
+                keepalive_interval: Some(Duration::from_millis(interval_ms)),
+                keepalive_timeout: Some(Duration::from_millis(timeout_ms)),
+                keepalive_while_idle: true,
+            },
             ..ConnectConfig::default()
         })
     }
@@ -571,7 +496,7 @@ mod tests {
             let (sc, mut rx) = ready(addr, keepalive(20, 5_000)).await;
             let quiet = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
             assert!(quiet.is_err(), "no state change: {quiet:?}");
-            assert!(sc.sender().is_some());
+            assert!(sc.connection().is_some());
         })
         .await
         .expect("bounded");
@@ -597,22 +522,29 @@ mod tests {
             })
             .await;
             let (sc, mut rx) = ready(addr, Arc::default()).await;
-            let mut sender = sc.sender().unwrap();
-            let request = http::Request::post("http://test/echo.Echo/Unary")
-                .body(())
-                .unwrap();
-            let (response, _stream) = sender.send_request(request, false).unwrap();
+            let connection = sc.connection().unwrap();
+            let address = sc.address().clone();
+            let call = tokio::spawn(async move {
+                let request = http::Request::post("http://test/echo.Echo/Unary")
+                    .body(tonic::body::Body::empty())
+                    .unwrap();
+                let mut outgoing = transport::Outgoing::new(request);
+                let opened = connection.send(&mut outgoing, &address).await;
+                opened
+                    .map(|o| o.status())
+                    .map_err(|_| "the open call failed")
+            });
             go_away_sent.await.unwrap();
             // The server refuses new streams: the subchannel leaves READY
-            // and withdraws its sender while the open call goes on.
+            // and withdraws its connection while the open call goes on.
             let event = rx.recv().await.unwrap();
             assert_eq!(event.state.connectivity, ConnectivityState::Idle);
             let error = event.state.error.unwrap().to_string();
             assert!(error.contains("refuses new calls"), "{error}");
-            assert!(sc.sender().is_none());
+            assert!(sc.connection().is_none());
             respond.send(()).unwrap();
-            let response = response.await.unwrap();
-            assert_eq!(response.status(), http::StatusCode::OK);
+            let response = call.await.unwrap().unwrap();
+            assert_eq!(response, http::StatusCode::OK);
         })
         .await
         .expect("bounded");

@@ -4,7 +4,7 @@
 //! subchannel runs gRPC's connectivity state machine (see
 //! [`ConnectivityState`]) and reports every transition to the channel's
 //! control task, which hands it to the balancer. The request path reads only
-//! the connection's HTTP/2 sender, published lock-free while READY.
+//! the connection's handle, published lock-free while READY.
 //!
 //! ```text
 //!   IDLE --connect()--> CONNECTING --ok--> READY --connection lost--> IDLE
@@ -32,8 +32,8 @@
 //! after a failed one, so a server that drops every connection is tried
 //! on the backoff schedule, not in a loop.
 //!
-//! The connection is `h2`'s, driven by one task that also watches it (see
-//! `http2`). Connection loss (peer close, reset, a keepalive PING left
+//! The connection comes from the crate's transport (`src/transport/`): an
+//! `h2` connection driven by one task that also watches it. Connection loss (peer close, reset, a keepalive PING left
 //! unanswered) is seen when it happens, not when the next call fails; a
 //! GOAWAY (e.g. at the server's maximum connection age) takes the
 //! subchannel out of READY at once, while the calls already open on that
@@ -48,12 +48,9 @@
 //! resolver's set keeps its connection across updates and policy changes.
 
 mod connect;
-mod http2;
-mod preface;
 
 pub use crate::backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
-pub(crate) use http2::Sender;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -63,6 +60,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::transport::Connection;
 use crate::{Address, ConnectivityState, Error};
 
 /// A subchannel's connectivity state with the error that caused it.
@@ -93,7 +91,7 @@ pub(crate) struct Link {
     id: u64,
     address: Address,
     authority: http::uri::Authority,
-    sender: ArcSwapOption<http2::Sender>,
+    connection: ArcSwapOption<Connection>,
     /// The state as the control task last saw it (the balancer's view).
     state: AtomicU8,
     connect: Notify,
@@ -127,7 +125,7 @@ impl Subchannel {
             id,
             address,
             authority,
-            sender: ArcSwapOption::empty(),
+            connection: ArcSwapOption::empty(),
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             connect: Notify::new(),
             connect_requested: AtomicBool::new(false),
@@ -193,9 +191,9 @@ impl Subchannel {
         weak.upgrade().map(|inner| Subchannel { inner })
     }
 
-    /// A clone of the READY connection's sender, if there is one.
-    pub(crate) fn sender(&self) -> Option<http2::Sender> {
-        self.inner.link.sender.load().as_deref().cloned()
+    /// A clone of the READY connection's handle, if there is one.
+    pub(crate) fn connection(&self) -> Option<Connection> {
+        self.inner.link.connection.load().as_deref().cloned()
     }
 
     pub(crate) fn authority(&self) -> &http::uri::Authority {

@@ -37,7 +37,8 @@ mod replay;
 mod response;
 
 pub(crate) use replay::{Outgoing, REPLAY_LIMIT};
-pub(crate) use response::{Completion, Deadline, ResponseBody, StopPipe};
+pub(crate) use response::{Completion, Deadline};
+use response::{ResponseBody, StopPipe};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,13 +48,13 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 use tokio::sync::oneshot;
+use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::Address;
 use replay::BodySource;
 
-/// The handle a call opens its stream with.
-pub(crate) use crate::subchannel::Sender;
+use super::http2::Sender;
 
 /// Why a call attempt did not get its response headers. The request stays
 /// with the caller ([`Outgoing`]) for the next attempt.
@@ -72,15 +73,43 @@ pub(crate) enum SendError {
     Failed(Status),
 }
 
+/// A call whose response headers arrived: the response and, if the
+/// request body is still streaming, the pipe that must go on sending it.
+pub(crate) struct Opened {
+    response: Response<RecvStream>,
+    pipe: Option<RequestPipe>,
+}
+
+impl Opened {
+    /// The response's HTTP status.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> http::StatusCode {
+        self.response.status()
+    }
+
+    /// The response for the caller: its body reads the stream, ends at
+    /// `deadline` and runs `completion` when the call ends; a request body
+    /// still streaming goes on from a task of its own until then.
+    pub(crate) fn into_response(
+        self,
+        address: Address,
+        completion: Completion,
+        deadline: Option<Deadline>,
+    ) -> Response<Body> {
+        let stop_pipe = self.pipe.map(RequestPipe::spawn);
+        let (parts, stream) = self.response.into_parts();
+        let body = ResponseBody::new(stream, address, completion, deadline, stop_pipe);
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
 /// Sends `outgoing` (whose URI already names the server) on `sender` and
 /// waits for the response headers, sending the request body meanwhile.
-/// Returns the response and, if the request body is still streaming, the
-/// pipe that must go on sending it.
 pub(crate) async fn send(
     mut sender: Sender,
     outgoing: &mut Outgoing,
     address: &Address,
-) -> Result<(Response<RecvStream>, Option<RequestPipe>), SendError> {
+) -> Result<Opened, SendError> {
     if std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
         .is_err()
@@ -108,16 +137,20 @@ pub(crate) async fn send(
     match (result, pipe) {
         (Ok(response), PipeState::Sending(sender)) => {
             let body = outgoing.take_body();
-            Ok((response, Some(RequestPipe { sender, body })))
+            let pipe = Some(RequestPipe { sender, body });
+            Ok(Opened { response, pipe })
         }
-        (Ok(response), _) => Ok((response, None)),
+        (Ok(response), _) => Ok(Opened {
+            response,
+            pipe: None,
+        }),
         (Err(e), pipe) => Err(pipe.failed(&e, address)),
     }
 }
 
 /// The rest of a request body, sent after the response headers arrived
 /// (client and bidirectional streaming).
-pub(crate) struct RequestPipe {
+struct RequestPipe {
     sender: BodySender,
     body: BodySource,
 }
@@ -127,7 +160,7 @@ impl RequestPipe {
     /// returned handle (the call ended: its response finished, failed,
     /// passed its deadline, or was dropped) stops the task and resets the
     /// stream with CANCEL if the body is still being sent.
-    pub(crate) fn spawn(self) -> StopPipe {
+    fn spawn(self) -> StopPipe {
         let RequestPipe {
             sender: mut pipe,
             mut body,

@@ -80,7 +80,7 @@ impl Drop for Completion {
 }
 
 /// Dropping it tells a spawned request pipe to stop (see
-/// [`RequestPipe::spawn`](super::RequestPipe::spawn)).
+/// `RequestPipe::spawn`).
 pub(crate) type StopPipe = oneshot::Sender<()>;
 
 /// The response body: the stream's DATA frames, then its trailers.
