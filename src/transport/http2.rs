@@ -61,6 +61,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -135,12 +136,25 @@ impl std::fmt::Display for Lost {
     }
 }
 
-/// The handle calls open streams with: `h2`'s sender, and where a call
-/// dropped before its response hands its stream (see [`pacer`]).
+/// The handle calls open streams with: `h2`'s sender, where a call
+/// dropped before its response hands its stream (see [`pacer`]), and the
+/// count of calls in flight.
 #[derive(Clone)]
 pub(crate) struct Sender {
     h2: h2::client::SendRequest<Bytes>,
     cancels: Arc<Cancels>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One call's stream counted in flight on its connection until dropped
+/// (the call ended, however it ended).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Sender {
@@ -163,23 +177,27 @@ impl Sender {
     }
 
     /// Opens a stream with `request`'s HEADERS (see
-    /// `h2::client::SendRequest::send_request`).
+    /// `h2::client::SendRequest::send_request`); the stream counts in
+    /// flight until the returned [`InFlight`] drops.
     pub(crate) fn send_request(
         &mut self,
         request: Request<()>,
         end_of_stream: bool,
-    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
+    ) -> Result<(ResponseFuture, SendStream<Bytes>, InFlight), h2::Error> {
         let (inner, stream) = self.h2.send_request(request, end_of_stream)?;
         let response = ResponseFuture {
             inner,
             cancels: self.cancels.clone(),
             done: false,
         };
-        Ok((response, stream))
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok((response, stream, InFlight(self.in_flight.clone())))
     }
 
-    fn num_active_streams(&self) -> usize {
-        self.h2.num_active_streams()
+    /// The calls in flight on this connection: streams opened whose call
+    /// has not ended.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -240,6 +258,7 @@ where
     let sender = Sender {
         h2,
         cancels: cancels.clone(),
+        in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let connection = Connection {
         h2: connection,
@@ -340,7 +359,7 @@ impl Watch {
             self.let_go();
             return Poll::Pending;
         }
-        let active = probe.num_active_streams() > 0;
+        let active = probe.in_flight() > 0;
         if self.pings.poll_keepalive(cx, active, &self.wire).is_ready() {
             let timeout = self.pings.keepalive.map(|k| k.timeout).unwrap_or_default();
             self.report(Lost::KeepaliveTimeout(timeout));

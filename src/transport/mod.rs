@@ -53,4 +53,11 @@ impl Connection {
     ) -> Result<Opened, SendError> {
         stream::send(self.sender, outgoing, address).await
     }
+
+    /// The calls in flight on this connection (streams opened whose call
+    /// has not ended), counted by this crate.
+    #[allow(dead_code)] // used by pools
+    pub(crate) fn in_flight(&self) -> usize {
+        self.sender.in_flight()
+    }
 }

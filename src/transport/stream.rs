@@ -54,7 +54,7 @@ use tonic::{Code, Status};
 use crate::Address;
 use replay::BodySource;
 
-use super::http2::Sender;
+use super::http2::{InFlight, Sender};
 
 /// Why a call attempt did not get its response headers. The request stays
 /// with the caller ([`Outgoing`]) for the next attempt.
@@ -78,6 +78,7 @@ pub(crate) enum SendError {
 pub(crate) struct Opened {
     response: Response<RecvStream>,
     pipe: Option<RequestPipe>,
+    in_flight: InFlight,
 }
 
 impl Opened {
@@ -98,7 +99,14 @@ impl Opened {
     ) -> Response<Body> {
         let stop_pipe = self.pipe.map(RequestPipe::spawn);
         let (parts, stream) = self.response.into_parts();
-        let body = ResponseBody::new(stream, address, completion, deadline, stop_pipe);
+        let body = ResponseBody::new(
+            stream,
+            address,
+            completion,
+            deadline,
+            stop_pipe,
+            self.in_flight,
+        );
         Response::from_parts(parts, Body::new(body))
     }
 }
@@ -117,13 +125,14 @@ pub(crate) async fn send(
         return Err(SendError::Unsent);
     }
     let end_of_stream = outgoing.body_mut().is_end_stream();
-    let (mut response, stream) = match sender.send_request(outgoing.request(), end_of_stream) {
-        Ok(opened) => opened,
-        // The connection failed or was told to go away before this
-        // stream existed: nothing was written for it.
-        Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
-        Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
-    };
+    let (mut response, stream, in_flight) =
+        match sender.send_request(outgoing.request(), end_of_stream) {
+            Ok(opened) => opened,
+            // The connection failed or was told to go away before this
+            // stream existed: nothing was written for it.
+            Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
+            Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
+        };
     drop(sender);
     let mut pipe = PipeState::new(stream, end_of_stream);
     let result = {
@@ -138,11 +147,16 @@ pub(crate) async fn send(
         (Ok(response), PipeState::Sending(sender)) => {
             let body = outgoing.take_body();
             let pipe = Some(RequestPipe { sender, body });
-            Ok(Opened { response, pipe })
+            Ok(Opened {
+                response,
+                pipe,
+                in_flight,
+            })
         }
         (Ok(response), _) => Ok(Opened {
             response,
             pipe: None,
+            in_flight,
         }),
         (Err(e), pipe) => Err(pipe.failed(&e, address)),
     }
