@@ -9,6 +9,7 @@ use std::time::Duration;
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
 use support::{static_target, Backend};
+use tokio_stream::StreamExt;
 use tonic_balance::BalancedChannel;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -49,6 +50,165 @@ async fn connection_specific_headers_from_a_tower_layer_are_stripped_before_send
             assert!(reply.is_ok(), "{name}: {value}: {reply:?}");
         }
         assert_eq!(backend.calls(), 6);
+    })
+    .await
+    .expect("bounded");
+}
+
+async fn call(channel: &BalancedChannel, data: &str) -> Result<String, tonic::Status> {
+    let mut request = tonic::Request::new(SimpleRequest { data: data.into() });
+    request.set_timeout(Duration::from_secs(10));
+    let reply = SimpleClient::new(channel.clone()).route(request).await?;
+    Ok(reply.into_inner().value)
+}
+
+/// An in-memory pipe as a server connection (tonic asks who connected).
+struct Piped(tokio::io::DuplexStream);
+
+impl tonic::transport::server::Connected for Piped {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Piped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Piped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_in_memory_connector_serves_calls_with_no_socket_at_all() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (to_server, accepted) = tokio::sync::mpsc::channel::<Piped>(16);
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok);
+        let stats = support::serve_incoming(incoming);
+        let dialled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = dialled.clone();
+        let connector = tower::service_fn(move |uri: http::Uri| {
+            let to_server = to_server.clone();
+            seen.lock().unwrap().push(uri.to_string());
+            async move {
+                let (client, server) = tokio::io::duplex(64 * 1024);
+                to_server
+                    .send(Piped(server))
+                    .await
+                    .map_err(|_| std::io::Error::other("the in-memory server is gone"))?;
+                Ok::<_, std::io::Error>(client)
+            }
+        });
+        // Addresses no socket could reach: only the connector knows them.
+        let channel = BalancedChannel::builder("static:///memory-a:1,memory-b:2")
+            .balancer("round_robin")
+            .connector(connector)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        for i in 0..4 {
+            call(&channel, &format!("{i}")).await.unwrap();
+        }
+        assert_eq!(stats.calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+        let mut dialled = dialled.lock().unwrap().clone();
+        dialled.sort();
+        dialled.dedup();
+        assert_eq!(dialled, ["http://memory-a:1/", "http://memory-b:2/"]);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_failing_connector_is_unavailable_with_its_error() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let connector = tower::service_fn(|_: http::Uri| async {
+            Err::<tokio::io::DuplexStream, _>(std::io::Error::other("proxy said 403"))
+        });
+        let channel = BalancedChannel::builder("static:///10.255.255.1:1")
+            .connector(connector)
+            .build()
+            .unwrap();
+        let status = call(&channel, "x").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let message = status.message();
+        assert!(message.contains("10.255.255.1:1"), "{message}");
+        assert!(message.contains("proxy said 403"), "{message}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_socket_addresses_are_served() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("simple.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let stats =
+            support::serve_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+        let resolver = tonic_balance::resolver::ManualResolver::new("manual");
+        resolver.update([tonic_balance::Address::new(format!(
+            "unix:{}",
+            path.display()
+        ))]);
+        let channel = BalancedChannel::builder("manual:///unix")
+            .resolver_builder(resolver)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        call(&channel, "unix").await.unwrap();
+        assert_eq!(stats.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn linux_abstract_socket_addresses_are_served() {
+    use std::os::linux::net::SocketAddrExt;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let name = format!("tonic-balance-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::UnixListener::from_std(std_listener).unwrap();
+        let stats =
+            support::serve_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+        let channel = tonic_balance::resolver::ManualResolver::new("manual");
+        channel.update([tonic_balance::Address::new(format!("unix-abstract:{name}"))]);
+        let balanced = BalancedChannel::builder("manual:///abstract")
+            .resolver_builder(channel)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        call(&balanced, "abstract").await.unwrap();
+        assert_eq!(stats.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     })
     .await
     .expect("bounded");

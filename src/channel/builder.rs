@@ -13,6 +13,7 @@ use crate::balancer::{BalancerBuilder, BalancerRegistry, BuildOptions, ServiceCo
 use crate::picker::{PickerCell, QueuePicker};
 use crate::resolver::{builder_for, ResolverBuilder, ResolverRegistry, UpdateSink};
 use crate::subchannel::{BackoffConfig, ConnectConfig};
+use crate::transport::{Connector, Io, TargetHost};
 use crate::{ConnectivityState, Error, ErrorKind, Target};
 
 /// Options for a [`BalancedChannel`]. Every option has gRPC's default.
@@ -40,6 +41,8 @@ pub struct BalancedChannelBuilder {
     connect: ConnectConfig,
     authority: Option<String>,
     rng_seed: Option<u64>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::ClientTlsConfig>,
 }
 
 enum PolicyChoice {
@@ -65,6 +68,8 @@ impl BalancedChannelBuilder {
             connect: ConnectConfig::default(),
             authority: None,
             rng_seed: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -160,6 +165,39 @@ impl BalancedChannelBuilder {
         self
     }
 
+    /// Dials every address with `connector` instead of the default one
+    /// (TCP for `host:port`, unix sockets for `unix:/path` and
+    /// `unix-abstract:name`): a tower `Service<http::Uri>` returning an
+    /// `AsyncRead + AsyncWrite` IO, as tonic's
+    /// `Endpoint::connect_with_connector` takes (an HTTP CONNECT or SOCKS
+    /// proxy, vsock, an in-memory `tokio::io::duplex` in tests). The URI
+    /// is `http://host:port` for a `host:port` address,
+    /// `unix://localhost/path` for `unix:/path`,
+    /// `unix-abstract://localhost/name` for `unix-abstract:name`. TLS, when
+    /// set, runs on top of the IO. hyper-util's connectors return hyper's
+    /// IO traits: wrap their IO in `hyper_util::rt::TokioIo`. A connector
+    /// error fails the attempt like a refused connection (the subchannel
+    /// backs off), with the error's text in the message.
+    pub fn connector<C>(mut self, connector: C) -> Self
+    where
+        C: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
+        C::Response: Io,
+        C::Error: Into<crate::transport::BoxError>,
+        C::Future: Send + 'static,
+    {
+        self.connect.transport.connector = Some(Connector::new(connector));
+        self
+    }
+
+    /// Connects with TLS (cargo feature `tls`): the certificate is
+    /// verified for the target's host name, and calls use scheme `https`
+    /// (see [`ClientTlsConfig`](crate::ClientTlsConfig) for the name rule).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Fixes the seed of every random choice (start index, shuffles,
     /// backoff jitter), for reproducible tests.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -194,7 +232,12 @@ impl BalancedChannelBuilder {
             .build(&policy.config, &BuildOptions::new(target.clone(), seed))?;
         let mut connect = self.connect.clone();
         connect.rng_seed = seed;
-        connect.authority = self.parse_authority()?;
+        connect.transport.authority = self.parse_authority()?;
+        connect.transport.target_host = TargetHost::from_target(&target);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            connect.transport.tls = Some(tls.build()?);
+        }
 
         let (sink, resolver_rx) = UpdateSink::channel();
         let resolver = resolver_builder.build(&target, sink)?;

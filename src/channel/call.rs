@@ -30,7 +30,7 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use tokio::time::Instant;
 use tonic::body::Body;
@@ -39,7 +39,7 @@ use tonic::{Code, Status};
 use super::{ControlRequest, Peer, Shared, WaitForReady};
 use crate::picker::{PickInfo, PickResult};
 use crate::transport::{
-    Completion, Connection, Deadline, Opened, Outgoing, SendError, REPLAY_LIMIT,
+    Completion, Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT,
 };
 use crate::{Address, ConnectivityState};
 
@@ -178,7 +178,7 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
         PickResult::Pick(pick) => {
             let subchannel = pick.subchannel();
             let ready = match subchannel.connection() {
-                Some(connection) => set_origin(outgoing.uri_mut(), subchannel.authority())
+                Some(connection) => set_origin(outgoing.uri_mut(), subchannel.origin())
                     .map(|()| Some((connection, subchannel.address().clone()))),
                 None => Ok(None),
             };
@@ -286,10 +286,10 @@ fn describe_state(shared: &Shared, progress: &Progress) -> String {
     }
 }
 
-fn set_origin(uri: &mut Uri, authority: &Authority) -> Result<(), Status> {
+fn set_origin(uri: &mut Uri, origin: &Origin) -> Result<(), Status> {
     let mut parts = std::mem::take(uri).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
+    parts.scheme = Some(origin.scheme.clone());
+    parts.authority = Some(origin.authority.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }

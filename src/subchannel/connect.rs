@@ -13,14 +13,13 @@ use tokio::time::Instant;
 use super::{Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::transport::{self, Lost};
-use crate::{Address, ConnectivityState, Error, ErrorKind};
+use crate::{ConnectivityState, Error, ErrorKind};
 
 /// How subchannels connect; one per channel, shared by its subchannels.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConnectConfig {
     pub(crate) backoff: BackoffConfig,
     pub(crate) transport: transport::Settings,
-    pub(crate) authority: Option<http::uri::Authority>,
     pub(crate) rng_seed: u64,
 }
 
@@ -29,29 +28,6 @@ pub(crate) struct ConnectConfig {
 pub(crate) struct StateEvent {
     pub(crate) id: u64,
     pub(crate) state: SubchannelState,
-}
-
-impl ConnectConfig {
-    /// The `:authority` of calls on `address`: the channel's override, else
-    /// the address itself (a `unix:` address uses `localhost`).
-    pub(crate) fn authority_for(&self, address: &Address) -> Result<http::uri::Authority, Error> {
-        if let Some(a) = &self.authority {
-            return Ok(a.clone());
-        }
-        let addr = address.addr();
-        let text = if addr.starts_with("unix:") {
-            "localhost"
-        } else {
-            addr
-        };
-        text.parse().map_err(|e| {
-            Error::with_source(
-                ErrorKind::Connect,
-                format!("{addr}: not a valid authority"),
-                e,
-            )
-        })
-    }
 }
 
 pub(crate) async fn run(
@@ -90,7 +66,7 @@ pub(crate) async fn run(
         let started = Instant::now();
         let attempt = tokio::time::timeout(
             backoff.connect_timeout(),
-            transport::establish(&link.address, &config.transport),
+            transport::establish(&link.address, &link.origin, &config.transport),
         );
         let result = tokio::select! {
             biased;
@@ -157,7 +133,7 @@ fn connection_lost(link: &Link, reason: Option<Lost>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Subchannel;
+    use crate::{Address, Subchannel};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
 
@@ -445,6 +421,7 @@ mod tests {
                 keepalive_interval: Some(Duration::from_millis(interval_ms)),
                 keepalive_timeout: Some(Duration::from_millis(timeout_ms)),
                 keepalive_while_idle: true,
+                ..transport::Settings::default()
             },
             ..ConnectConfig::default()
         })

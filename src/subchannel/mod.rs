@@ -60,7 +60,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::transport::Connection;
+use crate::transport::{Connection, Origin};
 use crate::{Address, ConnectivityState, Error};
 
 /// A subchannel's connectivity state with the error that caused it.
@@ -90,7 +90,7 @@ pub(crate) struct Inner {
 pub(crate) struct Link {
     id: u64,
     address: Address,
-    authority: http::uri::Authority,
+    origin: Origin,
     connection: ArcSwapOption<Connection>,
     /// The state as the control task last saw it (the balancer's view).
     state: AtomicU8,
@@ -110,8 +110,8 @@ impl Subchannel {
         config: Arc<ConnectConfig>,
         events: mpsc::UnboundedSender<StateEvent>,
     ) -> Result<Subchannel, Error> {
-        let authority = config.authority_for(&address)?;
-        let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, authority);
+        let origin = config.transport.origin_for(&address)?;
+        let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
         tokio::spawn(connect::run(link, config, events, shutdown));
         Ok(subchannel)
     }
@@ -119,12 +119,12 @@ impl Subchannel {
     fn unspawned(
         id: u64,
         address: Address,
-        authority: http::uri::Authority,
+        origin: Origin,
     ) -> (Subchannel, Arc<Link>, oneshot::Receiver<()>) {
         let link = Arc::new(Link {
             id,
             address,
-            authority,
+            origin,
             connection: ArcSwapOption::empty(),
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             connect: Notify::new(),
@@ -141,8 +141,7 @@ impl Subchannel {
 
     /// A subchannel with no connection task, for balancer tests.
     pub(crate) fn detached(id: u64, address: Address) -> Subchannel {
-        let authority = http::uri::Authority::from_static("test.invalid");
-        Subchannel::unspawned(id, address, authority).0
+        Subchannel::unspawned(id, address, Origin::detached()).0
     }
 
     pub(crate) fn connect_requests(&self) -> u32 {
@@ -196,8 +195,9 @@ impl Subchannel {
         self.inner.link.connection.load().as_deref().cloned()
     }
 
-    pub(crate) fn authority(&self) -> &http::uri::Authority {
-        &self.inner.link.authority
+    /// The scheme, `:authority` and TLS server name of calls to it.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.inner.link.origin
     }
 }
 

@@ -1,12 +1,16 @@
-//! Establishing one connection: dial, then the HTTP/2 handshake, READY
-//! once the server's preface arrived.
+//! Establishing one connection: dial (TCP, unix socket, or the user's
+//! connector), then TLS if configured, then the preface watch and the
+//! HTTP/2 handshake; READY once the server's preface arrived.
 
 use std::time::Duration;
 
+use http::uri::Authority;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
+use super::dial::{self, Connector, Dialled, SocketOptions};
 use super::http2::{self, Keepalive, Lost};
+use super::origin::{self, Origin, TargetHost};
 use super::preface::PrefaceWatch;
 use super::Connection;
 use crate::{Address, Error, ErrorKind};
@@ -20,9 +24,31 @@ pub(crate) struct Settings {
     pub(crate) keepalive_interval: Option<Duration>,
     pub(crate) keepalive_timeout: Option<Duration>,
     pub(crate) keepalive_while_idle: bool,
+    /// The channel's `:authority` override.
+    pub(crate) authority: Option<Authority>,
+    /// The one host the target names, if it names one (TLS server name).
+    pub(crate) target_host: Option<TargetHost>,
+    pub(crate) socket: SocketOptions,
+    pub(crate) connector: Option<Connector>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::tls::TlsConnector>,
 }
 
 impl Settings {
+    /// The scheme, `:authority` and TLS server name of calls to `address`.
+    pub(crate) fn origin_for(&self, address: &Address) -> Result<Origin, Error> {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| t.server_name_override());
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        origin::origin_for(
+            address,
+            self.authority.as_ref(),
+            self.target_host.as_ref(),
+            tls,
+        )
+    }
+
     fn keepalive(&self) -> Option<Keepalive> {
         self.keepalive_interval.map(|interval| Keepalive {
             interval,
@@ -52,21 +78,40 @@ impl Established {
 }
 
 /// Connects to `address` and returns once the connection is READY: the
-/// HTTP/2 handshake is done and the server's preface has arrived.
+/// (TLS and) HTTP/2 handshake is done and the server's preface has arrived.
 pub(crate) async fn establish(
     address: &Address,
+    origin: &Origin,
     settings: &Settings,
 ) -> Result<Established, Error> {
-    let addr = address.addr();
-    let fail = |e: std::io::Error| Error::with_source(ErrorKind::Connect, addr.to_owned(), e);
-    #[cfg(unix)]
-    if let Some(path) = addr.strip_prefix("unix:") {
-        let io = tokio::net::UnixStream::connect(path).await.map_err(fail)?;
+    if let Some(connector) = &settings.connector {
+        let io = connector.connect(address).await?;
+        return secure(io, address, origin, settings).await;
+    }
+    match dial::dial(address, &settings.socket).await? {
+        Dialled::Tcp(tcp) => secure(tcp, address, origin, settings).await,
+        #[cfg(unix)]
+        Dialled::Unix(unix) => secure(unix, address, origin, settings).await,
+    }
+}
+
+/// TLS on `io` when the channel has it, then the HTTP/2 handshake.
+#[allow(unused_variables)]
+async fn secure<IO>(
+    io: IO,
+    address: &Address,
+    origin: &Origin,
+    settings: &Settings,
+) -> Result<Established, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    #[cfg(feature = "tls")]
+    if let (Some(tls), Some(name)) = (&settings.tls, &origin.server_name) {
+        let io = tls.connect(io, name, address).await?;
         return handshake(io, address, settings).await;
     }
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(fail)?;
-    tcp.set_nodelay(true).map_err(fail)?;
-    handshake(tcp, address, settings).await
+    handshake(io, address, settings).await
 }
 
 async fn handshake<IO>(io: IO, address: &Address, settings: &Settings) -> Result<Established, Error>
@@ -83,7 +128,7 @@ where
     let (io, spoke) = PrefaceWatch::new(io);
     let (sender, connection) = http2::handshake(io).await.map_err(failed)?;
     let (release, released) = oneshot::channel();
-    let (lost_tx, lost) = oneshot::channel();
+    let (lost_tx, mut lost) = oneshot::channel();
     tokio::spawn(http2::drive(
         connection,
         sender.clone(),
@@ -93,15 +138,32 @@ where
     ));
     // READY only once the server has sent its preface (see `preface`). The
     // socket is dropped, failing `spoke`, when the connection ends first.
-    spoke.await.map_err(|_| {
-        Error::new(
+    if spoke.await.is_err() {
+        // The drive task reported why the connection ended before it
+        // dropped the socket.
+        let why = match lost.try_recv() {
+            Ok(Lost::Closed(Some(e))) => format!(": {}", describe_h2(&e)),
+            _ => String::new(),
+        };
+        return Err(Error::new(
             ErrorKind::Connect,
-            format!("{address}: connection closed before the server's HTTP/2 preface"),
-        )
-    })?;
+            format!("{address}: connection closed before the server's HTTP/2 preface{why}"),
+        ));
+    }
     Ok(Established {
         connection: Connection { sender },
         lost,
         _release: release,
     })
+}
+
+/// An HTTP/2 error in words, with TLS's reason when TLS ended the
+/// connection (a server that requires a client certificate says so only
+/// after the client's handshake is done, on the first read).
+fn describe_h2(e: &h2::Error) -> String {
+    #[cfg(feature = "tls")]
+    if let Some(reason) = super::tls::describe_ended(e) {
+        return reason;
+    }
+    e.to_string()
 }

@@ -17,12 +17,15 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 pub mod counting;
+pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod grpcio;
 pub mod h2frames;
 pub mod h2server;
 pub mod late_frames;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub mod proto {
     tonic::include_proto!("proto");
@@ -84,6 +87,27 @@ impl Simple for Service {
             value: format!("hello {data} from {}", self.addr),
         }))
     }
+}
+
+/// Serves `Simple` on every connection `incoming` yields (unix sockets,
+/// in-memory pipes), on the current runtime; returns its counters.
+pub fn serve_incoming<S, IO>(incoming: S) -> Arc<Stats>
+where
+    S: futures_core::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    let stats = Arc::new(Stats::default());
+    let service = Service {
+        addr: "0.0.0.0:0".parse().unwrap(),
+        stats: stats.clone(),
+        delay: Duration::ZERO,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SimpleServer::new(service))
+            .serve_with_incoming(incoming),
+    );
+    stats
 }
 
 /// A running backend. Dropping it kills it.
