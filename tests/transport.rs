@@ -213,3 +213,78 @@ async fn linux_abstract_socket_addresses_are_served() {
     .await
     .expect("bounded");
 }
+
+/// A tonic backend on 127.0.0.1 recording each call's headers.
+async fn recording_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<http::HeaderMap>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<_>| {
+        record.lock().unwrap().push(req.headers().clone());
+        req
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(support::simple_server(addr))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn calls_send_the_users_agent_then_ours() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (addr, seen) = recording_backend().await;
+        let plain = BalancedChannel::builder(format!("static:///{addr}"))
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        call(&plain, "plain").await.unwrap();
+        let named = BalancedChannel::builder(format!("static:///{addr}"))
+            .user_agent("inventory-service/2.1")
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        call(&named, "named").await.unwrap();
+        let agents: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h["user-agent"].to_str().unwrap().to_owned())
+            .collect();
+        let ours = format!("grpc-rust-tonic-balance/{}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            agents,
+            [ours.clone(), format!("inventory-service/2.1 {ours}")]
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn connections_leave_from_the_local_address_asked_for() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let local: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let _channel = BalancedChannel::builder(format!("static:///{addr}"))
+            .local_address(Some(local))
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .build()
+            .unwrap();
+        _channel
+            .wait_until_ready(Duration::from_millis(1))
+            .await
+            .ok();
+        let (_socket, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip(), local);
+    })
+    .await
+    .expect("bounded");
+}

@@ -16,6 +16,12 @@ use crate::subchannel::{BackoffConfig, ConnectConfig};
 use crate::transport::{Connector, Io, TargetHost};
 use crate::{ConnectivityState, Error, ErrorKind, Target};
 
+/// gRFC A8: the shortest keepalive interval a client may use.
+const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What calls send as `user-agent`, after the user's own string.
+const USER_AGENT: &str = concat!("grpc-rust-tonic-balance/", env!("CARGO_PKG_VERSION"));
+
 /// Options for a [`BalancedChannel`]. Every option has gRPC's default.
 ///
 /// ```no_run
@@ -40,6 +46,7 @@ pub struct BalancedChannelBuilder {
     defaults: CallDefaults,
     connect: ConnectConfig,
     authority: Option<String>,
+    user_agent: Option<String>,
     rng_seed: Option<u64>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::ClientTlsConfig>,
@@ -64,9 +71,11 @@ impl BalancedChannelBuilder {
                 wait_for_ready: false,
                 queue_timeout: Duration::from_secs(20),
                 timeout: None,
+                user_agent: http::HeaderValue::from_static(USER_AGENT),
             },
             connect: ConnectConfig::default(),
             authority: None,
+            user_agent: None,
             rng_seed: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -146,8 +155,29 @@ impl BalancedChannelBuilder {
     }
 
     /// Sends HTTP/2 pings every `interval` and drops a connection whose
-    /// ping is not answered within `timeout`.
+    /// ping is not answered within `timeout` (gRFC A8; off by default). An
+    /// interval below 10 s is raised to 10 s, with a warning, as gRFC A8
+    /// requires. A server that answers with GOAWAY(ENHANCE_YOUR_CALM,
+    /// "too_many_pings") doubles the interval of the channel's next
+    /// connections.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        if interval < MIN_KEEPALIVE_INTERVAL {
+            tracing::warn!(
+                ?interval,
+                "keepalive interval below gRPC's minimum of 10s: raised to 10s (gRFC A8)"
+            );
+        }
+        self.connect.transport.keepalive_interval = Some(interval.max(MIN_KEEPALIVE_INTERVAL));
+        self.connect.transport.keepalive_timeout = Some(timeout);
+        self
+    }
+
+    /// Test knob: [`keepalive`](Self::keepalive) without gRPC's 10 s
+    /// minimum, for tests that need a dead connection found in
+    /// milliseconds. Never use it against a real server: gRPC servers
+    /// close connections that ping this often.
+    #[doc(hidden)]
+    pub fn keepalive_without_minimum(mut self, interval: Duration, timeout: Duration) -> Self {
         self.connect.transport.keepalive_interval = Some(interval);
         self.connect.transport.keepalive_timeout = Some(timeout);
         self
@@ -198,6 +228,66 @@ impl BalancedChannelBuilder {
         self
     }
 
+    /// The HTTP/2 stream flow-control window (SETTINGS_INITIAL_WINDOW_SIZE),
+    /// in bytes; default 2 MiB, as tonic's `Channel` (hyper). BDP-based
+    /// window growth (hyper's `http2_adaptive_window`) is not provided:
+    /// set the windows for your bandwidth-delay product instead.
+    pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.stream_window = bytes;
+        self
+    }
+
+    /// The HTTP/2 connection flow-control window, in bytes; default 5 MiB,
+    /// as tonic's `Channel` (hyper).
+    pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.connection_window = bytes;
+        self
+    }
+
+    /// The largest HTTP/2 frame the server may send
+    /// (SETTINGS_MAX_FRAME_SIZE), 16 KiB to 16 MiB - 1; default 16 KiB.
+    pub fn max_frame_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.max_frame_size = bytes;
+        self
+    }
+
+    /// The largest response header list accepted
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE), in bytes; default 16 KiB, as
+    /// tonic's `Channel` (hyper).
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.max_header_list_size = bytes;
+        self
+    }
+
+    /// TCP_NODELAY on every TCP connection (default on, as tonic).
+    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
+        self.connect.transport.socket.nodelay = enabled;
+        self
+    }
+
+    /// TCP keepalive probes after `idle` without traffic (default off, as
+    /// tonic).
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.connect.transport.socket.keepalive = idle;
+        self
+    }
+
+    /// Connects from this local IP address (the port is the system's
+    /// choice); only addresses of its family are dialled.
+    pub fn local_address(mut self, address: Option<std::net::IpAddr>) -> Self {
+        self.connect.transport.socket.local_address = address;
+        self
+    }
+
+    /// Your own `user-agent` string: calls send
+    /// `<yours> grpc-rust-tonic-balance/<version>` (gRPC's user-agent
+    /// convention), or only the latter without one. A request that already
+    /// carries a `user-agent` (set by a layer) keeps it.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
     /// Fixes the seed of every random choice (start index, shuffles,
     /// backoff jitter), for reproducible tests.
     pub fn rng_seed(mut self, seed: u64) -> Self {
@@ -230,6 +320,16 @@ impl BalancedChannelBuilder {
         let balancer = policy
             .builder
             .build(&policy.config, &BuildOptions::new(target.clone(), seed))?;
+        let mut defaults = self.defaults.clone();
+        if let Some(yours) = &self.user_agent {
+            defaults.user_agent = format!("{yours} {USER_AGENT}").parse().map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config,
+                    format!("invalid user agent {yours:?}"),
+                    e,
+                )
+            })?;
+        }
         let mut connect = self.connect.clone();
         connect.rng_seed = seed;
         connect.transport.authority = self.parse_authority()?;
@@ -273,7 +373,7 @@ impl BalancedChannelBuilder {
                 target,
                 picker,
                 requests: requests_tx,
-                defaults: self.defaults,
+                defaults,
             }),
         })
     }
@@ -342,5 +442,25 @@ impl fmt::Debug for BalancedChannelBuilder {
             .field("target", &self.target)
             .field("defaults", &self.defaults)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keepalive_interval_below_ten_seconds_is_raised_to_ten() {
+        let timeout = Duration::from_secs(20);
+        let short = BalancedChannelBuilder::new("t").keepalive(Duration::from_secs(1), timeout);
+        assert_eq!(
+            short.connect.transport.keepalive_interval,
+            Some(Duration::from_secs(10))
+        );
+        let long = BalancedChannelBuilder::new("t").keepalive(Duration::from_secs(60), timeout);
+        assert_eq!(
+            long.connect.transport.keepalive_interval,
+            Some(Duration::from_secs(60))
+        );
     }
 }

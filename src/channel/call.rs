@@ -110,7 +110,7 @@ async fn pick_and_send(
     queue_deadline: Option<Instant>,
     progress: &mut Progress,
 ) -> Result<Sent, Status> {
-    let mut outgoing = Outgoing::new(req);
+    let mut outgoing = Outgoing::new(req, &shared.defaults.user_agent);
     let mut repicks = 0;
     loop {
         let (generation, decision) = pick(shared, &mut outgoing)?;

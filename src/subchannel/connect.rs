@@ -505,7 +505,8 @@ mod tests {
                 let request = http::Request::post("http://test/echo.Echo/Unary")
                     .body(tonic::body::Body::empty())
                     .unwrap();
-                let mut outgoing = transport::Outgoing::new(request);
+                let user_agent = http::HeaderValue::from_static("test");
+                let mut outgoing = transport::Outgoing::new(request, &user_agent);
                 let opened = connection.send(&mut outgoing, &address).await;
                 opened
                     .map(|o| o.status())
@@ -522,6 +523,83 @@ mod tests {
             respond.send(()).unwrap();
             let response = call.await.unwrap().unwrap();
             assert_eq!(response, http::StatusCode::OK);
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn keepalive_still_protects_the_calls_open_on_a_draining_connection() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (go_away, go_away_sent) = oneshot::channel::<()>();
+            let addr = h2_server(|mut connection| async move {
+                let (_request, _reply) = connection.accept().await.unwrap().unwrap();
+                // GOAWAY, then silence: the open call's server is gone
+                // without closing the socket, and no PING is answered.
+                connection.graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_millis(50), connection.accept()).await;
+                let _ = go_away.send(());
+                let _hold = connection;
+                std::future::pending::<()>().await;
+            })
+            .await;
+            let (sc, mut rx) = ready(addr, keepalive(100, 200)).await;
+            let connection = sc.connection().unwrap();
+            let address = sc.address().clone();
+            let call = tokio::spawn(async move {
+                let request = http::Request::post("http://test/echo.Echo/Unary")
+                    .body(tonic::body::Body::empty())
+                    .unwrap();
+                let user_agent = http::HeaderValue::from_static("test");
+                let mut outgoing = transport::Outgoing::new(request, &user_agent);
+                connection.send(&mut outgoing, &address).await.map(|_| ())
+            });
+            go_away_sent.await.unwrap();
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, ConnectivityState::Idle);
+            // The call open on the draining connection ends when keepalive
+            // finds the server dead, not never.
+            let ended = call.await.unwrap();
+            assert!(ended.is_err(), "the call failed");
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn too_many_pings_doubles_the_keepalive_interval_of_the_channel() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut preface = [0u8; 24];
+                socket.read_exact(&mut preface).await.unwrap();
+                socket
+                    .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+                    .await
+                    .unwrap();
+                // GOAWAY(last_stream_id 0, ENHANCE_YOUR_CALM, "too_many_pings"),
+                // as gRPC servers send it.
+                let debug = b"too_many_pings";
+                let mut goaway = vec![0, 0, (8 + debug.len()) as u8, 0x7, 0, 0, 0, 0, 0];
+                goaway.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0xb]);
+                goaway.extend_from_slice(debug);
+                socket.write_all(&goaway).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let config = keepalive(100, 200);
+            let (_sc, mut rx) = ready(addr, config.clone()).await;
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, ConnectivityState::Idle);
+            let error = event.state.error.unwrap().to_string();
+            assert!(error.contains("too_many_pings"), "{error}");
+            assert_eq!(config.transport.too_many_pings.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                config.transport.keepalive_interval_now(),
+                Some(Duration::from_millis(200))
+            );
         })
         .await
         .expect("bounded");

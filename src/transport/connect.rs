@@ -2,6 +2,8 @@
 //! connector), then TLS if configured, then the preface watch and the
 //! HTTP/2 handshake; READY once the server's preface arrived.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -9,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
 use super::dial::{self, Connector, Dialled, SocketOptions};
-use super::http2::{self, Keepalive, Lost};
+use super::http2::{self, Http2Settings, Keepalive, Lost};
 use super::origin::{self, Origin, TargetHost};
 use super::preface::PrefaceWatch;
 use super::Connection;
@@ -29,7 +31,12 @@ pub(crate) struct Settings {
     /// The one host the target names, if it names one (TLS server name).
     pub(crate) target_host: Option<TargetHost>,
     pub(crate) socket: SocketOptions,
+    pub(crate) http2: Http2Settings,
     pub(crate) connector: Option<Connector>,
+    /// How many times a server of this channel answered our pings with
+    /// GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"): each doubles the
+    /// keepalive interval of the channel's next connections (gRFC A8).
+    pub(crate) too_many_pings: Arc<AtomicU32>,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<super::tls::TlsConnector>,
 }
@@ -49,9 +56,16 @@ impl Settings {
         )
     }
 
+    /// The keepalive interval a new connection uses now.
+    #[cfg(test)]
+    pub(crate) fn keepalive_interval_now(&self) -> Option<Duration> {
+        self.keepalive().map(|k| k.interval)
+    }
+
     fn keepalive(&self) -> Option<Keepalive> {
+        let doublings = self.too_many_pings.load(Ordering::Acquire).min(16);
         self.keepalive_interval.map(|interval| Keepalive {
-            interval,
+            interval: interval.saturating_mul(1 << doublings),
             timeout: self.keepalive_timeout.unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
             while_idle: self.keepalive_while_idle,
         })
@@ -126,7 +140,7 @@ where
         )
     };
     let (io, spoke) = PrefaceWatch::new(io);
-    let (sender, connection) = http2::handshake(io).await.map_err(failed)?;
+    let (sender, connection) = http2::handshake(io, settings.http2).await.map_err(failed)?;
     let (release, released) = oneshot::channel();
     let (lost_tx, mut lost) = oneshot::channel();
     tokio::spawn(http2::drive(
@@ -135,6 +149,7 @@ where
         settings.keepalive(),
         released,
         lost_tx,
+        settings.too_many_pings.clone(),
     ));
     // READY only once the server has sent its preface (see `preface`). The
     // socket is dropped, failing `spoke`, when the connection ends first.

@@ -54,7 +54,7 @@ use tonic::{Code, Status};
 use crate::Address;
 use replay::BodySource;
 
-use super::http2::{InFlight, Sender};
+use super::http2::{is_stream_id_overflow, InFlight, Sender};
 
 /// Why a call attempt did not get its response headers. The request stays
 /// with the caller ([`Outgoing`]) for the next attempt.
@@ -131,6 +131,12 @@ pub(crate) async fn send(
             // The connection failed or was told to go away before this
             // stream existed: nothing was written for it.
             Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
+            // No stream id left on this connection: the call never left;
+            // the connection drains and the call is picked again.
+            Err(e) if is_stream_id_overflow(&e) => {
+                sender.ran_out_of_stream_ids();
+                return Err(SendError::Unsent);
+            }
             Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
         };
     drop(sender);

@@ -65,7 +65,7 @@ impl Drop for InFlight {
 }
 
 #[derive(Clone)]
-struct Service {
+pub struct Service {
     addr: SocketAddr,
     stats: Arc<Stats>,
     delay: Duration,
@@ -87,6 +87,15 @@ impl Simple for Service {
             value: format!("hello {data} from {}", self.addr),
         }))
     }
+}
+
+/// A `Simple` service answering as a backend on `addr` would.
+pub fn simple_server(addr: SocketAddr) -> SimpleServer<Service> {
+    SimpleServer::new(Service {
+        addr,
+        stats: Arc::default(),
+        delay: Duration::ZERO,
+    })
 }
 
 /// Serves `Simple` on every connection `incoming` yields (unix sockets,

@@ -37,10 +37,14 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     /// Takes the call's request, without the connection-specific headers
-    /// HTTP/2 forbids (see [`strip_connection_headers`]).
-    pub(crate) fn new(request: Request<Body>) -> Self {
+    /// HTTP/2 forbids (see [`strip_connection_headers`]), with
+    /// `user_agent` unless it carries a `user-agent` already.
+    pub(crate) fn new(request: Request<Body>, user_agent: &HeaderValue) -> Self {
         let (mut head, body) = request.into_parts();
         strip_connection_headers(&mut head.headers);
+        if let http::header::Entry::Vacant(entry) = head.headers.entry(http::header::USER_AGENT) {
+            entry.insert(user_agent.clone());
+        }
         Outgoing {
             head,
             body: BodySource::new(body),
@@ -340,16 +344,21 @@ mod tests {
             headers.insert(name, HeaderValue::from_static(value));
         }
         headers.insert(TE, HeaderValue::from_static("trailers"));
-        let outgoing = Outgoing::new(request);
+        let outgoing = Outgoing::new(request, &HeaderValue::from_static("ua"));
         let mut names: Vec<_> = outgoing.headers().keys().map(|n| n.as_str()).collect();
         names.sort_unstable();
-        assert_eq!(names, ["content-type", "te"]);
+        assert_eq!(names, ["content-type", "te", "user-agent"]);
 
         let mut request = Request::new(Body::empty());
         request
             .headers_mut()
             .insert(TE, HeaderValue::from_static("gzip"));
-        assert!(Outgoing::new(request).headers().is_empty());
+        let ua = HeaderValue::from_static("ua");
+        let stripped = Outgoing::new(request, &ua);
+        assert_eq!(
+            stripped.headers().keys().collect::<Vec<_>>(),
+            ["user-agent"]
+        );
     }
 
     #[test]
