@@ -228,6 +228,21 @@ impl BalancedChannelBuilder {
         self
     }
 
+    /// How many HTTP/2 connections each subchannel keeps to its address
+    /// (default 1). With n > 1 all n are opened when the subchannel
+    /// connects, each reconnects on its own backoff, the subchannel is
+    /// READY while any is, and a call takes the one with the fewest calls
+    /// in flight that is below the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    /// A lost connection (closed, GOAWAY) is replaced without failing the
+    /// calls on the others. Use it for a service behind one virtual IP (a
+    /// cloud load balancer, a Kubernetes ClusterIP) so that n connections
+    /// reach it, or to spread one backend's calls over several
+    /// connections on a many-core client. 0 is taken as 1.
+    pub fn connections_per_address(mut self, n: usize) -> Self {
+        self.connect.connections_per_address = n.max(1);
+        self
+    }
+
     /// The HTTP/2 stream flow-control window (SETTINGS_INITIAL_WINDOW_SIZE),
     /// in bytes; default 2 MiB, as tonic's `Channel` (hyper). BDP-based
     /// window growth (hyper's `http2_adaptive_window`) is not provided:

@@ -21,6 +21,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) backoff: BackoffConfig,
     pub(crate) transport: transport::Settings,
     pub(crate) rng_seed: u64,
+    /// HTTP/2 connections per subchannel (see `pool`); 0 or 1: one.
+    pub(crate) connections_per_address: usize,
 }
 
 /// A state change of subchannel `id`, for the control task.
@@ -115,14 +117,14 @@ pub(crate) async fn run(
     }
 }
 
-fn timed_out(link: &Link, after: Duration) -> Error {
+pub(super) fn timed_out(link: &Link, after: Duration) -> Error {
     Error::new(
         ErrorKind::Connect,
         format!("{}: connect timed out after {after:?}", link.address),
     )
 }
 
-fn connection_lost(link: &Link, reason: Option<Lost>) -> Error {
+pub(super) fn connection_lost(link: &Link, reason: Option<Lost>) -> Error {
     let message = match reason {
         Some(lost) => format!("{}: connection {lost}", link.address),
         None => format!("{}: connection closed", link.address),

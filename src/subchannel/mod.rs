@@ -48,6 +48,7 @@
 //! resolver's set keeps its connection across updates and policy changes.
 
 mod connect;
+mod pool;
 
 pub use crate::backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
@@ -92,6 +93,8 @@ pub(crate) struct Link {
     address: Address,
     origin: Origin,
     connection: ArcSwapOption<Connection>,
+    /// The READY connections of a pool (`connections_per_address(n > 1)`).
+    pool: ArcSwapOption<Vec<Connection>>,
     /// The state as the control task last saw it (the balancer's view).
     state: AtomicU8,
     connect: Notify,
@@ -112,7 +115,10 @@ impl Subchannel {
     ) -> Result<Subchannel, Error> {
         let origin = config.transport.origin_for(&address)?;
         let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
-        tokio::spawn(connect::run(link, config, events, shutdown));
+        match config.connections_per_address {
+            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown)),
+            n => tokio::spawn(pool::run(link, config, events, shutdown, n)),
+        };
         Ok(subchannel)
     }
 
@@ -126,6 +132,7 @@ impl Subchannel {
             address,
             origin,
             connection: ArcSwapOption::empty(),
+            pool: ArcSwapOption::empty(),
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             connect: Notify::new(),
             connect_requested: AtomicBool::new(false),
@@ -190,9 +197,21 @@ impl Subchannel {
         weak.upgrade().map(|inner| Subchannel { inner })
     }
 
-    /// A clone of the READY connection's handle, if there is one.
+    /// A clone of the READY connection's handle, if there is one; in a
+    /// pool, the one with the fewest calls in flight among those below the
+    /// server's stream limit (else the least loaded).
     pub(crate) fn connection(&self) -> Option<Connection> {
-        self.inner.link.connection.load().as_deref().cloned()
+        let link = &self.inner.link;
+        if let Some(connection) = link.connection.load().as_deref() {
+            return Some(connection.clone());
+        }
+        let pool = link.pool.load();
+        let pool = pool.as_deref()?;
+        let load = |c: &&Connection| {
+            let in_flight = c.in_flight();
+            (in_flight >= c.max_concurrent_streams(), in_flight)
+        };
+        pool.iter().min_by_key(load).cloned()
     }
 
     /// The scheme, `:authority` and TLS server name of calls to it.

@@ -77,14 +77,12 @@ impl Connection {
     }
 
     /// The server's SETTINGS_MAX_CONCURRENT_STREAMS, as `h2` applies it.
-    #[allow(dead_code)] // used by pools
     pub(crate) fn max_concurrent_streams(&self) -> usize {
         self.sender.max_concurrent_streams()
     }
 
     /// The calls in flight on this connection (streams opened whose call
     /// has not ended), counted by this crate.
-    #[allow(dead_code)] // used by pools
     pub(crate) fn in_flight(&self) -> usize {
         self.sender.in_flight()
     }

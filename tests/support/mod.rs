@@ -148,7 +148,24 @@ impl Backend {
         Backend::start_configured("127.0.0.1:0".parse().unwrap(), Duration::ZERO, Some(age))
     }
 
+    /// Starts a backend that allows `limit` concurrent streams per
+    /// connection (SETTINGS_MAX_CONCURRENT_STREAMS) and answers each call
+    /// after `delay`.
+    pub fn start_with_stream_limit(limit: u32, delay: Duration) -> Backend {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Backend::start_full(addr, delay, None, Some(limit))
+    }
+
     fn start_configured(addr: SocketAddr, delay: Duration, max_age: Option<Duration>) -> Backend {
+        Backend::start_full(addr, delay, max_age, None)
+    }
+
+    fn start_full(
+        addr: SocketAddr,
+        delay: Duration,
+        max_age: Option<Duration>,
+        stream_limit: Option<u32>,
+    ) -> Backend {
         let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -172,6 +189,9 @@ impl Backend {
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(age) = max_age {
                     builder = builder.max_connection_age(age);
+                }
+                if let Some(limit) = stream_limit {
+                    builder = builder.max_concurrent_streams(limit);
                 }
                 builder
                     .add_service(SimpleServer::new(service))
