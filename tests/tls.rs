@@ -266,3 +266,45 @@ fn bad_pem_is_an_error_at_build_that_names_it() {
         assert!(error.to_string().contains("CA certificate"), "{error}");
     });
 }
+
+#[tokio::test]
+async fn tls_runs_on_top_of_the_users_connector() {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(TEST_LIMIT, async {
+        let ca = Ca::new("test CA");
+        let leaf = ca.leaf(&["memory.test"]);
+        let (to_server, accepted) = tokio::sync::mpsc::channel::<support::Piped>(16);
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&leaf.cert, &leaf.key));
+        let incoming =
+            tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok::<_, std::io::Error>);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(support::simple_server(any_port()))
+                .serve_with_incoming(incoming),
+        );
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let to_server = to_server.clone();
+            async move {
+                let (client, server) = tokio::io::duplex(64 * 1024);
+                to_server
+                    .send(support::Piped(server))
+                    .await
+                    .map_err(|_| std::io::Error::other("the in-memory server is gone"))?;
+                Ok::<_, std::io::Error>(client)
+            }
+        });
+        // The name comes from the target; the bytes go through memory.
+        let channel = BalancedChannel::builder("static:///memory.test:443")
+            .connector(connector)
+            .tls(ClientTlsConfig::new().ca_certificate(ca.pem.clone()))
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        call(&channel, "in memory").await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}

@@ -62,50 +62,10 @@ async fn call(channel: &BalancedChannel, data: &str) -> Result<String, tonic::St
     Ok(reply.into_inner().value)
 }
 
-/// An in-memory pipe as a server connection (tonic asks who connected).
-struct Piped(tokio::io::DuplexStream);
-
-impl tonic::transport::server::Connected for Piped {
-    type ConnectInfo = ();
-    fn connect_info(&self) {}
-}
-
-impl tokio::io::AsyncRead for Piped {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Piped {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 #[tokio::test]
 async fn an_in_memory_connector_serves_calls_with_no_socket_at_all() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let (to_server, accepted) = tokio::sync::mpsc::channel::<Piped>(16);
+        let (to_server, accepted) = tokio::sync::mpsc::channel::<support::Piped>(16);
         let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted).map(Ok);
         let stats = support::serve_incoming(incoming);
         let dialled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -116,7 +76,7 @@ async fn an_in_memory_connector_serves_calls_with_no_socket_at_all() {
             async move {
                 let (client, server) = tokio::io::duplex(64 * 1024);
                 to_server
-                    .send(Piped(server))
+                    .send(support::Piped(server))
                     .await
                     .map_err(|_| std::io::Error::other("the in-memory server is gone"))?;
                 Ok::<_, std::io::Error>(client)

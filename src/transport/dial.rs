@@ -123,6 +123,7 @@ pub(crate) async fn dial(address: &Address, options: &SocketOptions) -> Result<D
         let io = tokio::net::UnixStream::connect(path).await.map_err(fail)?;
         return Ok(Dialled::Unix(io));
     }
+    #[cfg(unix)]
     if let Some(name) = addr.strip_prefix("unix-abstract:") {
         return abstract_socket(name).await.map(Dialled::Unix).map_err(fail);
     }
@@ -189,7 +190,7 @@ fn abstract_socket(
     })
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 fn abstract_socket(
     _name: &str,
 ) -> Pin<Box<dyn Future<Output = std::io::Result<tokio::net::UnixStream>> + Send>> {
