@@ -8,7 +8,12 @@
 //! ```text
 //! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
 //!     --policy round_robin --requests 8 --verbose
+//! cargo run --features tls --example client -- --target dns:///localhost:8443 \
+//!     --tls-ca ca.pem [--tls-cert client.pem --tls-key client.key] [--tls-server-name NAME]
 //! ```
+//!
+//! It exits with status 1 when any call failed (2 for bad flags), so a
+//! script can rely on it.
 
 mod common;
 
@@ -22,7 +27,9 @@ use common::proto::SimpleRequest;
 use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
 const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] [--requests N] \
-[--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose]";
+[--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] \
+[--connections-per-address N] [--user-agent S] \
+[--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] (TLS: --features tls)";
 
 struct Options {
     target: String,
@@ -33,6 +40,24 @@ struct Options {
     timeout: Duration,
     wait_for_ready: bool,
     verbose: bool,
+    connections_per_address: usize,
+    user_agent: Option<String>,
+    tls: Tls,
+}
+
+/// The TLS flags, as given.
+#[derive(Default)]
+struct Tls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    server_name: Option<String>,
+}
+
+impl Tls {
+    fn wanted(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.server_name.is_some()
+    }
 }
 
 #[derive(Default)]
@@ -52,10 +77,51 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(options).await {
-        eprintln!("client: {e}");
-        std::process::exit(1);
+    match run(options).await {
+        Ok(0) => {}
+        Ok(failed) => {
+            eprintln!("client: {failed} call(s) failed");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("client: {e}");
+            std::process::exit(1);
+        }
     }
+}
+
+/// `--tls-*` onto the builder.
+#[cfg(feature = "tls")]
+fn with_tls(
+    builder: tonic_balance::BalancedChannelBuilder,
+    tls: &Tls,
+) -> Result<tonic_balance::BalancedChannelBuilder, Box<dyn std::error::Error>> {
+    if !tls.wanted() {
+        return Ok(builder);
+    }
+    let read = |path: &str| std::fs::read(path).map_err(|e| format!("{path}: {e}"));
+    let mut config = tonic_balance::ClientTlsConfig::new();
+    if let Some(ca) = &tls.ca {
+        config = config.ca_certificate(read(ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        config = config.identity(read(cert)?, read(key)?);
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.server_name(name);
+    }
+    Ok(builder.tls(config))
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    builder: tonic_balance::BalancedChannelBuilder,
+    tls: &Tls,
+) -> Result<tonic_balance::BalancedChannelBuilder, Box<dyn std::error::Error>> {
+    if tls.wanted() {
+        return Err("the --tls-* flags need the crate's `tls` feature (--features tls)".into());
+    }
+    Ok(builder)
 }
 
 fn parse() -> Result<Option<Options>, String> {
@@ -72,16 +138,32 @@ fn parse() -> Result<Option<Options>, String> {
         timeout: Duration::from_millis(args.parsed("--timeout-ms", 10_000)?),
         wait_for_ready: args.flag("--wait-for-ready"),
         verbose: args.flag("--verbose"),
+        connections_per_address: args.parsed("--connections-per-address", 1)?,
+        user_agent: args.value("--user-agent")?,
+        tls: Tls {
+            ca: args.value("--tls-ca")?,
+            cert: args.value("--tls-cert")?,
+            key: args.value("--tls-key")?,
+            server_name: args.value("--tls-server-name")?,
+        },
     };
+    if options.tls.cert.is_some() != options.tls.key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
     args.finish()?;
     Ok(Some(options))
 }
 
-async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
-    let channel = BalancedChannel::builder(&options.target)
+/// Runs the calls; returns how many failed.
+async fn run(options: Options) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut builder = BalancedChannel::builder(&options.target)
         .balancer(&options.policy)
         .wait_for_ready(options.wait_for_ready)
-        .build()?;
+        .connections_per_address(options.connections_per_address);
+    if let Some(user_agent) = &options.user_agent {
+        builder = builder.user_agent(user_agent);
+    }
+    let channel = with_tls(builder, &options.tls)?.build()?;
     let options = Arc::new(options);
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -95,8 +177,9 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         w.await?;
     }
     let tally = std::mem::take(&mut *tally.lock().map_err(|_| "a worker panicked")?);
+    let failed = tally.errors.values().sum::<u64>();
     println!("{}", summary(tally));
-    Ok(())
+    Ok(failed)
 }
 
 async fn worker(

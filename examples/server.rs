@@ -16,6 +16,14 @@
 //! cargo run --example client -- --target etcd://127.0.0.1:2379//grpclb/simple_grpc \
 //!     --policy round_robin --requests 8
 //! ```
+//!
+//! With `--tls-cert FILE --tls-key FILE` it serves TLS (ALPN h2), and with
+//! `--tls-client-ca FILE` requires client certificates signed by that CA
+//! (mutual TLS). `--addr unix:PATH` serves on a unix socket. Accepted TCP
+//! sockets get TCP_NODELAY: the server serves from its own listener, so
+//! tonic's `tcp_nodelay` does not apply, and without it a small response
+//! can wait for Nagle's algorithm (a fresh client's first call sometimes
+//! took 40 ms).
 
 mod common;
 
@@ -23,9 +31,11 @@ use std::net::SocketAddr;
 
 use common::proto::simple_server::SimpleServer;
 use common::Greeter;
+use tokio_stream::StreamExt;
 
-const USAGE: &str = "usage: server --addr HOST:PORT [--etcd HOST:PORT[,HOST:PORT...]] \
-[--prefix PREFIX (default /grpclb/simple_grpc/)] [--ttl SECONDS (default 10)] [--metadata JSON]";
+const USAGE: &str = "usage: server --addr HOST:PORT|unix:PATH [--etcd HOST:PORT[,HOST:PORT...]] \
+[--prefix PREFIX (default /grpclb/simple_grpc/)] [--ttl SECONDS (default 10)] [--metadata JSON] \
+[--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]";
 
 #[tokio::main]
 async fn main() {
@@ -50,7 +60,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("{USAGE}");
         return Ok(());
     }
-    let addr: SocketAddr = args.parsed("--addr", "127.0.0.1:50051".parse()?)?;
+    let addr = args.parsed("--addr", "127.0.0.1:50051".to_owned())?;
     let etcd = match args.value("--etcd")? {
         Some(endpoints) => Some(EtcdOptions {
             endpoints,
@@ -60,8 +70,24 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }),
         None => None,
     };
+    let tls = tls_config(
+        args.value("--tls-cert")?,
+        args.value("--tls-key")?,
+        args.value("--tls-client-ca")?,
+    )?;
     args.finish()?;
 
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    if let Some(path) = addr.strip_prefix("unix:") {
+        if etcd.is_some() {
+            return Err("--etcd registers a TCP address; not with --addr unix:PATH".into());
+        }
+        return serve_unix(server, path).await;
+    }
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -71,8 +97,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         Some(etcd) => Some(register(addr, etcd).await?),
         None => None,
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|socket| {
+        // Responses are small: do not hold them for Nagle's algorithm.
+        socket.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    server
         .add_service(SimpleServer::new(Greeter { addr, log: true }))
         .serve_with_incoming_shutdown(incoming, async {
             shutdown_signal().await;
@@ -84,6 +115,61 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("{addr}: stopped");
     Ok(())
+}
+
+/// Serves on the unix socket at `path` (removed first if it exists).
+#[cfg(unix)]
+async fn serve_unix(
+    mut server: tonic::transport::Server,
+    path: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on unix:{path}: {e}"))?;
+    println!("serving Simple on unix:{path}");
+    let addr: SocketAddr = "0.0.0.0:0".parse()?;
+    server
+        .add_service(SimpleServer::new(Greeter { addr, log: true }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown_signal(),
+        )
+        .await?;
+    let _ = std::fs::remove_file(path);
+    println!("unix:{path}: stopped");
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn serve_unix(
+    _server: tonic::transport::Server,
+    _path: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    Err("unix sockets need a unix system".into())
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-client-ca` as tonic's TLS config.
+fn tls_config(
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &str| std::fs::read(path).map_err(|e| format!("{path}: {e}"));
+    let (cert, key) = match (cert, key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if client_ca.is_none() => return Ok(None),
+        _ => {
+            return Err(
+                "--tls-cert and --tls-key go together (and --tls-client-ca needs both)".into(),
+            )
+        }
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(&cert)?, read(&key)?));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(&ca)?));
+    }
+    Ok(Some(tls))
 }
 
 #[cfg(feature = "etcd")]

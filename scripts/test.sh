@@ -32,6 +32,10 @@ echo "== each optional feature alone"
 cargo check --lib --no-default-features
 cargo check --lib --no-default-features --features dns
 cargo check --lib --no-default-features --features etcd
+cargo check --lib --no-default-features --features discover
+cargo check --lib --no-default-features --features tls
+cargo check --lib --no-default-features --features tls-native-roots
+cargo check --lib --no-default-features --features tls-webpki-roots
 echo "== cargo doc (warnings are errors: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== cargo test"

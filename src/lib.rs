@@ -53,6 +53,7 @@ pub mod registration;
 pub mod resolver;
 pub mod subchannel;
 pub mod target;
+pub mod transport;
 
 pub use address::{Address, Attributes};
 pub use channel::{BalancedChannel, BalancedChannelBuilder, Peer, WaitForReady};
@@ -61,3 +62,5 @@ pub use error::{Error, ErrorKind};
 pub use picker::{PickResult, Picker};
 pub use subchannel::Subchannel;
 pub use target::Target;
+#[cfg(feature = "tls")]
+pub use transport::ClientTlsConfig;

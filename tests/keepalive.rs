@@ -41,7 +41,7 @@ async fn a_frozen_backend_is_dropped_by_keepalive_and_calls_go_to_the_healthy_on
     let channel = BalancedChannel::builder(format!("static:///{},{}", frozen.addr, healthy.addr))
         .balancer("round_robin")
         .backoff(fast_backoff())
-        .keepalive(INTERVAL, TIMEOUT)
+        .keepalive_without_minimum(INTERVAL, TIMEOUT)
         .connect(Duration::from_secs(10))
         .await
         .expect("READY");

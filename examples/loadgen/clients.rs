@@ -4,6 +4,8 @@
 //! - `tonic-balance_list`: `Channel::balance_list` over every backend;
 //! - `ours-round_robin` / `ours-pick_first`: a `BalancedChannel` on
 //!   `static:///a,b,c`;
+//! - `ours-round_robin-pool4` (only when asked for): the same with 4
+//!   connections per backend (`connections_per_address(4)`);
 //! - `hyper-round_robin`: one raw hyper HTTP/2 connection per backend and a
 //!   shared counter that rotates over them: no balancer, no tower, no tonic
 //!   codec; the gRPC frame is encoded once with prost. The ceiling for a
@@ -15,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -40,6 +42,28 @@ pub enum Kind {
     OursPickFirst,
     HyperRoundRobin,
     H2RoundRobin,
+    OursPool,
+}
+
+/// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
+/// (self-signed, made at start-up with rcgen) that every client trusts.
+pub struct TlsMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Set when the run uses TLS.
+pub static TLS: OnceLock<TlsMaterial> = OnceLock::new();
+
+impl TlsMaterial {
+    pub fn generate() -> Result<TlsMaterial, BoxError> {
+        let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let certified = rcgen::generate_simple_self_signed(names)?;
+        Ok(TlsMaterial {
+            cert_pem: certified.cert.pem(),
+            key_pem: certified.signing_key.serialize_pem(),
+        })
+    }
 }
 
 impl Kind {
@@ -61,11 +85,15 @@ impl Kind {
             Kind::OursPickFirst => "ours-pick_first",
             Kind::HyperRoundRobin => "hyper-round_robin",
             Kind::H2RoundRobin => "h2-round_robin",
+            Kind::OursPool => "ours-round_robin-pool4",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+        Kind::ALL
+            .into_iter()
+            .chain([Kind::OursPool])
+            .find(|k| k.name() == name)
     }
 }
 
@@ -87,7 +115,16 @@ impl Client {
     /// Connects `kind` to the backends at `addrs`, waiting (at most 5 s)
     /// until it can send.
     pub async fn connect(kind: Kind, addrs: &[SocketAddr]) -> Result<Client, BoxError> {
-        let endpoint = |a: &SocketAddr| Endpoint::from_shared(format!("http://{a}"));
+        let tls = TLS.get();
+        let endpoint = |a: &SocketAddr| -> Result<Endpoint, BoxError> {
+            let Some(tls) = tls else {
+                return Ok(Endpoint::from_shared(format!("http://{a}"))?);
+            };
+            let config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.cert_pem))
+                .domain_name("localhost");
+            Ok(Endpoint::from_shared(format!("https://{a}"))?.tls_config(config)?)
+        };
         let static_target = || {
             let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             format!("static:///{}", list.join(","))
@@ -102,17 +139,21 @@ impl Client {
                 let list = addrs.iter().map(endpoint).collect::<Result<Vec<_>, _>>()?;
                 Client::Tonic(SimpleClient::new(Channel::balance_list(list.into_iter())))
             }
-            Kind::OursRoundRobin | Kind::OursPickFirst => {
-                let policy = if kind == Kind::OursRoundRobin {
-                    "round_robin"
-                } else {
+            Kind::OursRoundRobin | Kind::OursPickFirst | Kind::OursPool => {
+                let policy = if kind == Kind::OursPickFirst {
                     "pick_first"
+                } else {
+                    "round_robin"
                 };
-                let channel = BalancedChannel::builder(static_target())
+                let pool = if kind == Kind::OursPool { 4 } else { 1 };
+                let builder = BalancedChannel::builder(static_target())
                     .balancer(policy)
-                    .connect(wait)
-                    .await?;
+                    .connections_per_address(pool);
+                let channel = with_tls(builder, tls)?.connect(wait).await?;
                 Client::Ours(SimpleClient::new(channel))
+            }
+            Kind::HyperRoundRobin | Kind::H2RoundRobin if tls.is_some() => {
+                return Err(format!("{} has no TLS", kind.name()).into())
             }
             Kind::HyperRoundRobin => {
                 Client::Hyper(Arc::new(HyperRoundRobin::connect(addrs).await?))
@@ -136,6 +177,31 @@ impl Client {
             Ok(code) => usize::try_from(code).map_err(|_| format!("bad backend index {code}")),
             Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
         }
+    }
+}
+
+/// TLS on our channel, trusting the run's certificate.
+#[cfg(feature = "tls")]
+fn with_tls(
+    builder: tonic_balance::BalancedChannelBuilder,
+    tls: Option<&TlsMaterial>,
+) -> Result<tonic_balance::BalancedChannelBuilder, BoxError> {
+    Ok(match tls {
+        Some(tls) => {
+            builder.tls(tonic_balance::ClientTlsConfig::new().ca_certificate(tls.cert_pem.clone()))
+        }
+        None => builder,
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    builder: tonic_balance::BalancedChannelBuilder,
+    tls: Option<&TlsMaterial>,
+) -> Result<tonic_balance::BalancedChannelBuilder, BoxError> {
+    match tls {
+        Some(_) => Err("--tls on needs the crate's tls feature (--features tls)".into()),
+        None => Ok(builder),
     }
 }
 

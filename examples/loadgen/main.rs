@@ -8,7 +8,11 @@
 //!     [--scenario throughput|failover|cancel-storm|all] [--concurrency 1,16,64] \
 //!     [--duration 3s] [--warmup 1s] [--rounds 3] [--clients a,b,...] \
 //!     [--failover-concurrency 16] \
-//!     [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms]
+//!     [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms] \
+//!     [--tls on]   # TLS backends and clients (build with --features tls)
+//!
+//! Clients beyond the default set: `ours-round_robin-pool4` (a pool of 4
+//! connections per address, `connections_per_address(4)`).
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with
@@ -88,7 +92,8 @@ fn main() -> Result<(), BoxError> {
 async fn throughput(options: &Options) -> Result<(), BoxError> {
     let backends = Backends::shared(BACKENDS)?;
     println!(
-        "# throughput: {} backends in one child process, {} cores, {} rounds x {:?} (warm-up {:?})",
+        "# throughput{}: {} backends in one child process, {} cores, {} rounds x {:?} (warm-up {:?})",
+        if clients::TLS.get().is_some() { " over TLS" } else { "" },
         BACKENDS,
         cores(),
         options.rounds,
@@ -196,6 +201,7 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
         "--storm-calls",
         "--storm-callers",
         "--storm-wait",
+        "--tls",
     ];
     for pair in args.chunks(2) {
         if !known.contains(&pair[0].as_str()) || pair.len() < 2 {
@@ -216,8 +222,23 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
         )
         .into());
     }
+    match flag(args, "--tls") {
+        None | Some("off") => {}
+        Some("on") => {
+            let tls = clients::TlsMaterial::generate()?;
+            if clients::TLS.set(tls).is_err() {
+                return Err("TLS set twice".into());
+            }
+        }
+        Some(other) => return Err(format!("--tls must be on or off, not {other}").into()),
+    }
     let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-    let clients = list("--clients", &all.join(","))
+    let default = if clients::TLS.get().is_some() {
+        "tonic-direct,tonic-balance_list,ours-round_robin,ours-pick_first".to_owned()
+    } else {
+        all.join(",")
+    };
+    let clients = list("--clients", &default)
         .iter()
         .map(|n| Kind::parse(n).ok_or_else(|| format!("unknown client {n}; known: {all:?}")))
         .collect::<Result<Vec<_>, _>>()?;

@@ -46,8 +46,18 @@ pub fn serve(count: usize, first: usize) -> Result<(), Box<dyn std::error::Error
             let backend = Backend {
                 index: i32::try_from(index)?,
             };
+            let mut server = tonic::transport::Server::builder();
+            // `--tls on`: the parent hands over the certificate.
+            if let (Ok(cert), Ok(key)) = (
+                std::env::var("LOADGEN_TLS_CERT"),
+                std::env::var("LOADGEN_TLS_KEY"),
+            ) {
+                let identity = tonic::transport::Identity::from_pem(cert, key);
+                server = server
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+            }
             tokio::spawn(
-                tonic::transport::Server::builder()
+                server
                     .add_service(SimpleServer::new(backend))
                     .serve_with_incoming(incoming),
             );
@@ -92,7 +102,13 @@ impl Backends {
     }
 
     fn spawn(&mut self, count: usize, first: usize) -> std::io::Result<()> {
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut command = Command::new(std::env::current_exe()?);
+        if let Some(tls) = crate::clients::TLS.get() {
+            command
+                .env("LOADGEN_TLS_CERT", &tls.cert_pem)
+                .env("LOADGEN_TLS_KEY", &tls.key_pem);
+        }
+        let mut child = command
             .args([
                 "--serve",
                 &count.to_string(),

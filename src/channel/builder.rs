@@ -13,7 +13,14 @@ use crate::balancer::{BalancerBuilder, BalancerRegistry, BuildOptions, ServiceCo
 use crate::picker::{PickerCell, QueuePicker};
 use crate::resolver::{builder_for, ResolverBuilder, ResolverRegistry, UpdateSink};
 use crate::subchannel::{BackoffConfig, ConnectConfig};
+use crate::transport::{Connector, Io, TargetHost};
 use crate::{ConnectivityState, Error, ErrorKind, Target};
+
+/// gRFC A8: the shortest keepalive interval a client may use.
+const MIN_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What calls send as `user-agent`, after the user's own string.
+const USER_AGENT: &str = concat!("grpc-rust-tonic-balance/", env!("CARGO_PKG_VERSION"));
 
 /// Options for a [`BalancedChannel`]. Every option has gRPC's default.
 ///
@@ -39,7 +46,10 @@ pub struct BalancedChannelBuilder {
     defaults: CallDefaults,
     connect: ConnectConfig,
     authority: Option<String>,
+    user_agent: Option<String>,
     rng_seed: Option<u64>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::transport::ClientTlsConfig>,
 }
 
 enum PolicyChoice {
@@ -61,10 +71,14 @@ impl BalancedChannelBuilder {
                 wait_for_ready: false,
                 queue_timeout: Duration::from_secs(20),
                 timeout: None,
+                user_agent: http::HeaderValue::from_static(USER_AGENT),
             },
             connect: ConnectConfig::default(),
             authority: None,
+            user_agent: None,
             rng_seed: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -141,22 +155,151 @@ impl BalancedChannelBuilder {
     }
 
     /// Sends HTTP/2 pings every `interval` and drops a connection whose
-    /// ping is not answered within `timeout`.
+    /// ping is not answered within `timeout` (gRFC A8; off by default). An
+    /// interval below 10 s is raised to 10 s, with a warning, as gRFC A8
+    /// requires. A server that answers with GOAWAY(ENHANCE_YOUR_CALM,
+    /// "too_many_pings") doubles the interval of the channel's next
+    /// connections.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.connect.keepalive_interval = Some(interval);
-        self.connect.keepalive_timeout = Some(timeout);
+        if interval < MIN_KEEPALIVE_INTERVAL {
+            tracing::warn!(
+                ?interval,
+                "keepalive interval below gRPC's minimum of 10s: raised to 10s (gRFC A8)"
+            );
+        }
+        self.connect.transport.keepalive_interval = Some(interval.max(MIN_KEEPALIVE_INTERVAL));
+        self.connect.transport.keepalive_timeout = Some(timeout);
+        self
+    }
+
+    /// Test knob: [`keepalive`](Self::keepalive) without gRPC's 10 s
+    /// minimum, for tests that need a dead connection found in
+    /// milliseconds. Never use it against a real server: gRPC servers
+    /// close connections that ping this often.
+    #[doc(hidden)]
+    pub fn keepalive_without_minimum(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.connect.transport.keepalive_interval = Some(interval);
+        self.connect.transport.keepalive_timeout = Some(timeout);
         self
     }
 
     /// Whether keepalive pings are sent while no call is open.
     pub fn keepalive_while_idle(mut self, enabled: bool) -> Self {
-        self.connect.keepalive_while_idle = enabled;
+        self.connect.transport.keepalive_while_idle = enabled;
         self
     }
 
     /// The `:authority` of every call (default: the backend's address).
     pub fn authority(mut self, authority: impl Into<String>) -> Self {
         self.authority = Some(authority.into());
+        self
+    }
+
+    /// Dials every address with `connector` instead of the default one
+    /// (TCP for `host:port`, unix sockets for `unix:/path` and
+    /// `unix-abstract:name`): a tower `Service<http::Uri>` returning an
+    /// `AsyncRead + AsyncWrite` IO, as tonic's
+    /// `Endpoint::connect_with_connector` takes (an HTTP CONNECT or SOCKS
+    /// proxy, vsock, an in-memory `tokio::io::duplex` in tests). The URI
+    /// is `http://host:port` for a `host:port` address,
+    /// `unix://localhost/path` for `unix:/path`,
+    /// `unix-abstract://localhost/name` for `unix-abstract:name`. TLS, when
+    /// set, runs on top of the IO. hyper-util's connectors return hyper's
+    /// IO traits: wrap their IO in `hyper_util::rt::TokioIo`. A connector
+    /// error fails the attempt like a refused connection (the subchannel
+    /// backs off), with the error's text in the message.
+    pub fn connector<C>(mut self, connector: C) -> Self
+    where
+        C: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
+        C::Response: Io,
+        C::Error: Into<crate::transport::BoxError>,
+        C::Future: Send + 'static,
+    {
+        self.connect.transport.connector = Some(Connector::new(connector));
+        self
+    }
+
+    /// Connects with TLS (cargo feature `tls`): the certificate is
+    /// verified for the target's host name, and calls use scheme `https`
+    /// (see [`ClientTlsConfig`](crate::ClientTlsConfig) for the name rule).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: crate::transport::ClientTlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// How many HTTP/2 connections each subchannel keeps to its address
+    /// (default 1). With n > 1 all n are opened when the subchannel
+    /// connects, each reconnects on its own backoff, the subchannel is
+    /// READY while any is, and a call takes the one with the fewest calls
+    /// in flight that is below the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+    /// A lost connection (closed, GOAWAY) is replaced without failing the
+    /// calls on the others. Use it for a service behind one virtual IP (a
+    /// cloud load balancer, a Kubernetes ClusterIP) so that n connections
+    /// reach it, or to spread one backend's calls over several
+    /// connections on a many-core client. 0 is taken as 1.
+    pub fn connections_per_address(mut self, n: usize) -> Self {
+        self.connect.connections_per_address = n.max(1);
+        self
+    }
+
+    /// The HTTP/2 stream flow-control window (SETTINGS_INITIAL_WINDOW_SIZE),
+    /// in bytes; default 2 MiB, as tonic's `Channel` (hyper). BDP-based
+    /// window growth (hyper's `http2_adaptive_window`) is not provided:
+    /// set the windows for your bandwidth-delay product instead.
+    pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.stream_window = bytes;
+        self
+    }
+
+    /// The HTTP/2 connection flow-control window, in bytes; default 5 MiB,
+    /// as tonic's `Channel` (hyper).
+    pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.connection_window = bytes;
+        self
+    }
+
+    /// The largest HTTP/2 frame the server may send
+    /// (SETTINGS_MAX_FRAME_SIZE), 16 KiB to 16 MiB - 1; default 16 KiB.
+    pub fn max_frame_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.max_frame_size = bytes;
+        self
+    }
+
+    /// The largest response header list accepted
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE), in bytes; default 16 KiB, as
+    /// tonic's `Channel` (hyper).
+    pub fn max_header_list_size(mut self, bytes: u32) -> Self {
+        self.connect.transport.http2.max_header_list_size = bytes;
+        self
+    }
+
+    /// TCP_NODELAY on every TCP connection (default on, as tonic).
+    pub fn tcp_nodelay(mut self, enabled: bool) -> Self {
+        self.connect.transport.socket.nodelay = enabled;
+        self
+    }
+
+    /// TCP keepalive probes after `idle` without traffic (default off, as
+    /// tonic).
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.connect.transport.socket.keepalive = idle;
+        self
+    }
+
+    /// Connects from this local IP address (the port is the system's
+    /// choice); only addresses of its family are dialled.
+    pub fn local_address(mut self, address: Option<std::net::IpAddr>) -> Self {
+        self.connect.transport.socket.local_address = address;
+        self
+    }
+
+    /// Your own `user-agent` string: calls send
+    /// `<yours> grpc-rust-tonic-balance/<version>` (gRPC's user-agent
+    /// convention), or only the latter without one. A request that already
+    /// carries a `user-agent` (set by a layer) keeps it.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
         self
     }
 
@@ -192,9 +335,24 @@ impl BalancedChannelBuilder {
         let balancer = policy
             .builder
             .build(&policy.config, &BuildOptions::new(target.clone(), seed))?;
+        let mut defaults = self.defaults.clone();
+        if let Some(yours) = &self.user_agent {
+            defaults.user_agent = format!("{yours} {USER_AGENT}").parse().map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config,
+                    format!("invalid user agent {yours:?}"),
+                    e,
+                )
+            })?;
+        }
         let mut connect = self.connect.clone();
         connect.rng_seed = seed;
-        connect.authority = self.parse_authority()?;
+        connect.transport.authority = self.parse_authority()?;
+        connect.transport.target_host = TargetHost::from_target(&target);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            connect.transport.tls = Some(tls.build()?);
+        }
 
         let (sink, resolver_rx) = UpdateSink::channel();
         let resolver = resolver_builder.build(&target, sink)?;
@@ -230,7 +388,7 @@ impl BalancedChannelBuilder {
                 target,
                 picker,
                 requests: requests_tx,
-                defaults: self.defaults,
+                defaults,
             }),
         })
     }
@@ -299,5 +457,25 @@ impl fmt::Debug for BalancedChannelBuilder {
             .field("target", &self.target)
             .field("defaults", &self.defaults)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keepalive_interval_below_ten_seconds_is_raised_to_ten() {
+        let timeout = Duration::from_secs(20);
+        let short = BalancedChannelBuilder::new("t").keepalive(Duration::from_secs(1), timeout);
+        assert_eq!(
+            short.connect.transport.keepalive_interval,
+            Some(Duration::from_secs(10))
+        );
+        let long = BalancedChannelBuilder::new("t").keepalive(Duration::from_secs(60), timeout);
+        assert_eq!(
+            long.connect.transport.keepalive_interval,
+            Some(Duration::from_secs(60))
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! The request path: pick, send, and wait for a better picker when needed.
 //!
 //! Per call: one atomic load of the current picker, one pick (borrowed from
-//! that snapshot), one clone of the chosen connection's `h2` sender and of
-//! its address (for the response's [`Peer`]), and the send from the
-//! caller's own task (see [`stream`](super::stream)): no buffer task and no dispatch
-//! task between the call and the connection.
+//! that snapshot), one clone of the chosen connection's handle and of its
+//! address (for the response's [`Peer`]), and the send from the caller's
+//! own task (see the crate's transport, `src/transport/`): no buffer task
+//! and no dispatch task between the call and the connection.
 //!
 //! **Deadline.** A call's deadline (its `grpc-timeout`, capped by the
 //! channel's default timeout) covers the whole call, as gRPC's does: one
@@ -30,18 +30,17 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::stream::{
-    self, Completion, Deadline, Outgoing, RequestPipe, ResponseBody, SendError, Sender,
-    REPLAY_LIMIT,
-};
 use super::{ControlRequest, Peer, Shared, WaitForReady};
 use crate::picker::{PickInfo, PickResult};
+use crate::transport::{
+    Completion, Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT,
+};
 use crate::{Address, ConnectivityState};
 
 /// How many times a call is re-picked on the same picker when its
@@ -98,8 +97,7 @@ struct Progress {
 
 /// A call whose response headers arrived.
 struct Sent {
-    response: Response<h2::RecvStream>,
-    pipe: Option<RequestPipe>,
+    opened: Opened,
     completion: Completion,
 }
 
@@ -112,14 +110,14 @@ async fn pick_and_send(
     queue_deadline: Option<Instant>,
     progress: &mut Progress,
 ) -> Result<Sent, Status> {
-    let mut outgoing = Outgoing::new(req);
+    let mut outgoing = Outgoing::new(req, &shared.defaults.user_agent);
     let mut repicks = 0;
     loop {
         let (generation, decision) = pick(shared, &mut outgoing)?;
         match decision {
             Decision::Send(ready, completion) => {
-                if let Some((sender, address)) = ready {
-                    let sent = attempt(sender, address, &mut outgoing, completion, progress);
+                if let Some((connection, address)) = ready {
+                    let sent = attempt(connection, address, &mut outgoing, completion, progress);
                     if let Some(sent) = sent.await? {
                         return Ok(sent);
                     }
@@ -155,8 +153,8 @@ async fn pick_and_send(
 /// A pick's outcome, owning what the call needs once the picker snapshot
 /// is released.
 enum Decision {
-    /// The chosen subchannel's sender and address if it is connected.
-    Send(Option<(Sender, Address)>, Completion),
+    /// The chosen subchannel's connection and address if it is connected.
+    Send(Option<(Connection, Address)>, Completion),
     Queue,
     Fail(Status),
     Drop(Status),
@@ -179,9 +177,9 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
     let decision = match snapshot.picker.pick(&info) {
         PickResult::Pick(pick) => {
             let subchannel = pick.subchannel();
-            let ready = match subchannel.sender() {
-                Some(sender) => set_origin(outgoing.uri_mut(), subchannel.authority())
-                    .map(|()| Some((sender, subchannel.address().clone()))),
+            let ready = match subchannel.connection() {
+                Some(connection) => set_origin(outgoing.uri_mut(), subchannel.origin())
+                    .map(|()| Some((connection, subchannel.address().clone()))),
                 None => Ok(None),
             };
             // Even a call that ends here (a bad URI) completes its pick.
@@ -199,21 +197,15 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
 /// The attempt's pick completes when it fails (or, once sent, when the
 /// call ends).
 async fn attempt(
-    sender: Sender,
+    connection: Connection,
     address: Address,
     outgoing: &mut Outgoing,
     completion: Completion,
     progress: &mut Progress,
 ) -> Result<Option<Sent>, Status> {
     let address = progress.sent_to.insert(address);
-    let failure = match stream::send(sender, outgoing, address).await {
-        Ok((response, pipe)) => {
-            return Ok(Some(Sent {
-                response,
-                pipe,
-                completion,
-            }))
-        }
+    let failure = match connection.send(outgoing, address).await {
+        Ok(opened) => return Ok(Some(Sent { opened, completion })),
         Err(failure) => failure,
     };
     progress.sent_to = None;
@@ -294,10 +286,10 @@ fn describe_state(shared: &Shared, progress: &Progress) -> String {
     }
 }
 
-fn set_origin(uri: &mut Uri, authority: &Authority) -> Result<(), Status> {
+fn set_origin(uri: &mut Uri, origin: &Origin) -> Result<(), Status> {
     let mut parts = std::mem::take(uri).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
+    parts.scheme = Some(origin.scheme.clone());
+    parts.authority = Some(origin.authority.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
@@ -316,11 +308,12 @@ fn respond(
     let Some(address) = progress.sent_to else {
         return Err(Status::internal("a sent call lost track of its backend"));
     };
-    let stop_pipe = sent.pipe.map(RequestPipe::spawn);
-    let (mut parts, stream) = sent.response.into_parts();
-    parts.extensions.insert(Peer::new(address.clone()));
-    let body = ResponseBody::new(stream, address, sent.completion, deadline, stop_pipe);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    let peer = Peer::new(address.clone());
+    let mut response = sent
+        .opened
+        .into_response(address, sent.completion, deadline);
+    response.extensions_mut().insert(peer);
+    Ok(response)
 }
 
 /// The call's timeout: the `grpc-timeout` header, capped by the channel's

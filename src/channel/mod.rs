@@ -35,7 +35,6 @@
 mod builder;
 mod call;
 mod control;
-mod stream;
 
 pub use builder::BalancedChannelBuilder;
 
@@ -84,6 +83,8 @@ pub(crate) struct CallDefaults {
     pub(crate) wait_for_ready: bool,
     pub(crate) queue_timeout: Duration,
     pub(crate) timeout: Option<Duration>,
+    /// Sent as `user-agent` by calls that carry none.
+    pub(crate) user_agent: http::HeaderValue,
 }
 
 /// Per-call wait-for-ready: insert into a request's extensions

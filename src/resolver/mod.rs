@@ -33,6 +33,7 @@
 //! [`Target`]: crate::Target
 //! [`ServiceConfig`]: crate::balancer::ServiceConfig
 
+#[cfg(feature = "discover")]
 mod discover;
 #[cfg(feature = "dns")]
 mod dns;
@@ -44,6 +45,7 @@ mod manual;
 mod registry;
 mod static_list;
 
+#[cfg(feature = "discover")]
 pub use discover::ResolverDiscover;
 #[cfg(feature = "dns")]
 pub use dns::{DnsAnswer, DnsLookup, DnsLookupFuture, DnsResolverBuilder};

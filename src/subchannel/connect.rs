@@ -7,25 +7,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::http2::{self, Lost, Sender};
-use super::preface::PrefaceWatch;
 use super::{Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::{Address, ConnectivityState, Error, ErrorKind};
+use crate::transport::{self, Lost};
+use crate::{ConnectivityState, Error, ErrorKind};
 
 /// How subchannels connect; one per channel, shared by its subchannels.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ConnectConfig {
     pub(crate) backoff: BackoffConfig,
-    pub(crate) keepalive_interval: Option<Duration>,
-    pub(crate) keepalive_timeout: Option<Duration>,
-    pub(crate) keepalive_while_idle: bool,
-    pub(crate) authority: Option<http::uri::Authority>,
+    pub(crate) transport: transport::Settings,
     pub(crate) rng_seed: u64,
+    /// HTTP/2 connections per subchannel (see `pool`); 0 or 1: one.
+    pub(crate) connections_per_address: usize,
 }
 
 /// A state change of subchannel `id`, for the control task.
@@ -33,40 +30,6 @@ pub(crate) struct ConnectConfig {
 pub(crate) struct StateEvent {
     pub(crate) id: u64,
     pub(crate) state: SubchannelState,
-}
-
-/// gRPC's default keepalive timeout (gRFC A8), when only an interval is set.
-const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A READY connection as the connection task holds it.
-struct Connection {
-    /// Resolves with the reason the connection stopped taking calls.
-    lost: oneshot::Receiver<Lost>,
-    /// Dropping it tells the drive task the subchannel let go.
-    _release: oneshot::Sender<()>,
-}
-
-impl ConnectConfig {
-    /// The `:authority` of calls on `address`: the channel's override, else
-    /// the address itself (a `unix:` address uses `localhost`).
-    pub(crate) fn authority_for(&self, address: &Address) -> Result<http::uri::Authority, Error> {
-        if let Some(a) = &self.authority {
-            return Ok(a.clone());
-        }
-        let addr = address.addr();
-        let text = if addr.starts_with("unix:") {
-            "localhost"
-        } else {
-            addr
-        };
-        text.parse().map_err(|e| {
-            Error::with_source(
-                ErrorKind::Connect,
-                format!("{addr}: not a valid authority"),
-                e,
-            )
-        })
-    }
 }
 
 pub(crate) async fn run(
@@ -103,24 +66,28 @@ pub(crate) async fn run(
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
-        let attempt = tokio::time::timeout(backoff.connect_timeout(), connect(&link, &config));
+        let attempt = tokio::time::timeout(
+            backoff.connect_timeout(),
+            transport::establish(&link.address, &link.origin, &config.transport),
+        );
         let result = tokio::select! {
             biased;
             _ = &mut shutdown => return,
             r = attempt => r.unwrap_or_else(|_| Err(timed_out(&link, backoff.connect_timeout()))),
         };
         match result {
-            Ok((sender, mut connection)) => {
-                link.sender.store(Some(Arc::new(sender)));
+            Ok(mut established) => {
+                link.connection
+                    .store(Some(Arc::new(established.connection.clone())));
                 report(ConnectivityState::Ready, None);
                 let ready_at = Instant::now();
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
-                    r = &mut connection.lost => Some(r),
+                    r = established.lost() => Some(r),
                 };
-                link.sender.store(None);
-                drop(connection);
+                link.connection.store(None);
+                drop(established);
                 let Some(reason) = lost else { return };
                 if Instant::now() - ready_at >= backoff.min_success() {
                     backoff.reset();
@@ -150,83 +117,17 @@ pub(crate) async fn run(
     }
 }
 
-async fn connect(link: &Link, config: &ConnectConfig) -> Result<(Sender, Connection), Error> {
-    let addr = link.address.addr();
-    let fail = |e: std::io::Error| Error::with_source(ErrorKind::Connect, addr.to_owned(), e);
-    #[cfg(unix)]
-    if let Some(path) = addr.strip_prefix("unix:") {
-        let io = tokio::net::UnixStream::connect(path).await.map_err(fail)?;
-        return handshake(io, link, config).await;
-    }
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(fail)?;
-    tcp.set_nodelay(true).map_err(fail)?;
-    handshake(tcp, link, config).await
-}
-
-async fn handshake<IO>(
-    io: IO,
-    link: &Link,
-    config: &ConnectConfig,
-) -> Result<(Sender, Connection), Error>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let failed = |e: h2::Error| {
-        Error::with_source(
-            ErrorKind::Connect,
-            format!("{}: HTTP/2 handshake", link.address),
-            e,
-        )
-    };
-    let (io, spoke) = PrefaceWatch::new(io);
-    let (sender, connection) = http2::handshake(io).await.map_err(failed)?;
-    let keepalive = config.keepalive_interval.map(|interval| http2::Keepalive {
-        interval,
-        timeout: config
-            .keepalive_timeout
-            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
-        while_idle: config.keepalive_while_idle,
-    });
-    let (release, released) = oneshot::channel();
-    let (lost_tx, lost) = oneshot::channel();
-    tokio::spawn(http2::drive(
-        connection,
-        sender.clone(),
-        keepalive,
-        released,
-        lost_tx,
-    ));
-    // READY only once the server has sent its preface (see `preface`). The
-    // socket is dropped, failing `spoke`, when the connection ends first.
-    spoke.await.map_err(|_| {
-        Error::new(
-            ErrorKind::Connect,
-            format!(
-                "{}: connection closed before the server's HTTP/2 preface",
-                link.address
-            ),
-        )
-    })?;
-    Ok((
-        sender,
-        Connection {
-            lost,
-            _release: release,
-        },
-    ))
-}
-
-fn timed_out(link: &Link, after: Duration) -> Error {
+pub(super) fn timed_out(link: &Link, after: Duration) -> Error {
     Error::new(
         ErrorKind::Connect,
         format!("{}: connect timed out after {after:?}", link.address),
     )
 }
 
-fn connection_lost(link: &Link, reason: Result<Lost, oneshot::error::RecvError>) -> Error {
+pub(super) fn connection_lost(link: &Link, reason: Option<Lost>) -> Error {
     let message = match reason {
-        Ok(lost) => format!("{}: connection {lost}", link.address),
-        Err(_) => format!("{}: connection closed", link.address),
+        Some(lost) => format!("{}: connection {lost}", link.address),
+        None => format!("{}: connection closed", link.address),
     };
     Error::new(ErrorKind::Connect, message)
 }
@@ -234,7 +135,7 @@ fn connection_lost(link: &Link, reason: Result<Lost, oneshot::error::RecvError>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Subchannel;
+    use crate::{Address, Subchannel};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
 
@@ -518,9 +419,12 @@ mod tests {
 
     fn keepalive(interval_ms: u64, timeout_ms: u64) -> Arc<ConnectConfig> {
         Arc::new(ConnectConfig {
-            keepalive_interval: Some(Duration::from_millis(interval_ms)),
-            keepalive_timeout: Some(Duration::from_millis(timeout_ms)),
-            keepalive_while_idle: true,
+            transport: transport::Settings {
+                keepalive_interval: Some(Duration::from_millis(interval_ms)),
+                keepalive_timeout: Some(Duration::from_millis(timeout_ms)),
+                keepalive_while_idle: true,
+                ..transport::Settings::default()
+            },
             ..ConnectConfig::default()
         })
     }
@@ -571,7 +475,7 @@ mod tests {
             let (sc, mut rx) = ready(addr, keepalive(20, 5_000)).await;
             let quiet = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
             assert!(quiet.is_err(), "no state change: {quiet:?}");
-            assert!(sc.sender().is_some());
+            assert!(sc.connection().is_some());
         })
         .await
         .expect("bounded");
@@ -597,22 +501,107 @@ mod tests {
             })
             .await;
             let (sc, mut rx) = ready(addr, Arc::default()).await;
-            let mut sender = sc.sender().unwrap();
-            let request = http::Request::post("http://test/echo.Echo/Unary")
-                .body(())
-                .unwrap();
-            let (response, _stream) = sender.send_request(request, false).unwrap();
+            let connection = sc.connection().unwrap();
+            let address = sc.address().clone();
+            let call = tokio::spawn(async move {
+                let request = http::Request::post("http://test/echo.Echo/Unary")
+                    .body(tonic::body::Body::empty())
+                    .unwrap();
+                let user_agent = http::HeaderValue::from_static("test");
+                let mut outgoing = transport::Outgoing::new(request, &user_agent);
+                let opened = connection.send(&mut outgoing, &address).await;
+                opened
+                    .map(|o| o.status())
+                    .map_err(|_| "the open call failed")
+            });
             go_away_sent.await.unwrap();
             // The server refuses new streams: the subchannel leaves READY
-            // and withdraws its sender while the open call goes on.
+            // and withdraws its connection while the open call goes on.
             let event = rx.recv().await.unwrap();
             assert_eq!(event.state.connectivity, ConnectivityState::Idle);
             let error = event.state.error.unwrap().to_string();
             assert!(error.contains("refuses new calls"), "{error}");
-            assert!(sc.sender().is_none());
+            assert!(sc.connection().is_none());
             respond.send(()).unwrap();
-            let response = response.await.unwrap();
-            assert_eq!(response.status(), http::StatusCode::OK);
+            let response = call.await.unwrap().unwrap();
+            assert_eq!(response, http::StatusCode::OK);
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn keepalive_still_protects_the_calls_open_on_a_draining_connection() {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (go_away, go_away_sent) = oneshot::channel::<()>();
+            let addr = h2_server(|mut connection| async move {
+                let (_request, _reply) = connection.accept().await.unwrap().unwrap();
+                // GOAWAY, then silence: the open call's server is gone
+                // without closing the socket, and no PING is answered.
+                connection.graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_millis(50), connection.accept()).await;
+                let _ = go_away.send(());
+                let _hold = connection;
+                std::future::pending::<()>().await;
+            })
+            .await;
+            let (sc, mut rx) = ready(addr, keepalive(100, 200)).await;
+            let connection = sc.connection().unwrap();
+            let address = sc.address().clone();
+            let call = tokio::spawn(async move {
+                let request = http::Request::post("http://test/echo.Echo/Unary")
+                    .body(tonic::body::Body::empty())
+                    .unwrap();
+                let user_agent = http::HeaderValue::from_static("test");
+                let mut outgoing = transport::Outgoing::new(request, &user_agent);
+                connection.send(&mut outgoing, &address).await.map(|_| ())
+            });
+            go_away_sent.await.unwrap();
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, ConnectivityState::Idle);
+            // The call open on the draining connection ends when keepalive
+            // finds the server dead, not never.
+            let ended = call.await.unwrap();
+            assert!(ended.is_err(), "the call failed");
+        })
+        .await
+        .expect("bounded");
+    }
+
+    #[tokio::test]
+    async fn too_many_pings_doubles_the_keepalive_interval_of_the_channel() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut preface = [0u8; 24];
+                socket.read_exact(&mut preface).await.unwrap();
+                socket
+                    .write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])
+                    .await
+                    .unwrap();
+                // GOAWAY(last_stream_id 0, ENHANCE_YOUR_CALM, "too_many_pings"),
+                // as gRPC servers send it.
+                let debug = b"too_many_pings";
+                let mut goaway = vec![0, 0, (8 + debug.len()) as u8, 0x7, 0, 0, 0, 0, 0];
+                goaway.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0xb]);
+                goaway.extend_from_slice(debug);
+                socket.write_all(&goaway).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let config = keepalive(100, 200);
+            let (_sc, mut rx) = ready(addr, config.clone()).await;
+            let event = rx.recv().await.unwrap();
+            assert_eq!(event.state.connectivity, ConnectivityState::Idle);
+            let error = event.state.error.unwrap().to_string();
+            assert!(error.contains("too_many_pings"), "{error}");
+            assert_eq!(config.transport.too_many_pings.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                config.transport.keepalive_interval_now(),
+                Some(Duration::from_millis(200))
+            );
         })
         .await
         .expect("bounded");

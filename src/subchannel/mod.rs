@@ -4,7 +4,7 @@
 //! subchannel runs gRPC's connectivity state machine (see
 //! [`ConnectivityState`]) and reports every transition to the channel's
 //! control task, which hands it to the balancer. The request path reads only
-//! the connection's HTTP/2 sender, published lock-free while READY.
+//! the connection's handle, published lock-free while READY.
 //!
 //! ```text
 //!   IDLE --connect()--> CONNECTING --ok--> READY --connection lost--> IDLE
@@ -32,8 +32,8 @@
 //! after a failed one, so a server that drops every connection is tried
 //! on the backoff schedule, not in a loop.
 //!
-//! The connection is `h2`'s, driven by one task that also watches it (see
-//! `http2`). Connection loss (peer close, reset, a keepalive PING left
+//! The connection comes from the crate's transport (`src/transport/`): an
+//! `h2` connection driven by one task that also watches it. Connection loss (peer close, reset, a keepalive PING left
 //! unanswered) is seen when it happens, not when the next call fails; a
 //! GOAWAY (e.g. at the server's maximum connection age) takes the
 //! subchannel out of READY at once, while the calls already open on that
@@ -48,12 +48,10 @@
 //! resolver's set keeps its connection across updates and policy changes.
 
 mod connect;
-mod http2;
-mod preface;
+mod pool;
 
 pub use crate::backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
-pub(crate) use http2::Sender;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -63,6 +61,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::transport::{Connection, Origin};
 use crate::{Address, ConnectivityState, Error};
 
 /// A subchannel's connectivity state with the error that caused it.
@@ -92,8 +91,10 @@ pub(crate) struct Inner {
 pub(crate) struct Link {
     id: u64,
     address: Address,
-    authority: http::uri::Authority,
-    sender: ArcSwapOption<http2::Sender>,
+    origin: Origin,
+    connection: ArcSwapOption<Connection>,
+    /// The READY connections of a pool (`connections_per_address(n > 1)`).
+    pool: ArcSwapOption<Vec<Connection>>,
     /// The state as the control task last saw it (the balancer's view).
     state: AtomicU8,
     connect: Notify,
@@ -112,22 +113,26 @@ impl Subchannel {
         config: Arc<ConnectConfig>,
         events: mpsc::UnboundedSender<StateEvent>,
     ) -> Result<Subchannel, Error> {
-        let authority = config.authority_for(&address)?;
-        let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, authority);
-        tokio::spawn(connect::run(link, config, events, shutdown));
+        let origin = config.transport.origin_for(&address)?;
+        let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
+        match config.connections_per_address {
+            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown)),
+            n => tokio::spawn(pool::run(link, config, events, shutdown, n)),
+        };
         Ok(subchannel)
     }
 
     fn unspawned(
         id: u64,
         address: Address,
-        authority: http::uri::Authority,
+        origin: Origin,
     ) -> (Subchannel, Arc<Link>, oneshot::Receiver<()>) {
         let link = Arc::new(Link {
             id,
             address,
-            authority,
-            sender: ArcSwapOption::empty(),
+            origin,
+            connection: ArcSwapOption::empty(),
+            pool: ArcSwapOption::empty(),
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             connect: Notify::new(),
             connect_requested: AtomicBool::new(false),
@@ -143,8 +148,7 @@ impl Subchannel {
 
     /// A subchannel with no connection task, for balancer tests.
     pub(crate) fn detached(id: u64, address: Address) -> Subchannel {
-        let authority = http::uri::Authority::from_static("test.invalid");
-        Subchannel::unspawned(id, address, authority).0
+        Subchannel::unspawned(id, address, Origin::detached()).0
     }
 
     pub(crate) fn connect_requests(&self) -> u32 {
@@ -193,13 +197,26 @@ impl Subchannel {
         weak.upgrade().map(|inner| Subchannel { inner })
     }
 
-    /// A clone of the READY connection's sender, if there is one.
-    pub(crate) fn sender(&self) -> Option<http2::Sender> {
-        self.inner.link.sender.load().as_deref().cloned()
+    /// A clone of the READY connection's handle, if there is one; in a
+    /// pool, the one with the fewest calls in flight among those below the
+    /// server's stream limit (else the least loaded).
+    pub(crate) fn connection(&self) -> Option<Connection> {
+        let link = &self.inner.link;
+        if let Some(connection) = link.connection.load().as_deref() {
+            return Some(connection.clone());
+        }
+        let pool = link.pool.load();
+        let pool = pool.as_deref()?;
+        let load = |c: &&Connection| {
+            let in_flight = c.in_flight();
+            (in_flight >= c.max_concurrent_streams(), in_flight)
+        };
+        pool.iter().min_by_key(load).cloned()
     }
 
-    pub(crate) fn authority(&self) -> &http::uri::Authority {
-        &self.inner.link.authority
+    /// The scheme, `:authority` and TLS server name of calls to it.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.inner.link.origin
     }
 }
 

@@ -17,12 +17,15 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 pub mod counting;
+pub mod dns;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod grpcio;
 pub mod h2frames;
 pub mod h2server;
 pub mod late_frames;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub mod proto {
     tonic::include_proto!("proto");
@@ -62,7 +65,7 @@ impl Drop for InFlight {
 }
 
 #[derive(Clone)]
-struct Service {
+pub struct Service {
     addr: SocketAddr,
     stats: Arc<Stats>,
     delay: Duration,
@@ -83,6 +86,76 @@ impl Simple for Service {
             code: 200,
             value: format!("hello {data} from {}", self.addr),
         }))
+    }
+}
+
+/// A `Simple` service answering as a backend on `addr` would.
+pub fn simple_server(addr: SocketAddr) -> SimpleServer<Service> {
+    SimpleServer::new(Service {
+        addr,
+        stats: Arc::default(),
+        delay: Duration::ZERO,
+    })
+}
+
+/// Serves `Simple` on every connection `incoming` yields (unix sockets,
+/// in-memory pipes), on the current runtime; returns its counters.
+pub fn serve_incoming<S, IO>(incoming: S) -> Arc<Stats>
+where
+    S: futures_core::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    let stats = Arc::new(Stats::default());
+    let service = Service {
+        addr: "0.0.0.0:0".parse().unwrap(),
+        stats: stats.clone(),
+        delay: Duration::ZERO,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SimpleServer::new(service))
+            .serve_with_incoming(incoming),
+    );
+    stats
+}
+
+/// An in-memory pipe as a server connection (tonic asks who connected).
+pub struct Piped(pub tokio::io::DuplexStream);
+
+impl tonic::transport::server::Connected for Piped {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Piped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Piped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -115,7 +188,24 @@ impl Backend {
         Backend::start_configured("127.0.0.1:0".parse().unwrap(), Duration::ZERO, Some(age))
     }
 
+    /// Starts a backend that allows `limit` concurrent streams per
+    /// connection (SETTINGS_MAX_CONCURRENT_STREAMS) and answers each call
+    /// after `delay`.
+    pub fn start_with_stream_limit(limit: u32, delay: Duration) -> Backend {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Backend::start_full(addr, delay, None, Some(limit))
+    }
+
     fn start_configured(addr: SocketAddr, delay: Duration, max_age: Option<Duration>) -> Backend {
+        Backend::start_full(addr, delay, max_age, None)
+    }
+
+    fn start_full(
+        addr: SocketAddr,
+        delay: Duration,
+        max_age: Option<Duration>,
+        stream_limit: Option<u32>,
+    ) -> Backend {
         let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -139,6 +229,9 @@ impl Backend {
                 let mut builder = tonic::transport::Server::builder();
                 if let Some(age) = max_age {
                     builder = builder.max_connection_age(age);
+                }
+                if let Some(limit) = stream_limit {
+                    builder = builder.max_concurrent_streams(limit);
                 }
                 builder
                     .add_service(SimpleServer::new(service))

@@ -25,6 +25,7 @@ use tonic::Status;
 
 use super::status_from_h2;
 use crate::picker::OnDone;
+use crate::transport::http2::InFlight;
 use crate::Address;
 
 /// A call's deadline: one timer for the whole call. It is boxed so that it
@@ -80,7 +81,7 @@ impl Drop for Completion {
 }
 
 /// Dropping it tells a spawned request pipe to stop (see
-/// [`RequestPipe::spawn`](super::RequestPipe::spawn)).
+/// `RequestPipe::spawn`).
 pub(crate) type StopPipe = oneshot::Sender<()>;
 
 /// The response body: the stream's DATA frames, then its trailers.
@@ -92,6 +93,8 @@ pub(crate) struct ResponseBody {
     completion: Completion,
     deadline: Option<Deadline>,
     stop_pipe: Option<StopPipe>,
+    /// Counts the call in flight on its connection until the call ends.
+    in_flight: Option<InFlight>,
 }
 
 impl ResponseBody {
@@ -101,6 +104,7 @@ impl ResponseBody {
         completion: Completion,
         deadline: Option<Deadline>,
         stop_pipe: Option<StopPipe>,
+        in_flight: InFlight,
     ) -> Self {
         ResponseBody {
             stream: Some(stream),
@@ -109,6 +113,7 @@ impl ResponseBody {
             completion,
             deadline,
             stop_pipe,
+            in_flight: Some(in_flight),
         }
     }
 
@@ -118,6 +123,7 @@ impl ResponseBody {
         self.stream = None;
         self.stop_pipe = None;
         self.deadline = None;
+        self.in_flight = None;
         self.completion.run();
     }
 

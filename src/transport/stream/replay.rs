@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, TE};
 use http::request::Parts;
 use http::{HeaderMap, Request, Uri};
 use http_body::{Body as _, Frame};
@@ -35,8 +36,15 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    pub(crate) fn new(request: Request<Body>) -> Self {
-        let (head, body) = request.into_parts();
+    /// Takes the call's request, without the connection-specific headers
+    /// HTTP/2 forbids (see [`strip_connection_headers`]), with
+    /// `user_agent` unless it carries a `user-agent` already.
+    pub(crate) fn new(request: Request<Body>, user_agent: &HeaderValue) -> Self {
+        let (mut head, body) = request.into_parts();
+        strip_connection_headers(&mut head.headers);
+        if let http::header::Entry::Vacant(entry) = head.headers.entry(http::header::USER_AGENT) {
+            entry.insert(user_agent.clone());
+        }
         Outgoing {
             head,
             body: BodySource::new(body),
@@ -80,6 +88,35 @@ impl Outgoing {
     /// be replayed (it outgrew [`REPLAY_LIMIT`], or was committed).
     pub(crate) fn rewind(&mut self) -> bool {
         self.body.rewind()
+    }
+}
+
+/// Removes the headers HTTP/2 forbids in a request (RFC 9113, section
+/// 8.2.2): `connection`, `keep-alive`, `proxy-connection`,
+/// `transfer-encoding`, `upgrade`, and a `te` other than `trailers`, as
+/// hyper's HTTP/2 client does. `h2` refuses a request that carries one, and
+/// tower layers and interceptors written for HTTP/1 add them. A request
+/// without any (every tonic request) is only scanned.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    let forbidden = |name: &HeaderName, value: &HeaderValue| match name.as_str() {
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => true,
+        "te" => value != "trailers",
+        _ => false,
+    };
+    if !headers.iter().any(|(name, value)| forbidden(name, value)) {
+        return;
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
     }
 }
 
@@ -290,6 +327,38 @@ mod tests {
         assert_eq!(read_all(&mut source).await, chunks[1..]);
         assert_eq!(source.replay.frames(), 0);
         assert!(!source.rewind());
+    }
+
+    #[test]
+    fn connection_specific_headers_are_stripped_and_te_trailers_kept() {
+        let mut request = Request::new(Body::empty());
+        let headers = request.headers_mut();
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("content-type", "application/grpc"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        let outgoing = Outgoing::new(request, &HeaderValue::from_static("ua"));
+        let mut names: Vec<_> = outgoing.headers().keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "te", "user-agent"]);
+
+        let mut request = Request::new(Body::empty());
+        request
+            .headers_mut()
+            .insert(TE, HeaderValue::from_static("gzip"));
+        let ua = HeaderValue::from_static("ua");
+        let stripped = Outgoing::new(request, &ua);
+        assert_eq!(
+            stripped.headers().keys().collect::<Vec<_>>(),
+            ["user-agent"]
+        );
     }
 
     #[test]

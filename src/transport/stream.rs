@@ -37,7 +37,8 @@ mod replay;
 mod response;
 
 pub(crate) use replay::{Outgoing, REPLAY_LIMIT};
-pub(crate) use response::{Completion, Deadline, ResponseBody, StopPipe};
+pub(crate) use response::{Completion, Deadline};
+use response::{ResponseBody, StopPipe};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,13 +48,13 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::Response;
 use tokio::sync::oneshot;
+use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::Address;
 use replay::BodySource;
 
-/// The handle a call opens its stream with.
-pub(crate) use crate::subchannel::Sender;
+use super::http2::{is_stream_id_overflow, InFlight, Sender};
 
 /// Why a call attempt did not get its response headers. The request stays
 /// with the caller ([`Outgoing`]) for the next attempt.
@@ -72,15 +73,51 @@ pub(crate) enum SendError {
     Failed(Status),
 }
 
+/// A call whose response headers arrived: the response and, if the
+/// request body is still streaming, the pipe that must go on sending it.
+pub(crate) struct Opened {
+    response: Response<RecvStream>,
+    pipe: Option<RequestPipe>,
+    in_flight: InFlight,
+}
+
+impl Opened {
+    /// The response's HTTP status.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> http::StatusCode {
+        self.response.status()
+    }
+
+    /// The response for the caller: its body reads the stream, ends at
+    /// `deadline` and runs `completion` when the call ends; a request body
+    /// still streaming goes on from a task of its own until then.
+    pub(crate) fn into_response(
+        self,
+        address: Address,
+        completion: Completion,
+        deadline: Option<Deadline>,
+    ) -> Response<Body> {
+        let stop_pipe = self.pipe.map(RequestPipe::spawn);
+        let (parts, stream) = self.response.into_parts();
+        let body = ResponseBody::new(
+            stream,
+            address,
+            completion,
+            deadline,
+            stop_pipe,
+            self.in_flight,
+        );
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
 /// Sends `outgoing` (whose URI already names the server) on `sender` and
 /// waits for the response headers, sending the request body meanwhile.
-/// Returns the response and, if the request body is still streaming, the
-/// pipe that must go on sending it.
 pub(crate) async fn send(
     mut sender: Sender,
     outgoing: &mut Outgoing,
     address: &Address,
-) -> Result<(Response<RecvStream>, Option<RequestPipe>), SendError> {
+) -> Result<Opened, SendError> {
     if std::future::poll_fn(|cx| sender.poll_ready(cx))
         .await
         .is_err()
@@ -88,13 +125,20 @@ pub(crate) async fn send(
         return Err(SendError::Unsent);
     }
     let end_of_stream = outgoing.body_mut().is_end_stream();
-    let (mut response, stream) = match sender.send_request(outgoing.request(), end_of_stream) {
-        Ok(opened) => opened,
-        // The connection failed or was told to go away before this
-        // stream existed: nothing was written for it.
-        Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
-        Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
-    };
+    let (mut response, stream, in_flight) =
+        match sender.send_request(outgoing.request(), end_of_stream) {
+            Ok(opened) => opened,
+            // The connection failed or was told to go away before this
+            // stream existed: nothing was written for it.
+            Err(e) if e.is_go_away() || e.is_io() => return Err(SendError::Unsent),
+            // No stream id left on this connection: the call never left;
+            // the connection drains and the call is picked again.
+            Err(e) if is_stream_id_overflow(&e) => {
+                sender.ran_out_of_stream_ids();
+                return Err(SendError::Unsent);
+            }
+            Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
+        };
     drop(sender);
     let mut pipe = PipeState::new(stream, end_of_stream);
     let result = {
@@ -108,16 +152,25 @@ pub(crate) async fn send(
     match (result, pipe) {
         (Ok(response), PipeState::Sending(sender)) => {
             let body = outgoing.take_body();
-            Ok((response, Some(RequestPipe { sender, body })))
+            let pipe = Some(RequestPipe { sender, body });
+            Ok(Opened {
+                response,
+                pipe,
+                in_flight,
+            })
         }
-        (Ok(response), _) => Ok((response, None)),
+        (Ok(response), _) => Ok(Opened {
+            response,
+            pipe: None,
+            in_flight,
+        }),
         (Err(e), pipe) => Err(pipe.failed(&e, address)),
     }
 }
 
 /// The rest of a request body, sent after the response headers arrived
 /// (client and bidirectional streaming).
-pub(crate) struct RequestPipe {
+struct RequestPipe {
     sender: BodySender,
     body: BodySource,
 }
@@ -127,7 +180,7 @@ impl RequestPipe {
     /// returned handle (the call ended: its response finished, failed,
     /// passed its deadline, or was dropped) stops the task and resets the
     /// stream with CANCEL if the body is still being sent.
-    pub(crate) fn spawn(self) -> StopPipe {
+    fn spawn(self) -> StopPipe {
         let RequestPipe {
             sender: mut pipe,
             mut body,

@@ -61,6 +61,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -80,12 +81,32 @@ use frames::{FrameWatch, Wire};
 use pacer::{Cancels, Pacer};
 use pings::Pings;
 
-/// HTTP/2 settings, as hyper's client (and so tonic's channel) uses them.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
-const MAX_FRAME_SIZE: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
-const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// The HTTP/2 settings a channel's connections announce. The defaults are
+/// hyper's client's, and so tonic's `Channel`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Http2Settings {
+    /// SETTINGS_INITIAL_WINDOW_SIZE: 2 MiB.
+    pub(crate) stream_window: u32,
+    /// The connection's receive window: 5 MiB.
+    pub(crate) connection_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE: 16 KiB.
+    pub(crate) max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: 16 KiB.
+    pub(crate) max_header_list_size: u32,
+}
+
+impl Default for Http2Settings {
+    fn default() -> Self {
+        Http2Settings {
+            stream_window: 2 * 1024 * 1024,
+            connection_window: 5 * 1024 * 1024,
+            max_frame_size: 16 * 1024,
+            max_header_list_size: 16 * 1024,
+        }
+    }
+}
 
 /// How many streams reset by us `h2` remembers (frames on them are
 /// ignored, not answered with a RST_STREAM of its own).
@@ -117,6 +138,8 @@ pub(crate) enum Lost {
     /// `h2` reset this many streams by itself, half of its limit: the
     /// connection drains before `h2` would end it; open calls continue.
     ErrorResets(usize),
+    /// The connection used up its 2^31 stream ids; open calls continue.
+    StreamIdsExhausted,
 }
 
 impl std::fmt::Display for Lost {
@@ -131,16 +154,39 @@ impl std::fmt::Display for Lost {
                 "drained after resetting {n} streams the server sent frames on after they \
                  were closed (h2 ends a connection at {MAX_ERROR_RESETS})"
             ),
+            Lost::StreamIdsExhausted => f.write_str("drained: it used up its HTTP/2 stream ids"),
         }
     }
 }
 
-/// The handle calls open streams with: `h2`'s sender, and where a call
-/// dropped before its response hands its stream (see [`pacer`]).
+/// The handle calls open streams with: `h2`'s sender, where a call
+/// dropped before its response hands its stream (see [`pacer`]), and the
+/// count of calls in flight.
 #[derive(Clone)]
 pub(crate) struct Sender {
     h2: h2::client::SendRequest<Bytes>,
     cancels: Arc<Cancels>,
+    streams: Arc<Streams>,
+}
+
+/// What the calls on a connection tell its drive task.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Calls in flight: streams opened whose call has not ended.
+    in_flight: AtomicUsize,
+    /// `h2` ran out of stream ids (2^31 streams on one connection).
+    exhausted: AtomicBool,
+}
+
+/// One call's stream counted in flight on its connection until dropped
+/// (the call ended, however it ended).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Streams>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Sender {
@@ -163,23 +209,40 @@ impl Sender {
     }
 
     /// Opens a stream with `request`'s HEADERS (see
-    /// `h2::client::SendRequest::send_request`).
+    /// `h2::client::SendRequest::send_request`); the stream counts in
+    /// flight until the returned [`InFlight`] drops.
     pub(crate) fn send_request(
         &mut self,
         request: Request<()>,
         end_of_stream: bool,
-    ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
+    ) -> Result<(ResponseFuture, SendStream<Bytes>, InFlight), h2::Error> {
         let (inner, stream) = self.h2.send_request(request, end_of_stream)?;
         let response = ResponseFuture {
             inner,
             cancels: self.cancels.clone(),
             done: false,
         };
-        Ok((response, stream))
+        self.streams.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok((response, stream, InFlight(self.streams.clone())))
     }
 
-    fn num_active_streams(&self) -> usize {
-        self.h2.num_active_streams()
+    /// The calls in flight on this connection: streams opened whose call
+    /// has not ended.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.streams.in_flight.load(Ordering::Acquire)
+    }
+
+    /// `h2` refused a stream because the connection used up its stream ids
+    /// (`send_request` failed with an overflowed stream id, after 2^31
+    /// streams): the connection must drain; the call was never sent.
+    pub(crate) fn ran_out_of_stream_ids(&self) {
+        self.streams.exhausted.store(true, Ordering::Release);
+        self.cancels.wake_task();
+    }
+
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS as `h2` applies it.
+    pub(crate) fn max_concurrent_streams(&self) -> usize {
+        self.h2.current_max_send_streams()
     }
 }
 
@@ -219,18 +282,21 @@ pub(crate) struct Connection<IO> {
 
 /// Performs the HTTP/2 handshake on `io` and returns the sender and the
 /// connection, which [`drive`] must run.
-pub(crate) async fn handshake<IO>(io: IO) -> Result<(Sender, Connection<IO>), h2::Error>
+pub(crate) async fn handshake<IO>(
+    io: IO,
+    settings: Http2Settings,
+) -> Result<(Sender, Connection<IO>), h2::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let wire = Arc::new(Wire::new());
     let (h2, connection) = h2::client::Builder::new()
         .enable_push(false)
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME_SIZE)
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(settings.max_frame_size)
         .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .max_header_list_size(settings.max_header_list_size)
         .max_concurrent_reset_streams(REMEMBERED_RESETS)
         .reset_stream_duration(REMEMBER_RESETS_FOR)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
@@ -240,6 +306,7 @@ where
     let sender = Sender {
         h2,
         cancels: cancels.clone(),
+        streams: Arc::default(),
     };
     let connection = Connection {
         h2: connection,
@@ -258,6 +325,7 @@ pub(crate) async fn drive<IO>(
     keepalive: Option<Keepalive>,
     release: oneshot::Receiver<()>,
     lost: oneshot::Sender<Lost>,
+    too_many_pings: Arc<AtomicU32>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -268,7 +336,9 @@ pub(crate) async fn drive<IO>(
     } = connection;
     let pings = Pings::new(connection.ping_pong(), keepalive);
     let mut watch = Watch {
+        streams: probe.streams.clone(),
         probe: Some(probe),
+        too_many_pings,
         pings,
         pacer: Pacer::new(cancels),
         wire,
@@ -294,6 +364,9 @@ pub(crate) async fn drive<IO>(
 /// What the drive task watches besides the connection itself.
 struct Watch {
     probe: Option<Sender>,
+    streams: Arc<Streams>,
+    /// How many times a server of this channel said too_many_pings.
+    too_many_pings: Arc<AtomicU32>,
     pings: Pings,
     pacer: Pacer,
     wire: Arc<Wire>,
@@ -303,6 +376,13 @@ struct Watch {
 
 impl Watch {
     fn report(&mut self, reason: Lost) {
+        if let Lost::Draining(e) | Lost::Closed(Some(e)) = &reason {
+            if is_too_many_pings(e) && self.lost.is_some() {
+                // gRFC A8: double this channel's keepalive interval.
+                self.too_many_pings.fetch_add(1, Ordering::AcqRel);
+                tracing::warn!(error = %e, "the server said too_many_pings: keepalive interval doubled");
+            }
+        }
         if let Some(lost) = self.lost.take() {
             let _ = lost.send(reason);
         }
@@ -321,26 +401,13 @@ impl Watch {
         if holding && self.wire.ping_is_welcome(Instant::now()) {
             self.pings.send(cx, &self.wire);
         }
-        let Some(probe) = self.probe.as_mut() else {
-            return Poll::Pending;
-        };
-        // A GOAWAY makes every new stream fail: stop taking calls now.
-        if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
-            self.report(Lost::Draining(e));
+        if let Some(lost) = self.poll_lost(cx) {
+            self.report(lost);
             self.let_go();
-            return Poll::Pending;
         }
-        let error_resets = self.wire.error_resets_sent();
-        if error_resets >= DRAIN_AFTER_ERROR_RESETS {
-            tracing::debug!(
-                error_resets,
-                "draining the connection before h2's reset limit"
-            );
-            self.report(Lost::ErrorResets(error_resets));
-            self.let_go();
-            return Poll::Pending;
-        }
-        let active = probe.num_active_streams() > 0;
+        // Keepalive protects the calls still open, also while the
+        // connection drains after a GOAWAY.
+        let active = self.streams.in_flight.load(Ordering::Acquire) > 0;
         if self.pings.poll_keepalive(cx, active, &self.wire).is_ready() {
             let timeout = self.pings.keepalive.map(|k| k.timeout).unwrap_or_default();
             self.report(Lost::KeepaliveTimeout(timeout));
@@ -349,11 +416,54 @@ impl Watch {
         Poll::Pending
     }
 
+    /// Why the connection stops taking new calls now, if it does.
+    fn poll_lost(&mut self, cx: &mut Context<'_>) -> Option<Lost> {
+        let probe = self.probe.as_mut()?;
+        // A GOAWAY makes every new stream fail: stop taking calls now.
+        if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
+            return Some(Lost::Draining(e));
+        }
+        let error_resets = self.wire.error_resets_sent();
+        if error_resets >= DRAIN_AFTER_ERROR_RESETS {
+            tracing::debug!(
+                error_resets,
+                "draining the connection before h2's reset limit"
+            );
+            return Some(Lost::ErrorResets(error_resets));
+        }
+        if self.streams.exhausted.load(Ordering::Acquire) {
+            return Some(Lost::StreamIdsExhausted);
+        }
+        None
+    }
+
     /// Drops this task's handle so that `h2` closes the connection once the
     /// calls still on it end.
     fn let_go(&mut self) {
         self.probe = None;
-        self.pings.keepalive = None;
         self.release = None;
+        // Pings go on only while calls remain.
+        if let Some(keepalive) = self.pings.keepalive.as_mut() {
+            keepalive.while_idle = false;
+        }
     }
+}
+
+/// A GOAWAY(ENHANCE_YOUR_CALM) with debug data `too_many_pings`, as gRPC
+/// servers send when pinged more often than they allow (gRFC A8). `h2`
+/// shows the debug data only in the error's text.
+fn is_too_many_pings(e: &h2::Error) -> bool {
+    e.is_go_away()
+        && e.is_remote()
+        && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        && e.to_string().contains("too_many_pings")
+}
+
+/// Whether `e`, from `send_request`, says the connection ran out of
+/// stream ids. `h2` reports it as a user error, told apart by its text.
+pub(crate) fn is_stream_id_overflow(e: &h2::Error) -> bool {
+    !e.is_io()
+        && !e.is_go_away()
+        && e.reason().is_none()
+        && e.to_string().contains("stream ID overflowed")
 }

@@ -108,6 +108,11 @@ impl Cancels {
         }
     }
 
+    /// Wakes the drive task (a call has news for it).
+    pub(crate) fn wake_task(&self) {
+        self.task.wake();
+    }
+
     /// Ready when a new stream may be opened: fewer than [`MAX_HELD`]
     /// cancelled streams wait for the server.
     pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {

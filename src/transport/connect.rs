@@ -1,0 +1,184 @@
+//! Establishing one connection: dial (TCP, unix socket, or the user's
+//! connector), then TLS if configured, then the preface watch and the
+//! HTTP/2 handshake; READY once the server's preface arrived.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+
+use super::dial::{self, Connector, Dialled, SocketOptions};
+use super::http2::{self, Http2Settings, Keepalive, Lost};
+use super::origin::{self, Origin, TargetHost};
+use super::preface::PrefaceWatch;
+use super::Connection;
+use crate::{Address, Error, ErrorKind};
+
+/// gRPC's default keepalive timeout (gRFC A8), when only an interval is set.
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How connections are made and run; one per channel.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    pub(crate) keepalive_interval: Option<Duration>,
+    pub(crate) keepalive_timeout: Option<Duration>,
+    pub(crate) keepalive_while_idle: bool,
+    /// The channel's `:authority` override.
+    pub(crate) authority: Option<Authority>,
+    /// The one host the target names, if it names one (TLS server name).
+    pub(crate) target_host: Option<TargetHost>,
+    pub(crate) socket: SocketOptions,
+    pub(crate) http2: Http2Settings,
+    pub(crate) connector: Option<Connector>,
+    /// How many times a server of this channel answered our pings with
+    /// GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"): each doubles the
+    /// keepalive interval of the channel's next connections (gRFC A8).
+    pub(crate) too_many_pings: Arc<AtomicU32>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::tls::TlsConnector>,
+}
+
+impl Settings {
+    /// The scheme, `:authority` and TLS server name of calls to `address`.
+    pub(crate) fn origin_for(&self, address: &Address) -> Result<Origin, Error> {
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| t.server_name_override());
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        origin::origin_for(
+            address,
+            self.authority.as_ref(),
+            self.target_host.as_ref(),
+            tls,
+        )
+    }
+
+    /// The keepalive interval a new connection uses now.
+    #[cfg(test)]
+    pub(crate) fn keepalive_interval_now(&self) -> Option<Duration> {
+        self.keepalive().map(|k| k.interval)
+    }
+
+    fn keepalive(&self) -> Option<Keepalive> {
+        let doublings = self.too_many_pings.load(Ordering::Acquire).min(16);
+        self.keepalive_interval.map(|interval| Keepalive {
+            interval: interval.saturating_mul(1 << doublings),
+            timeout: self.keepalive_timeout.unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+            while_idle: self.keepalive_while_idle,
+        })
+    }
+}
+
+/// A READY connection as its owner (the subchannel) holds it.
+#[derive(Debug)]
+pub(crate) struct Established {
+    /// The handle calls open streams with.
+    pub(crate) connection: Connection,
+    /// Resolves with the reason the connection stopped taking calls.
+    lost: oneshot::Receiver<Lost>,
+    /// Dropping it tells the drive task the owner let go.
+    _release: oneshot::Sender<()>,
+}
+
+impl Established {
+    /// Waits until the connection stops taking new calls; `None` if the
+    /// drive task ended without saying why.
+    pub(crate) async fn lost(&mut self) -> Option<Lost> {
+        (&mut self.lost).await.ok()
+    }
+}
+
+/// Connects to `address` and returns once the connection is READY: the
+/// (TLS and) HTTP/2 handshake is done and the server's preface has arrived.
+pub(crate) async fn establish(
+    address: &Address,
+    origin: &Origin,
+    settings: &Settings,
+) -> Result<Established, Error> {
+    if let Some(connector) = &settings.connector {
+        let io = connector.connect(address).await?;
+        return secure(io, address, origin, settings).await;
+    }
+    match dial::dial(address, &settings.socket).await? {
+        Dialled::Tcp(tcp) => secure(tcp, address, origin, settings).await,
+        #[cfg(unix)]
+        Dialled::Unix(unix) => secure(unix, address, origin, settings).await,
+    }
+}
+
+/// TLS on `io` when the channel has it, then the HTTP/2 handshake.
+#[allow(unused_variables)]
+async fn secure<IO>(
+    io: IO,
+    address: &Address,
+    origin: &Origin,
+    settings: &Settings,
+) -> Result<Established, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    #[cfg(feature = "tls")]
+    if let (Some(tls), Some(name)) = (&settings.tls, &origin.server_name) {
+        let io = tls.connect(io, name, address).await?;
+        return handshake(io, address, settings).await;
+    }
+    handshake(io, address, settings).await
+}
+
+async fn handshake<IO>(io: IO, address: &Address, settings: &Settings) -> Result<Established, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |e: h2::Error| {
+        Error::with_source(
+            ErrorKind::Connect,
+            format!("{address}: HTTP/2 handshake"),
+            e,
+        )
+    };
+    let (io, spoke) = PrefaceWatch::new(io);
+    let (sender, connection) = http2::handshake(io, settings.http2).await.map_err(failed)?;
+    let (release, released) = oneshot::channel();
+    let (lost_tx, mut lost) = oneshot::channel();
+    tokio::spawn(http2::drive(
+        connection,
+        sender.clone(),
+        settings.keepalive(),
+        released,
+        lost_tx,
+        settings.too_many_pings.clone(),
+    ));
+    // READY only once the server has sent its preface (see `preface`). The
+    // socket is dropped, failing `spoke`, when the connection ends first.
+    if spoke.await.is_err() {
+        // The drive task reported why the connection ended before it
+        // dropped the socket.
+        let why = match lost.try_recv() {
+            Ok(Lost::Closed(Some(e))) => format!(": {}", describe_h2(&e)),
+            _ => String::new(),
+        };
+        return Err(Error::new(
+            ErrorKind::Connect,
+            format!("{address}: connection closed before the server's HTTP/2 preface{why}"),
+        ));
+    }
+    Ok(Established {
+        connection: Connection { sender },
+        lost,
+        _release: release,
+    })
+}
+
+/// An HTTP/2 error in words, with TLS's reason when TLS ended the
+/// connection (a server that requires a client certificate says so only
+/// after the client's handshake is done, on the first read).
+fn describe_h2(e: &h2::Error) -> String {
+    #[cfg(feature = "tls")]
+    if let Some(reason) = super::tls::describe_ended(e) {
+        return reason;
+    }
+    e.to_string()
+}
