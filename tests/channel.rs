@@ -375,7 +375,7 @@ async fn service_config_from_the_resolver_switches_policy_without_reconnecting()
             "pick_first by default"
         );
 
-        let config = tonic_balance::balancer::ServiceConfig::from_json(
+        let config = tonic_balance::ServiceConfig::from_json(
             r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#,
         )
         .unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::{eventually, free_port, route, Backend};
-use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller};
+use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
 use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker};
 use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
@@ -40,20 +40,20 @@ impl BalancerBuilder for RotateAll {
         "rotate_all"
     }
 
-    fn build(&self, _: &serde_json::Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
-        Ok(Box::new(RotateAllBalancer {
+    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(RotateAllBalancer {
             counters: self.clone(),
             subchannels: Vec::new(),
-        }))
+        })
     }
 }
 
 impl Balancer for RotateAllBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
         self.subchannels = update
             .addresses()
             .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok())
+            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
             .collect();
         for sc in &self.subchannels {
             sc.connect();

@@ -24,7 +24,8 @@
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
 //! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
 //! the channel builder or by the resolver's service config
-//! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see [`ServiceConfig`]).
+//! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see
+//! [`ServiceConfig`](crate::ServiceConfig)).
 //! Users add policies with [`register`] (process-wide, like grpc-go's
 //! `balancer.Register`) or hand a [`BalancerBuilder`] to one channel.
 //!
@@ -33,15 +34,22 @@
 //! else CONNECTING if any is CONNECTING, else IDLE if any is IDLE, else
 //! TRANSIENT_FAILURE.
 
+mod child;
+pub mod child_manager;
+mod config;
+pub mod graceful_switch;
 pub mod pick_first;
 mod registry;
 pub mod round_robin;
-mod service_config;
-
-pub use pick_first::{PickFirstBuilder, PICK_FIRST};
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+#[cfg(any(test, feature = "test-util"))]
+pub use child_manager::{ChildManager, ChildPickers, ReadyChild, RoundRobinPickers};
+pub use config::{LbConfig, LbPolicy};
+pub use graceful_switch::GracefulSwitch;
+pub use pick_first::{PickFirstBuilder, PickFirstConfig, PICK_FIRST};
 pub use registry::{register, BalancerRegistry};
 pub use round_robin::{RoundRobinBuilder, ROUND_ROBIN};
-pub use service_config::ServiceConfig;
 
 use std::sync::Arc;
 
@@ -51,13 +59,24 @@ use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
 
 /// A load-balancing policy. See the [module docs](self) for the contract.
 pub trait Balancer: Send + 'static {
-    /// The resolver produced a new full set of addresses.
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller);
+    /// The resolver produced a new full set of endpoints
+    /// ([`ResolverUpdate::endpoints`]), with the policy's parsed config
+    /// (the same as before, or a new one of the same policy: a running
+    /// policy is not rebuilt for a config change).
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    );
 
     /// The resolver failed. Keep serving known addresses if there are any.
     fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller);
 
-    /// One of this balancer's subchannels changed state.
+    /// One of this balancer's subchannels changed state. This is the only
+    /// way a policy learns a subchannel's state after
+    /// [`Controller::new_subchannel`] returned its first one, so a parent
+    /// policy can show its children a filtered state.
     fn subchannel_update(
         &mut self,
         subchannel: &Subchannel,
@@ -81,14 +100,16 @@ pub trait Balancer: Send + 'static {
     }
 }
 
-/// What a balancer can ask of its channel.
+/// What a balancer can ask of its channel (or of its parent policy, which
+/// hands its children a controller of its own).
 pub trait Controller {
-    /// A subchannel for `address`. The channel shares one subchannel per
-    /// address, so asking again for an address in use returns the same one,
-    /// which may already be connected: read its current state with
-    /// [`Subchannel::state`]. Later changes arrive through
+    /// A subchannel for `address`, with its current state. The channel
+    /// shares one subchannel per address, so asking again for an address
+    /// in use returns the same one, which may already be connected (the
+    /// state says so). Later changes arrive only through
     /// [`Balancer::subchannel_update`].
-    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error>;
+    fn new_subchannel(&mut self, address: &Address)
+        -> Result<(Subchannel, SubchannelState), Error>;
 
     /// Publishes a new picker and the channel state that goes with it.
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
@@ -113,17 +134,23 @@ pub trait BalancerBuilder: Send + Sync + 'static {
     /// The policy's name, as used in service configs (`round_robin`).
     fn name(&self) -> &str;
 
-    /// Builds a balancer. `config` is the policy's JSON object from the
-    /// service config (`{}` when none was given); reject what you cannot use.
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        options: &BuildOptions,
-    ) -> Result<Box<dyn Balancer>, Error>;
+    /// Builds a balancer. Its config arrives with every
+    /// [`resolver_update`](Balancer::resolver_update).
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer>;
+
+    /// Parses and checks the policy's JSON object from a service config
+    /// (`{}` when none was given), before anything changes: a config this
+    /// returns an error for is rejected with that error (name the policy
+    /// and the bad field) and the channel keeps what it had. The default
+    /// keeps the JSON as is ([`LbConfig::from_json`]).
+    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+        Ok(LbConfig::from_json(json.clone()))
+    }
 }
 
 /// What a balancer is built for.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BuildOptions {
     target: Target,
     seed: u64,
@@ -186,16 +213,14 @@ pub fn failure_message(error: &Error) -> String {
 }
 
 /// Removes repeated addresses, keeping the first of each.
-pub(crate) fn dedup(addresses: &[Address]) -> Vec<Address> {
-    let mut seen = std::collections::HashSet::with_capacity(addresses.len());
+pub(crate) fn dedup<'a>(addresses: impl IntoIterator<Item = &'a Address>) -> Vec<Address> {
+    let mut seen = std::collections::HashSet::new();
     addresses
-        .iter()
+        .into_iter()
         .filter(|a| seen.insert(a.addr()))
         .cloned()
         .collect()
 }
-
-pub mod testing;
 
 #[cfg(test)]
 mod tests {

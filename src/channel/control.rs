@@ -25,16 +25,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::balancer::{
-    failure_message, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller,
+    failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy,
 };
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
-use crate::subchannel::{ConnectConfig, Inner, StateEvent};
+use crate::subchannel::{ConnectConfig, Inner, StateEvent, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
@@ -44,25 +43,23 @@ pub(crate) enum ControlRequest {
     ExitIdle,
 }
 
-/// The policy in use: its builder and config.
-pub(crate) struct Policy {
-    pub(crate) builder: Arc<dyn BalancerBuilder>,
-    pub(crate) config: Value,
-}
-
 pub(crate) struct Control {
     pub(crate) target: Target,
     pub(crate) resolver: Box<dyn Resolver>,
     pub(crate) resolver_rx: UpdateReceiver,
     pub(crate) requests: mpsc::UnboundedReceiver<ControlRequest>,
-    pub(crate) balancer: Box<dyn Balancer>,
-    pub(crate) policy: Policy,
-    pub(crate) default_policy: Arc<Policy>,
+    /// Runs the selected policy, switching gracefully when the service
+    /// config selects another.
+    pub(crate) balancer: GracefulSwitch,
+    /// The policy last handed to the balancer.
+    pub(crate) policy: Option<LbPolicy>,
+    /// The channel builder's policy, used when the resolver gives no
+    /// service config (or one that selects no policy).
+    pub(crate) default_policy: LbPolicy,
     pub(crate) balancers: BalancerRegistry,
     pub(crate) table: SubchannelTable,
     pub(crate) events_rx: mpsc::UnboundedReceiver<StateEvent>,
     pub(crate) picker: Arc<PickerCell>,
-    pub(crate) seed: u64,
     pub(crate) effects: Effects,
     pub(crate) failure: Failure,
 }
@@ -114,13 +111,19 @@ impl Failure {
     }
 }
 
-/// One subchannel per address, shared by whoever holds it.
+/// One subchannel per address, shared by whoever holds it: the channel's
+/// table, also behind the public test controller
+/// (`balancer::testing::FakeController`), whose subchannels are detached
+/// (no connection task).
 pub(crate) struct SubchannelTable {
     by_addr: HashMap<Arc<str>, Weak<Inner>>,
     by_id: HashMap<u64, Weak<Inner>>,
     next_id: u64,
-    events_tx: mpsc::UnboundedSender<StateEvent>,
-    config: Arc<ConnectConfig>,
+    /// How many entries there were after dead ones were last forgotten.
+    kept: usize,
+    /// Where connection tasks report, and how they connect; `None` for
+    /// detached subchannels.
+    spawn: Option<(mpsc::UnboundedSender<StateEvent>, Arc<ConnectConfig>)>,
 }
 
 impl SubchannelTable {
@@ -129,22 +132,73 @@ impl SubchannelTable {
         events_tx: mpsc::UnboundedSender<StateEvent>,
     ) -> Self {
         SubchannelTable {
+            spawn: Some((events_tx, config)),
+            ..SubchannelTable::detached()
+        }
+    }
+
+    /// A table of subchannels that never connect (for balancer tests).
+    pub(crate) fn detached() -> Self {
+        SubchannelTable {
             by_addr: HashMap::new(),
             by_id: HashMap::new(),
             next_id: 0,
-            events_tx,
-            config,
+            kept: 0,
+            spawn: None,
         }
+    }
+
+    /// The live subchannel for `addr`, if any.
+    pub(crate) fn live(&self, addr: &str) -> Option<Subchannel> {
+        self.by_addr.get(addr).and_then(Subchannel::upgrade)
+    }
+
+    /// The live subchannel with this id, if any.
+    fn by_id(&self, id: u64) -> Option<Subchannel> {
+        self.by_id.get(&id).and_then(Subchannel::upgrade)
+    }
+
+    /// Every live subchannel.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn all_live(&self) -> Vec<Subchannel> {
+        self.by_id
+            .values()
+            .filter_map(Subchannel::upgrade)
+            .collect()
+    }
+
+    /// The live subchannel for `address`, or a new one (true).
+    pub(crate) fn get_or_make(&mut self, address: &Address) -> Result<(Subchannel, bool), Error> {
+        if let Some(sc) = self.live(address.addr()) {
+            return Ok((sc, false));
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let sc = match &self.spawn {
+            Some((events_tx, config)) => {
+                Subchannel::spawn(id, address.clone(), config.clone(), events_tx.clone())?
+            }
+            None => Subchannel::detached(id, address.clone()),
+        };
+        self.by_addr.insert(address.addr().into(), sc.downgrade());
+        self.by_id.insert(id, sc.downgrade());
+        // Amortised O(1): dead entries go once they are half the table.
+        if self.by_id.len() >= 2 * self.kept + 64 {
+            self.forget_dead();
+        }
+        Ok((sc, true))
     }
 
     fn forget_dead(&mut self) {
         self.by_addr.retain(|_, w| w.strong_count() > 0);
         self.by_id.retain(|_, w| w.strong_count() > 0);
+        self.kept = self.by_id.len();
     }
 }
 
-/// The [`Controller`] a balancer sees during one call.
-struct Ctl<'a> {
+/// The [`Controller`] a balancer sees during one call: the channel's
+/// subchannel table and what the burst asked for.
+struct ChannelController<'a> {
     table: &'a mut SubchannelTable,
     effects: &'a mut Effects,
 }
@@ -170,29 +224,14 @@ pub(crate) struct Effects {
     wake_queued: bool,
 }
 
-impl Controller for Ctl<'_> {
-    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error> {
-        if let Some(sc) = self
-            .table
-            .by_addr
-            .get(address.addr())
-            .and_then(Subchannel::upgrade)
-        {
-            return Ok(sc);
-        }
-        self.table.next_id += 1;
-        let id = self.table.next_id;
-        let sc = Subchannel::spawn(
-            id,
-            address.clone(),
-            self.table.config.clone(),
-            self.table.events_tx.clone(),
-        )?;
-        self.table
-            .by_addr
-            .insert(address.addr().into(), sc.downgrade());
-        self.table.by_id.insert(id, sc.downgrade());
-        Ok(sc)
+impl Controller for ChannelController<'_> {
+    fn new_subchannel(
+        &mut self,
+        address: &Address,
+    ) -> Result<(Subchannel, SubchannelState), Error> {
+        let (sc, _) = self.table.get_or_make(address)?;
+        let state = SubchannelState::new(sc.state());
+        Ok((sc, state))
     }
 
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
@@ -331,20 +370,15 @@ impl Control {
 
     /// Runs one balancer call; what it asks for is applied after the burst.
     fn drive(&mut self, f: impl FnOnce(&mut dyn Balancer, &mut dyn Controller)) {
-        let mut ctl = Ctl {
+        let mut ctl = ChannelController {
             table: &mut self.table,
             effects: &mut self.effects,
         };
-        f(&mut *self.balancer, &mut ctl);
+        f(&mut self.balancer, &mut ctl);
     }
 
     fn on_subchannel_event(&mut self, event: StateEvent) {
-        let Some(sc) = self
-            .table
-            .by_id
-            .get(&event.id)
-            .and_then(Subchannel::upgrade)
-        else {
+        let Some(sc) = self.table.by_id(event.id) else {
             return;
         };
         sc.set_state(event.state.connectivity);
@@ -362,54 +396,40 @@ impl Control {
     fn on_resolver_events(&mut self, events: ResolverEvents) {
         if let Some(update) = events.update {
             self.failure.resolved(&update);
-            if !self.switch_policy(&update) {
-                self.drive(|b, ctl| b.resolver_update(&update, ctl));
-            }
-            self.table.forget_dead();
+            let policy = self.select_policy(&update);
+            let config = GracefulSwitch::config(policy.clone());
+            self.policy = Some(policy);
+            self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
         }
         if let Some(error) = events.error {
             tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
             self.failure.resolver_failed(&error);
+            if self.policy.is_none() {
+                // No update yet: the default policy reports the error.
+                let policy = self.default_policy.clone();
+                self.balancer.switch_to(&policy);
+                self.policy = Some(policy);
+            }
             self.drive(|b, ctl| b.resolver_error(&error, ctl));
         }
     }
 
-    /// Changes policy if the update's service config asks for another one;
-    /// true if it did (and the new balancer has seen the update).
-    fn switch_policy(&mut self, update: &ResolverUpdate) -> bool {
-        let wanted = match update.service_config().map(|sc| sc.select(&self.balancers)) {
-            Some(Ok(Some((builder, config)))) => Policy { builder, config },
-            Some(Err(error)) => {
-                tracing::warn!(target = %self.target, %error, "ignoring the resolver's service config");
-                return false;
-            }
-            _ => Policy {
-                builder: self.default_policy.builder.clone(),
-                config: self.default_policy.config.clone(),
-            },
+    /// The policy for `update`: its service config's (the balancer
+    /// registry selects it), else the channel's default. A service config
+    /// that cannot be used is logged and the policy in use is kept (gRPC:
+    /// a bad config from the resolver never breaks a working channel).
+    fn select_policy(&self, update: &ResolverUpdate) -> LbPolicy {
+        let Some(config) = update.service_config() else {
+            return self.default_policy.clone();
         };
-        if wanted.builder.name() == self.policy.builder.name()
-            && wanted.config == self.policy.config
-        {
-            return false;
-        }
-        let options = BuildOptions::new(self.target.clone(), self.seed);
-        match wanted.builder.build(&wanted.config, &options) {
-            Ok(balancer) => {
-                tracing::debug!(target = %self.target, policy = wanted.builder.name(), "switching policy");
-                // The old balancer is dropped after the new one has taken
-                // what it needs, so shared subchannels stay connected.
-                let old = std::mem::replace(&mut self.balancer, balancer);
-                self.policy = wanted;
-                // The old policy's timer goes with it.
-                self.effects.work_at = None;
-                self.drive(|b, ctl| b.resolver_update(update, ctl));
-                drop(old);
-                true
-            }
+        match self.balancers.select(config) {
+            Ok(Some(policy)) => policy,
+            Ok(None) => self.default_policy.clone(),
             Err(error) => {
-                tracing::warn!(target = %self.target, %error, "cannot build the service config's policy");
-                false
+                tracing::warn!(target = %self.target, %error, "ignoring the resolver's service config");
+                self.policy
+                    .clone()
+                    .unwrap_or_else(|| self.default_policy.clone())
             }
         }
     }
@@ -429,7 +449,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::balancer::{BalancerBuilder, BuildOptions};
+    use crate::balancer::{BalancerBuilder, BuildOptions, LbConfig};
     use crate::picker::QueuePicker;
     use crate::resolver::UpdateSink;
     use crate::subchannel::SubchannelState;
@@ -450,12 +470,17 @@ mod tests {
     }
 
     impl Balancer for Stub {
-        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        fn resolver_update(
+            &mut self,
+            update: &ResolverUpdate,
+            _: &LbConfig,
+            ctl: &mut dyn Controller,
+        ) {
             self.log.lock().unwrap().push("resolver_update".into());
             self.subchannels = update
                 .addresses()
                 .iter()
-                .map(|a| ctl.new_subchannel(a).unwrap())
+                .map(|a| ctl.new_subchannel(a).unwrap().0)
                 .collect();
             let mut made = self.made.lock().unwrap();
             made.extend(self.subchannels.iter().map(Subchannel::downgrade));
@@ -499,15 +524,59 @@ mod tests {
         }
     }
 
-    struct StubBuilder;
+    /// Builds [`Stub`]s that share the harness's log.
+    #[derive(Clone)]
+    struct StubBuilder {
+        log: Log,
+        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        work_delay: Option<Duration>,
+        quiet: bool,
+    }
 
     impl BalancerBuilder for StubBuilder {
         fn name(&self) -> &str {
             "stub"
         }
 
-        fn build(&self, _: &Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
-            Err(Error::new(crate::ErrorKind::Config, "unused"))
+        fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+            Box::new(Stub {
+                log: self.log.clone(),
+                made: self.made.clone(),
+                subchannels: Vec::new(),
+                work_delay: self.work_delay,
+                quiet: self.quiet,
+            })
+        }
+    }
+
+    /// A control task for `target` running `policy` (with `registry` for
+    /// service configs).
+    #[allow(clippy::too_many_arguments)]
+    fn control(
+        target: Target,
+        resolver: Box<dyn Resolver>,
+        resolver_rx: UpdateReceiver,
+        requests: mpsc::UnboundedReceiver<ControlRequest>,
+        policy: LbPolicy,
+        balancers: BalancerRegistry,
+        table: SubchannelTable,
+        events_rx: mpsc::UnboundedReceiver<StateEvent>,
+        picker: Arc<PickerCell>,
+    ) -> Control {
+        Control {
+            balancer: GracefulSwitch::new(BuildOptions::new(target.clone(), 1)),
+            target,
+            resolver,
+            resolver_rx,
+            requests,
+            policy: None,
+            default_policy: policy,
+            balancers,
+            table,
+            events_rx,
+            picker,
+            effects: Effects::default(),
+            failure: Failure::default(),
         }
     }
 
@@ -537,32 +606,25 @@ mod tests {
             ConnectivityState::Connecting,
             Arc::new(QueuePicker),
         ));
-        let policy = || Policy {
-            builder: Arc::new(StubBuilder),
-            config: Value::Object(Default::default()),
+        let stub = StubBuilder {
+            log: log.clone(),
+            made: Arc::clone(&made),
+            work_delay,
+            quiet,
         };
-        let control = Control {
-            target: "static:///a:1".parse().unwrap(),
-            resolver: Box::new(CountingResolver(resolutions.clone())),
+        let mut balancers = BalancerRegistry::new();
+        balancers.register(Arc::new(stub.clone()));
+        let control = control(
+            "static:///a:1".parse().unwrap(),
+            Box::new(CountingResolver(resolutions.clone())),
             resolver_rx,
             requests,
-            balancer: Box::new(Stub {
-                log: log.clone(),
-                made: Arc::clone(&made),
-                subchannels: Vec::new(),
-                work_delay,
-                quiet,
-            }),
-            policy: policy(),
-            default_policy: Arc::new(policy()),
-            balancers: BalancerRegistry::new(),
-            table: SubchannelTable::new(Arc::default(), events_tx.clone()),
+            LbPolicy::new(Arc::new(stub), LbConfig::empty()),
+            balancers,
+            SubchannelTable::new(Arc::default(), events_tx.clone()),
             events_rx,
-            picker: picker.clone(),
-            seed: 1,
-            effects: Effects::default(),
-            failure: Failure::default(),
-        };
+            picker.clone(),
+        );
         Harness {
             log,
             made,
@@ -578,10 +640,7 @@ mod tests {
     fn event(id: u64, connectivity: ConnectivityState) -> StateEvent {
         StateEvent {
             id,
-            state: SubchannelState {
-                connectivity,
-                error: None,
-            },
+            state: SubchannelState::new(connectivity),
         }
     }
 
@@ -732,9 +791,14 @@ mod tests {
     }
 
     impl Balancer for Counting {
-        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        fn resolver_update(
+            &mut self,
+            update: &ResolverUpdate,
+            config: &LbConfig,
+            ctl: &mut dyn Controller,
+        ) {
             self.seen.lock().unwrap().resolver_updates += 1;
-            self.inner.resolver_update(update, ctl);
+            self.inner.resolver_update(update, config, ctl);
         }
 
         fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
@@ -753,6 +817,23 @@ mod tests {
 
         fn work(&mut self, ctl: &mut dyn Controller) {
             self.inner.work(ctl);
+        }
+    }
+
+    /// Builds round_robin balancers that count what they are handed.
+    struct CountingBuilder(Arc<Mutex<Seen>>);
+
+    impl BalancerBuilder for CountingBuilder {
+        fn name(&self) -> &str {
+            "counting_round_robin"
+        }
+
+        fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+            use crate::balancer::RoundRobinBuilder;
+            Box::new(Counting {
+                inner: RoundRobinBuilder.build(options),
+                seen: self.0.clone(),
+            })
         }
     }
 
@@ -784,7 +865,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ten_thousand_failing_addresses_cost_one_resolver_update_and_few_pickers() {
-        use crate::balancer::RoundRobinBuilder;
         use crate::resolver::{ResolverBuilder, StaticResolverBuilder};
         const FAILING: usize = 10_000;
         let live = h2_backend().await;
@@ -799,41 +879,27 @@ mod tests {
         let resolver = StaticResolverBuilder.build(&target, sink.clone()).unwrap();
         let resolutions = Arc::new(Mutex::new(0));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let options = BuildOptions::new(target.clone(), 1);
-        let round_robin = RoundRobinBuilder.build(&Value::Null, &options).unwrap();
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let picker = Arc::new(PickerCell::new(
             ConnectivityState::Connecting,
             Arc::new(QueuePicker),
         ));
-        let policy = || Policy {
-            builder: Arc::new(RoundRobinBuilder),
-            config: Value::Object(Default::default()),
-        };
         let config = Arc::new(ConnectConfig {
             rng_seed: 1,
             ..ConnectConfig::default()
         });
-        let control = Control {
+        let control = control(
             target,
-            resolver: Box::new(CountingWrapper(resolver, resolutions.clone())),
+            Box::new(CountingWrapper(resolver, resolutions.clone())),
             resolver_rx,
             requests,
-            balancer: Box::new(Counting {
-                inner: round_robin,
-                seen: seen.clone(),
-            }),
-            policy: policy(),
-            default_policy: Arc::new(policy()),
-            balancers: BalancerRegistry::new(),
-            table: SubchannelTable::new(config, events_tx),
+            LbPolicy::new(Arc::new(CountingBuilder(seen.clone())), LbConfig::empty()),
+            BalancerRegistry::new(),
+            SubchannelTable::new(config, events_tx),
             events_rx,
-            picker: picker.clone(),
-            seed: 1,
-            effects: Effects::default(),
-            failure: Failure::default(),
-        };
+            picker.clone(),
+        );
         let task = tokio::spawn(control.run());
         tokio::time::sleep(Duration::from_secs(30)).await;
 

@@ -38,6 +38,8 @@ mod control;
 mod stream;
 
 pub use builder::BalancedChannelBuilder;
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) use control::SubchannelTable;
 
 use std::fmt;
 use std::future::Future;
