@@ -579,3 +579,119 @@ impl fmt::Debug for ChildManager {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::balancer::testing::FakeController;
+    use crate::balancer::PickFirstBuilder;
+    use crate::{Address, Attributes};
+    use ConnectivityState::*;
+
+    /// Always the READY child with the highest weight.
+    struct Heaviest;
+
+    impl ChildPickers for Heaviest {
+        fn build(&mut self, ready: &[ReadyChild<'_>]) -> Arc<dyn Picker> {
+            let heaviest = ready
+                .iter()
+                .max_by_key(|c| c.endpoint.attributes().weight().unwrap_or(1))
+                .map(|c| c.picker.clone());
+            heaviest.unwrap_or_else(|| Arc::new(QueuePicker))
+        }
+    }
+
+    fn manager(pickers: Box<dyn ChildPickers>) -> ChildManager {
+        let pick_first = LbPolicy::new(Arc::new(PickFirstBuilder), LbConfig::empty());
+        let options = BuildOptions::new("static:///a:1".parse().unwrap(), 1);
+        ChildManager::new(pick_first, options, pickers)
+    }
+
+    fn weighted(addrs: &[&str], weight: u32) -> Endpoint {
+        let mut attributes = Attributes::default();
+        attributes.set_weight(Some(weight));
+        Endpoint::new(addrs.iter().map(|a| Address::from(*a)).collect()).with_attributes(attributes)
+    }
+
+    #[test]
+    fn a_parent_builds_its_picker_from_the_ready_childrens_endpoints() {
+        let (mut m, mut ctl) = (manager(Box::new(Heaviest)), FakeController::new());
+        let update =
+            ResolverUpdate::from_endpoints(vec![weighted(&["a:1"], 1), weighted(&["b:1"], 5)]);
+        m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
+        ctl.deliver(&mut m, "a:1", Ready);
+        assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+        ctl.deliver(&mut m, "b:1", Ready);
+        assert_eq!(
+            ctl.pick_addr().as_deref(),
+            Some("b:1"),
+            "the weight 5 endpoint"
+        );
+        assert_eq!(m.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dual_stack_endpoint_is_one_child_with_its_own_happy_eyeballs_timer() {
+        let (mut m, mut ctl) = (
+            manager(Box::new(RoundRobinPickers::new(1))),
+            FakeController::new(),
+        );
+        let update = ResolverUpdate::from_endpoints(vec![
+            Endpoint::new(vec!["[::1]:1".into(), "127.0.0.1:1".into()]),
+            Endpoint::new(vec!["10.0.0.1:1".into()]),
+        ]);
+        m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
+        assert_eq!(m.len(), 2);
+        assert_eq!(ctl.connected_addrs(), ["[::1]:1", "10.0.0.1:1"]);
+        ctl.deliver(&mut m, "[::1]:1", Connecting);
+        // The first child's 250 ms timer goes through the manager.
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(ctl.run_due_work(&mut m));
+        assert_eq!(ctl.connects("127.0.0.1:1"), 1, "the child's second address");
+        ctl.deliver(&mut m, "127.0.0.1:1", Ready);
+        assert_eq!(ctl.last_state(), Ready);
+        assert_eq!(ctl.pick_addr().as_deref(), Some("127.0.0.1:1"));
+    }
+
+    #[test]
+    fn endpoints_sharing_an_address_both_see_its_updates() {
+        let (mut m, mut ctl) = (
+            manager(Box::new(RoundRobinPickers::new(1))),
+            FakeController::new(),
+        );
+        let update = ResolverUpdate::from_endpoints(vec![
+            Endpoint::new(vec!["a:1".into(), "s:1".into()]),
+            Endpoint::new(vec!["s:1".into(), "b:1".into()]),
+        ]);
+        m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
+        // The first child starts a:1, the second s:1; a:1 fails, so the
+        // first child tries s:1 too, the subchannel the second one has.
+        ctl.deliver_error(&mut m, "a:1", TransientFailure, "a:1: refused");
+        ctl.deliver(&mut m, "s:1", Ready);
+        assert_eq!(ctl.last_state(), Ready);
+        let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
+        assert_eq!(picks, ["s:1"; 4], "both children selected s:1");
+    }
+
+    #[test]
+    fn repeated_and_empty_endpoints_are_ignored_and_an_unchanged_child_is_left_alone() {
+        let (mut m, mut ctl) = (
+            manager(Box::new(RoundRobinPickers::new(1))),
+            FakeController::new(),
+        );
+        let update = ResolverUpdate::from_endpoints(vec![
+            Endpoint::new(vec!["a:1".into(), "b:1".into()]),
+            Endpoint::new(vec!["b:1".into(), "a:1".into()]),
+            Endpoint::new(vec![]),
+        ]);
+        m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
+        assert_eq!(m.len(), 1);
+        ctl.deliver_error(&mut m, "a:1", TransientFailure, "a:1: refused");
+        assert_eq!(ctl.connects("b:1"), 1);
+        ctl.take_events();
+        m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
+        assert!(ctl.take_events().is_empty(), "nothing asked again");
+    }
+}

@@ -313,3 +313,234 @@ impl std::fmt::Debug for GracefulSwitch {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::balancer::testing::FakeController;
+    use crate::balancer::{BalancerBuilder, PickFirstBuilder, RoundRobinBuilder};
+    use crate::picker::QueuePicker;
+    use crate::Address;
+    use ConnectivityState::*;
+
+    fn switch() -> GracefulSwitch {
+        GracefulSwitch::new(BuildOptions::new("static:///a:1".parse().unwrap(), 1))
+    }
+
+    fn config(builder: impl BalancerBuilder, json: serde_json::Value) -> LbConfig {
+        GracefulSwitch::config(LbPolicy::parse(Arc::new(builder), &json).unwrap())
+    }
+
+    fn update(addrs: &[&str]) -> ResolverUpdate {
+        ResolverUpdate::new(addrs.iter().map(|a| Address::from(*a)).collect())
+    }
+
+    /// Counts builds and records the configs it is handed.
+    #[derive(Clone, Default)]
+    struct Recording {
+        builds: Arc<Mutex<usize>>,
+        configs: Arc<Mutex<Vec<serde_json::Value>>>,
+    }
+
+    struct RecordingBalancer(Recording);
+
+    impl BalancerBuilder for Recording {
+        fn name(&self) -> &str {
+            "recording"
+        }
+
+        fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+            *self.builds.lock().unwrap() += 1;
+            Box::new(RecordingBalancer(self.clone()))
+        }
+    }
+
+    impl Balancer for RecordingBalancer {
+        fn resolver_update(
+            &mut self,
+            _: &ResolverUpdate,
+            config: &LbConfig,
+            ctl: &mut dyn Controller,
+        ) {
+            self.0.configs.lock().unwrap().push(config.json().clone());
+            ctl.update_picker(Connecting, Arc::new(QueuePicker));
+        }
+
+        fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
+
+        fn subchannel_update(
+            &mut self,
+            _: &Subchannel,
+            _: &SubchannelState,
+            _: &mut dyn Controller,
+        ) {
+        }
+    }
+
+    #[test]
+    fn a_config_change_of_the_same_policy_reaches_the_running_policy() {
+        let (mut gs, mut ctl) = (switch(), FakeController::new());
+        let recording = Recording::default();
+        for n in 1..=3 {
+            let json = serde_json::json!({ "n": n });
+            gs.resolver_update(
+                &update(&["a:1"]),
+                &config(recording.clone(), json),
+                &mut ctl,
+            );
+        }
+        assert_eq!(*recording.builds.lock().unwrap(), 1, "built once");
+        let seen: Vec<i64> = recording
+            .configs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(gs.pending_policy(), None);
+    }
+
+    #[test]
+    fn the_old_policy_serves_until_the_new_one_is_ready() {
+        let (mut gs, mut ctl) = (switch(), FakeController::new());
+        gs.resolver_update(
+            &update(&["a:1"]),
+            &config(PickFirstBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        ctl.deliver(&mut gs, "a:1", Ready);
+        let published = ctl.pickers.len();
+        gs.resolver_update(
+            &update(&["b:1", "c:1"]),
+            &config(RoundRobinBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        ctl.deliver(&mut gs, "b:1", Connecting);
+        assert_eq!(gs.current_policy(), Some("pick_first"));
+        assert_eq!(gs.pending_policy(), Some("round_robin"));
+        assert_eq!(
+            ctl.pickers.len(),
+            published,
+            "the pending policy's CONNECTING is not published"
+        );
+        assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+        ctl.deliver(&mut gs, "c:1", Ready);
+        assert_eq!(
+            (gs.current_policy(), gs.pending_policy()),
+            (Some("round_robin"), None)
+        );
+        assert_eq!(ctl.last_state(), Ready);
+        assert_eq!(ctl.pick_addr().as_deref(), Some("c:1"));
+        // pick_first is gone, and with it (once the fake's copies of its
+        // pickers go) its subchannel.
+        ctl.pickers.clear();
+        assert_eq!(ctl.connects("a:1"), 0);
+    }
+
+    #[test]
+    fn the_new_policy_takes_over_when_the_old_one_leaves_ready() {
+        let (mut gs, mut ctl) = (switch(), FakeController::new());
+        gs.resolver_update(
+            &update(&["a:1"]),
+            &config(PickFirstBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        ctl.deliver(&mut gs, "a:1", Ready);
+        gs.resolver_update(
+            &update(&["b:1"]),
+            &config(RoundRobinBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        assert_eq!(gs.pending_policy(), Some("round_robin"));
+        ctl.deliver(&mut gs, "a:1", Idle);
+        assert_eq!(
+            (gs.current_policy(), gs.pending_policy()),
+            (Some("round_robin"), None)
+        );
+        assert_eq!(
+            ctl.last_state(),
+            Connecting,
+            "round_robin's state is published"
+        );
+    }
+
+    #[test]
+    fn a_shared_subchannel_updates_both_policies() {
+        let (mut gs, mut ctl) = (switch(), FakeController::new());
+        gs.resolver_update(
+            &update(&["a:1", "b:1"]),
+            &config(RoundRobinBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        ctl.deliver(&mut gs, "a:1", Ready);
+        gs.resolver_update(
+            &update(&["b:1"]),
+            &config(PickFirstBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        assert_eq!(
+            gs.pending_policy(),
+            Some("pick_first"),
+            "b:1 is still CONNECTING"
+        );
+        // b:1 READY: round_robin adds it to its rotation, pick_first
+        // selects it and takes over.
+        ctl.deliver(&mut gs, "b:1", Ready);
+        assert_eq!(gs.current_policy(), Some("pick_first"));
+        let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
+        assert!(picks.iter().all(|a| a == "b:1"), "{picks:?}");
+    }
+
+    #[test]
+    fn switching_back_drops_the_pending_policy() {
+        let (mut gs, mut ctl) = (switch(), FakeController::new());
+        let pick_first = || config(PickFirstBuilder, serde_json::json!({}));
+        gs.resolver_update(&update(&["a:1"]), &pick_first(), &mut ctl);
+        ctl.deliver(&mut gs, "a:1", Ready);
+        gs.resolver_update(
+            &update(&["b:1"]),
+            &config(RoundRobinBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        gs.resolver_update(&update(&["a:1"]), &pick_first(), &mut ctl);
+        assert_eq!(
+            (gs.current_policy(), gs.pending_policy()),
+            (Some("pick_first"), None)
+        );
+        assert_eq!(
+            ctl.connects("b:1"),
+            0,
+            "round_robin and its subchannel are gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pending_policys_timer_runs_while_the_old_one_serves() {
+        let (mut gs, mut ctl) = (switch(), FakeController::new());
+        gs.resolver_update(
+            &update(&["a:1"]),
+            &config(RoundRobinBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        ctl.deliver(&mut gs, "a:1", Ready);
+        // pick_first's happy eyeballs: b:1 gets 250 ms, then c:1 starts.
+        gs.resolver_update(
+            &update(&["b:1", "c:1"]),
+            &config(PickFirstBuilder, serde_json::json!({})),
+            &mut ctl,
+        );
+        assert_eq!(gs.pending_policy(), Some("pick_first"));
+        assert_eq!((ctl.connects("b:1"), ctl.connects("c:1")), (1, 0));
+        tokio::time::advance(std::time::Duration::from_millis(250)).await;
+        assert!(ctl.run_due_work(&mut gs));
+        assert_eq!(ctl.connects("c:1"), 1, "the timer fired");
+        assert_eq!(
+            ctl.pick_addr().as_deref(),
+            Some("a:1"),
+            "round_robin still serves"
+        );
+    }
+}

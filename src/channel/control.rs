@@ -452,6 +452,7 @@ mod tests {
     use crate::balancer::{BalancerBuilder, BuildOptions, LbConfig};
     use crate::picker::QueuePicker;
     use crate::resolver::UpdateSink;
+    use crate::service_config::ServiceConfig;
     use crate::subchannel::SubchannelState;
 
     /// What the stub balancer saw, in order.
@@ -462,6 +463,7 @@ mod tests {
     /// burst would), or at a fixed delay after a resolver update.
     struct Stub {
         log: Log,
+        configs: Arc<Mutex<Vec<serde_json::Value>>>,
         made: Arc<Mutex<Vec<Weak<Inner>>>>,
         subchannels: Vec<Subchannel>,
         work_delay: Option<Duration>,
@@ -473,10 +475,11 @@ mod tests {
         fn resolver_update(
             &mut self,
             update: &ResolverUpdate,
-            _: &LbConfig,
+            config: &LbConfig,
             ctl: &mut dyn Controller,
         ) {
             self.log.lock().unwrap().push("resolver_update".into());
+            self.configs.lock().unwrap().push(config.json().clone());
             self.subchannels = update
                 .addresses()
                 .iter()
@@ -510,6 +513,10 @@ mod tests {
             ctl.schedule_work(Instant::now());
         }
 
+        fn exit_idle(&mut self, _: &mut dyn Controller) {
+            self.log.lock().unwrap().push("exit_idle".into());
+        }
+
         fn work(&mut self, ctl: &mut dyn Controller) {
             self.log.lock().unwrap().push("work".into());
             ctl.update_picker(ConnectivityState::Ready, Arc::new(QueuePicker));
@@ -528,6 +535,9 @@ mod tests {
     #[derive(Clone)]
     struct StubBuilder {
         log: Log,
+        /// The configs its balancers were handed, and how many it built.
+        configs: Arc<Mutex<Vec<serde_json::Value>>>,
+        builds: Arc<Mutex<usize>>,
         made: Arc<Mutex<Vec<Weak<Inner>>>>,
         work_delay: Option<Duration>,
         quiet: bool,
@@ -539,8 +549,10 @@ mod tests {
         }
 
         fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+            *self.builds.lock().unwrap() += 1;
             Box::new(Stub {
                 log: self.log.clone(),
+                configs: self.configs.clone(),
                 made: self.made.clone(),
                 subchannels: Vec::new(),
                 work_delay: self.work_delay,
@@ -582,6 +594,7 @@ mod tests {
 
     struct Harness {
         log: Log,
+        stub: StubBuilder,
         made: Arc<Mutex<Vec<Weak<Inner>>>>,
         resolutions: Arc<Mutex<usize>>,
         picker: Arc<PickerCell>,
@@ -608,10 +621,13 @@ mod tests {
         ));
         let stub = StubBuilder {
             log: log.clone(),
+            configs: Arc::default(),
+            builds: Arc::default(),
             made: Arc::clone(&made),
             work_delay,
             quiet,
         };
+        let stub_copy = stub.clone();
         let mut balancers = BalancerRegistry::new();
         balancers.register(Arc::new(stub.clone()));
         let control = control(
@@ -621,12 +637,14 @@ mod tests {
             requests,
             LbPolicy::new(Arc::new(stub), LbConfig::empty()),
             balancers,
-            SubchannelTable::new(Arc::default(), events_tx.clone()),
+            // Subchannels that never connect: the test plays their events.
+            SubchannelTable::detached(),
             events_rx,
             picker.clone(),
         );
         Harness {
             log,
+            stub: stub_copy,
             made,
             resolutions,
             picker,
@@ -773,6 +791,125 @@ mod tests {
         assert_eq!(*h.log.lock().unwrap(), ["resolver_update", "work"]);
         assert!(Instant::now() - start >= Duration::from_millis(250));
         assert_eq!(h.picker.load().state, ConnectivityState::Ready);
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    fn stub_config(json: &str) -> ServiceConfig {
+        ServiceConfig::from_json(&format!(r#"{{"loadBalancingConfig":[{{"stub":{json}}}]}}"#))
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_config_change_of_the_same_policy_reaches_the_running_balancer() {
+        let mut h = harness(None);
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        for n in 1..=3 {
+            let update = ResolverUpdate::new(vec![Address::new("a:1")])
+                .with_service_config(stub_config(&format!(r#"{{"n":{n}}}"#)));
+            h.sink.update(update);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*h.stub.builds.lock().unwrap(), 1, "never rebuilt");
+        let configs = h.stub.configs.lock().unwrap().clone();
+        let ns: Vec<i64> = configs.iter().map(|c| c["n"].as_i64().unwrap()).collect();
+        assert_eq!(ns, [1, 2, 3]);
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_service_config_keeps_the_running_policy_and_its_config() {
+        let mut h = harness(None);
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        let update = |config: ServiceConfig| {
+            ResolverUpdate::new(vec![Address::new("a:1")]).with_service_config(config)
+        };
+        h.sink.update(update(stub_config(r#"{"n":1}"#)));
+        tokio::task::yield_now().await;
+        let unknown = ServiceConfig::from_json(r#"{"loadBalancingConfig":[{"nope":{}}]}"#).unwrap();
+        h.sink.update(update(unknown));
+        tokio::task::yield_now().await;
+        assert_eq!(*h.stub.builds.lock().unwrap(), 1);
+        let configs = h.stub.configs.lock().unwrap().clone();
+        assert_eq!(configs.len(), 2, "the update still reached the policy");
+        assert_eq!(configs[1]["n"], 1, "with the config it had");
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_switch_keeps_publishing_the_old_policys_picker_until_the_new_one_is_ready() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        h.events_tx
+            .send(event(1, ConnectivityState::Ready))
+            .unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(h.picker.load().state, ConnectivityState::Ready);
+        let generation = h.picker.load().generation;
+        // round_robin to an address that is only CONNECTING: the stub's
+        // READY picker stays.
+        let round_robin =
+            ServiceConfig::from_json(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#).unwrap();
+        h.sink.update(
+            ResolverUpdate::new(vec![Address::new("b:1")]).with_service_config(round_robin),
+        );
+        tokio::task::yield_now().await;
+        assert_eq!(h.picker.load().generation, generation, "nothing published");
+        assert_eq!(h.picker.load().state, ConnectivityState::Ready);
+        // b:1 READY: round_robin takes over, and the stub is dropped with
+        // its subchannel a:1.
+        h.events_tx
+            .send(event(2, ConnectivityState::Ready))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let snapshot = h.picker.load();
+        assert_eq!(snapshot.state, ConnectivityState::Ready);
+        assert!(snapshot.generation > generation);
+        let made = h.made.lock().unwrap().clone();
+        assert!(Subchannel::upgrade(&made[0]).is_none(), "a:1 released");
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_on_an_idle_channel_reaches_the_balancers_exit_idle() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        h.requests_tx.send(ControlRequest::ExitIdle).unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            h.log.lock().unwrap().last().map(String::as_str),
+            Some("exit_idle")
+        );
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subchannels_a_new_update_leaves_out_are_shut_down() {
+        let mut h = harness(None);
+        h.sink.update(ResolverUpdate::new(vec![
+            Address::new("a:1"),
+            Address::new("b:1"),
+        ]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("b:1")]));
+        tokio::task::yield_now().await;
+        let made = h.made.lock().unwrap().clone();
+        assert_eq!(made.len(), 3, "a:1 and b:1, then b:1 again");
+        assert!(Subchannel::upgrade(&made[0]).is_none(), "a:1 shut down");
+        let (b1, b2) = (Subchannel::upgrade(&made[1]), Subchannel::upgrade(&made[2]));
+        assert!(b1.is_some() && b1 == b2, "b:1 kept, the same subchannel");
         drop(h.requests_tx);
         task.await.unwrap();
     }
