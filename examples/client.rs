@@ -8,7 +8,13 @@
 //! ```text
 //! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
 //!     --policy round_robin --requests 8 --verbose
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --service-config '{"loadBalancingConfig":[{"round_robin":{}}]}'
 //! ```
+//!
+//! `--service-config` takes any gRPC service config (JSON); its
+//! `loadBalancingConfig` chooses the policy (it wins over `--policy`), and
+//! a bad one is rejected before any call with an error that says why.
 
 mod common;
 
@@ -21,12 +27,13 @@ use common::proto::simple_client::SimpleClient;
 use common::proto::SimpleRequest;
 use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
-const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] [--requests N] \
-[--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose]";
+const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] \
+[--service-config JSON] [--requests N] [--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose]";
 
 struct Options {
     target: String,
     policy: String,
+    service_config: Option<String>,
     requests: usize,
     concurrency: usize,
     interval: Duration,
@@ -66,6 +73,7 @@ fn parse() -> Result<Option<Options>, String> {
     let options = Options {
         target: args.value("--target")?.ok_or("--target is required")?,
         policy: args.parsed("--policy", "pick_first".to_owned())?,
+        service_config: args.value("--service-config")?,
         requests: args.parsed("--requests", 10)?,
         concurrency: args.parsed::<usize>("--concurrency", 1)?.max(1),
         interval: Duration::from_millis(args.parsed("--interval-ms", 0)?),
@@ -78,10 +86,13 @@ fn parse() -> Result<Option<Options>, String> {
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
-    let channel = BalancedChannel::builder(&options.target)
+    let mut builder = BalancedChannel::builder(&options.target)
         .balancer(&options.policy)
-        .wait_for_ready(options.wait_for_ready)
-        .build()?;
+        .wait_for_ready(options.wait_for_ready);
+    if let Some(json) = &options.service_config {
+        builder = builder.service_config(json);
+    }
+    let channel = builder.build()?;
     let options = Arc::new(options);
     let next = Arc::new(AtomicUsize::new(0));
     let tally = Arc::new(Mutex::new(Tally::default()));
