@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tonic_balance::balancer::testing::FakeController;
 use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BuildOptions, PickFirstBuilder, RoundRobinBuilder,
+    Balancer, BalancerBuilder, BuildOptions, LbConfig, PickFirstBuilder, RoundRobinBuilder,
 };
 use tonic_balance::picker::PickInfo;
 use tonic_balance::resolver::ResolverUpdate;
@@ -45,9 +45,7 @@ const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 
 fn build(policy: &dyn BalancerBuilder) -> Box<dyn Balancer> {
     let target = "static:///bench:1".parse().expect("a valid target");
-    policy
-        .build(&serde_json::json!({}), &BuildOptions::new(target, 7))
-        .expect("the built-in policies build with an empty config")
+    policy.build(&BuildOptions::new(target, 7))
 }
 
 fn addr(i: usize) -> String {
@@ -65,7 +63,8 @@ fn ready_balancer(
 ) -> (Box<dyn Balancer>, FakeController) {
     let mut balancer = build(policy);
     let mut ctl = FakeController::new();
-    balancer.resolver_update(&update(addrs), &mut ctl);
+    ctl.set_recording(false);
+    balancer.resolver_update(&update(addrs), &LbConfig::empty(), &mut ctl);
     for a in addrs {
         // round_robin connects every address; pick_first only its first,
         // and drops the rest once that one is READY.
@@ -182,7 +181,7 @@ fn bench_update(c: &mut Criterion) {
                         flip = !flip;
                         let next = if flip { &update_a } else { &update_b };
                         let start = Instant::now();
-                        balancer.resolver_update(black_box(next), &mut ctl);
+                        balancer.resolver_update(black_box(next), &LbConfig::empty(), &mut ctl);
                         total += start.elapsed();
                         ctl.pickers.clear();
                     }

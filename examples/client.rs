@@ -10,10 +10,16 @@
 //!     --policy round_robin --requests 8 --verbose
 //! cargo run --features tls --example client -- --target dns:///localhost:8443 \
 //!     --tls-ca ca.pem [--tls-cert client.pem --tls-key client.key] [--tls-server-name NAME]
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --service-config '{"loadBalancingConfig":[{"round_robin":{}}]}'
 //! ```
 //!
 //! It exits with status 1 when any call failed (2 for bad flags), so a
 //! script can rely on it.
+//!
+//! `--service-config` takes any gRPC service config (JSON); its
+//! `loadBalancingConfig` chooses the policy (it wins over `--policy`), and
+//! a bad one is rejected before any call with an error that says why.
 
 mod common;
 
@@ -26,7 +32,8 @@ use common::proto::simple_client::SimpleClient;
 use common::proto::SimpleRequest;
 use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
-const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] [--requests N] \
+const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] \
+[--service-config JSON] [--requests N] \
 [--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] \
 [--connections-per-address N] [--user-agent S] \
 [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] (TLS: --features tls)";
@@ -34,6 +41,7 @@ const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin
 struct Options {
     target: String,
     policy: String,
+    service_config: Option<String>,
     requests: usize,
     concurrency: usize,
     interval: Duration,
@@ -132,6 +140,7 @@ fn parse() -> Result<Option<Options>, String> {
     let options = Options {
         target: args.value("--target")?.ok_or("--target is required")?,
         policy: args.parsed("--policy", "pick_first".to_owned())?,
+        service_config: args.value("--service-config")?,
         requests: args.parsed("--requests", 10)?,
         concurrency: args.parsed::<usize>("--concurrency", 1)?.max(1),
         interval: Duration::from_millis(args.parsed("--interval-ms", 0)?),
@@ -162,6 +171,9 @@ async fn run(options: Options) -> Result<u64, Box<dyn std::error::Error>> {
         .connections_per_address(options.connections_per_address);
     if let Some(user_agent) = &options.user_agent {
         builder = builder.user_agent(user_agent);
+    }
+    if let Some(json) = &options.service_config {
+        builder = builder.service_config(json);
     }
     let channel = with_tls(builder, &options.tls)?.build()?;
     let options = Arc::new(options);

@@ -30,7 +30,9 @@ use std::time::Duration;
 use common::proto::simple_client::SimpleClient;
 use common::proto::SimpleRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic_balance::balancer::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions};
+use tonic_balance::balancer::{
+    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, LbConfig,
+};
 use tonic_balance::balancer::{Controller, ROUND_ROBIN};
 use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
@@ -164,15 +166,15 @@ impl BalancerBuilder for CountingBuilder {
         self.inner.name()
     }
 
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        options: &BuildOptions,
-    ) -> Result<Box<dyn Balancer>, Error> {
-        Ok(Box::new(Counting {
-            inner: self.inner.build(config, options)?,
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(Counting {
+            inner: self.inner.build(options),
             counts: self.counts.clone(),
-        }))
+        })
+    }
+
+    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+        self.inner.parse_config(json)
     }
 }
 
@@ -188,7 +190,10 @@ struct CountingController<'a> {
 }
 
 impl Controller for CountingController<'_> {
-    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error> {
+    fn new_subchannel(
+        &mut self,
+        address: &Address,
+    ) -> Result<(Subchannel, SubchannelState), Error> {
         self.inner.new_subchannel(address)
     }
 
@@ -222,9 +227,14 @@ impl Counting {
 }
 
 impl Balancer for Counting {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    ) {
         self.counts.resolver_updates.fetch_add(1, Ordering::Relaxed);
-        self.with(ctl, |b, ctl| b.resolver_update(update, ctl));
+        self.with(ctl, |b, ctl| b.resolver_update(update, config, ctl));
     }
 
     fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {

@@ -5,6 +5,13 @@
 //! from the naming service). Two addresses are the same backend when their
 //! [`addr`](Address::addr) strings are equal: attributes never change which
 //! connection is used, so a weight change does not reconnect.
+//!
+//! An [`Endpoint`] is one backend: one or more addresses (a dual-stack host
+//! has an IPv4 and an IPv6 one) with the endpoint's own attributes (its
+//! weight, metadata, a TLS server name). Resolvers send endpoints
+//! (gRFC A61); policies that balance over backends (`round_robin`) keep one
+//! child per endpoint, and pick_first tries an endpoint's addresses in
+//! order.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -18,7 +25,7 @@ pub struct Address {
 }
 
 /// What a resolver knows about an address beyond where it is.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attributes {
     weight: Option<u32>,
     metadata: Option<Arc<serde_json::Value>>,
@@ -90,6 +97,63 @@ impl Attributes {
     /// Sets the metadata.
     pub fn set_metadata(&mut self, metadata: Option<serde_json::Value>) {
         self.metadata = metadata.map(Arc::new);
+    }
+}
+
+/// One backend: its addresses, tried in order by pick_first, and its
+/// attributes (a weight for weighted policies, metadata, a server name).
+///
+/// ```
+/// use tonic_balance::{Address, Attributes, Endpoint};
+///
+/// let mut attributes = Attributes::default();
+/// attributes.set_weight(Some(3));
+/// let dual_stack = Endpoint::new(vec!["[::1]:50051".into(), "127.0.0.1:50051".into()])
+///     .with_attributes(attributes);
+/// assert_eq!(dual_stack.addresses().len(), 2);
+/// assert_eq!(dual_stack.attributes().weight(), Some(3));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Endpoint {
+    addresses: Vec<Address>,
+    attributes: Attributes,
+}
+
+impl Endpoint {
+    /// An endpoint with these addresses and no attributes.
+    pub fn new(addresses: Vec<Address>) -> Self {
+        Endpoint {
+            addresses,
+            attributes: Attributes::default(),
+        }
+    }
+
+    /// Replaces the endpoint's attributes.
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
+    }
+
+    /// The endpoint's addresses, in the order to try them.
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
+    }
+
+    /// The endpoint's attributes.
+    pub fn attributes(&self) -> &Attributes {
+        &self.attributes
+    }
+}
+
+impl From<Address> for Endpoint {
+    /// An endpoint of one address, carrying that address's attributes.
+    fn from(address: Address) -> Self {
+        let attributes = address.attributes.clone();
+        Endpoint {
+            addresses: vec![address],
+            attributes,
+        }
     }
 }
 

@@ -51,15 +51,17 @@ pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;
 pub mod resolver;
+pub mod service_config;
 pub mod subchannel;
 pub mod target;
 pub mod transport;
 
-pub use address::{Address, Attributes};
+pub use address::{Address, Attributes, Endpoint};
 pub use channel::{BalancedChannel, BalancedChannelBuilder, Peer, WaitForReady};
 pub use connectivity::ConnectivityState;
 pub use error::{Error, ErrorKind};
 pub use picker::{PickResult, Picker};
+pub use service_config::ServiceConfig;
 pub use subchannel::Subchannel;
 pub use target::Target;
 #[cfg(feature = "tls")]

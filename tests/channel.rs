@@ -375,7 +375,7 @@ async fn service_config_from_the_resolver_switches_policy_without_reconnecting()
             "pick_first by default"
         );
 
-        let config = tonic_balance::balancer::ServiceConfig::from_json(
+        let config = tonic_balance::ServiceConfig::from_json(
             r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#,
         )
         .unwrap();
@@ -397,6 +397,56 @@ async fn service_config_from_the_resolver_switches_policy_without_reconnecting()
             1,
             "kept its connection"
         );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_policy_switch_keeps_serving_with_the_old_policy_until_the_new_one_is_ready() {
+    use support::h2server::{Behaviour, H2Server};
+    tokio::time::timeout(TEST_LIMIT, async {
+        let a = Backend::start();
+        // Accepts TCP and never answers: round_robin's child stays CONNECTING.
+        let silent = H2Server::start(Behaviour::Silent).await;
+        let manual = ManualResolver::new("manual");
+        manual.update_state(ResolverUpdate::new(vec![a.addr.into()]));
+        let channel = BalancedChannel::builder("manual:///svc")
+            .resolver_builder(manual.clone())
+            .timeout(Duration::from_secs(1))
+            .connect(Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        route(&mut client, "before").await.unwrap();
+
+        let config = tonic_balance::ServiceConfig::from_json(
+            r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#,
+        )
+        .unwrap();
+        manual.update_state(
+            ResolverUpdate::new(vec![silent.addr.into(), a.addr.into()])
+                .with_service_config(config.clone()),
+        );
+        assert!(eventually(Duration::from_secs(5), || silent.connections() == 1).await);
+        // round_robin is READY at once through a's shared subchannel: it
+        // takes over without a gap.
+        for i in 0..5 {
+            let peer = route(&mut client, &format!("{i}")).await.unwrap();
+            assert_eq!(peer, a.addr.to_string());
+        }
+
+        // Back to pick_first on the silent address only: pick_first stays
+        // CONNECTING, so round_robin keeps serving with a.
+        manual.update_state(ResolverUpdate::new(vec![silent.addr.into()]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..5 {
+            let peer = route(&mut client, &format!("after {i}"))
+                .await
+                .expect("the old policy still serves");
+            assert_eq!(peer, a.addr.to_string());
+        }
+        assert_eq!(channel.state(), ConnectivityState::Ready);
     })
     .await
     .unwrap();

@@ -1,6 +1,11 @@
-//! A user-written policy through the public API, against real backends:
-//! a naive "rotate over everything" picker that also counts calls in
-//! flight with `on_done`, as a least-request policy would.
+//! User-written policies through the public API, against real backends:
+//!
+//! - `rotating_pin`: every call to one READY backend, moving to the next
+//!   one every `intervalMs` (a parsed config, and a timer through
+//!   `Controller::schedule_work`), learning subchannel states only
+//!   through the balancer contract;
+//! - a naive "rotate over everything" picker that also counts calls in
+//!   flight with `on_done`, as a least-request policy would.
 
 mod support;
 
@@ -10,11 +15,206 @@ use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::{eventually, free_port, route, Backend};
-use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller};
+use tonic_balance::balancer::{
+    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller, LbConfig,
+};
+use tonic_balance::picker::QueuePicker;
 use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker};
 use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
-use tonic_balance::{BalancedChannel, ConnectivityState, Error, Subchannel};
+use tonic_balance::{BalancedChannel, ConnectivityState, Error, ErrorKind, Subchannel};
+
+/// `rotating_pin`'s parsed config: `{"intervalMs": 500}`.
+#[derive(Debug)]
+struct PinConfig {
+    interval: Duration,
+}
+
+struct RotatingPinBuilder;
+
+impl BalancerBuilder for RotatingPinBuilder {
+    fn name(&self) -> &str {
+        "rotating_pin"
+    }
+
+    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(RotatingPin::default())
+    }
+
+    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+        let ms = match json.get("intervalMs") {
+            None => 1000,
+            Some(v) => v.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("rotating_pin: \"intervalMs\" must be a positive integer, not {v}"),
+                )
+            })?,
+        };
+        let interval = Duration::from_millis(ms);
+        Ok(LbConfig::new(PinConfig { interval }, json.clone()))
+    }
+}
+
+/// Every call to one READY subchannel, the next one every interval.
+#[derive(Default)]
+struct RotatingPin {
+    /// Each subchannel with its state as the contract reported it.
+    subchannels: Vec<(Subchannel, ConnectivityState)>,
+    interval: Duration,
+    /// The subchannel calls go to.
+    pinned: Option<usize>,
+    /// When the pin moves next.
+    timer: Option<tokio::time::Instant>,
+}
+
+impl RotatingPin {
+    /// Pins the first READY subchannel after `from`, or queues calls.
+    fn pin(&mut self, from: usize, ctl: &mut dyn Controller) {
+        let n = self.subchannels.len();
+        self.pinned = (0..n)
+            .map(|i| (from + i) % n)
+            .find(|&i| self.subchannels[i].1 == ConnectivityState::Ready);
+        match self.pinned {
+            Some(i) => ctl.update_picker(
+                ConnectivityState::Ready,
+                Arc::new(Pinned(self.subchannels[i].0.clone())),
+            ),
+            None => ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker)),
+        }
+    }
+
+    fn start_timer(&mut self, ctl: &mut dyn Controller) {
+        let at = tokio::time::Instant::now() + self.interval;
+        self.timer = Some(at);
+        ctl.schedule_work(at);
+    }
+}
+
+impl Balancer for RotatingPin {
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    ) {
+        self.interval = config
+            .get::<PinConfig>()
+            .map_or(Duration::from_secs(1), |c| c.interval);
+        self.subchannels = update
+            .addresses()
+            .iter()
+            .filter_map(|a| ctl.new_subchannel(a).ok())
+            .map(|(sc, state)| {
+                sc.connect();
+                (sc, state.connectivity)
+            })
+            .collect();
+        self.pin(0, ctl);
+        if self.timer.is_none() {
+            self.start_timer(ctl);
+        }
+    }
+
+    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
+
+    fn subchannel_update(
+        &mut self,
+        sc: &Subchannel,
+        state: &SubchannelState,
+        ctl: &mut dyn Controller,
+    ) {
+        let Some(i) = self.subchannels.iter().position(|(s, _)| s == sc) else {
+            return;
+        };
+        self.subchannels[i].1 = state.connectivity;
+        if state.connectivity == ConnectivityState::Idle {
+            sc.connect();
+        }
+        let pinned_left = self.pinned == Some(i) && state.connectivity != ConnectivityState::Ready;
+        if self.pinned.is_none() || pinned_left {
+            self.pin(i, ctl);
+        }
+    }
+
+    fn work(&mut self, ctl: &mut dyn Controller) {
+        if self
+            .timer
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+        {
+            self.pin(self.pinned.map_or(0, |i| i + 1), ctl);
+            self.start_timer(ctl);
+        }
+    }
+}
+
+/// Lends the pinned subchannel to every call.
+struct Pinned(Subchannel);
+
+impl Picker for Pinned {
+    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+        PickResult::Pick(Pick::borrowed(&self.0))
+    }
+}
+
+fn rotating_pin_channel(target: String, interval_ms: u64) -> Result<BalancedChannel, Error> {
+    let mut registry = BalancerRegistry::new();
+    registry.register(Arc::new(RotatingPinBuilder));
+    BalancedChannel::builder(target)
+        .balancer_registry(registry)
+        .service_config(format!(
+            r#"{{"loadBalancingConfig":[{{"rotating_pin":{{"intervalMs":{interval_ms}}}}}]}}"#
+        ))
+        .build()
+}
+
+async fn peers(client: &mut SimpleClient<BalancedChannel>, n: usize) -> Vec<String> {
+    let mut peers = Vec::with_capacity(n);
+    for i in 0..n {
+        peers.push(route(client, &format!("{i}")).await.expect("a call"));
+    }
+    peers
+}
+
+#[tokio::test]
+async fn a_user_policy_with_a_parsed_config_and_a_timer_pins_then_rotates() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (a, b) = (Backend::start(), Backend::start());
+        let target = format!("static:///{},{}", a.addr, b.addr);
+        // An interval longer than the test: calls stay on one backend.
+        let pinned = rotating_pin_channel(target.clone(), 600_000).unwrap();
+        let mut client = SimpleClient::new(pinned.clone());
+        let got = peers(&mut client, 20).await;
+        assert!(got.iter().all(|p| *p == got[0]), "pinned: {got:?}");
+
+        // 100 ms: the timer moves the pin to the other backend.
+        let rotating = rotating_pin_channel(target, 100).unwrap();
+        let mut client = SimpleClient::new(rotating);
+        let first = peers(&mut client, 1).await.remove(0);
+        let mut moved = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if peers(&mut client, 1).await[0] != first {
+                moved = true;
+                break;
+            }
+        }
+        assert!(moved, "the pin never left {first}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_policy_config_fails_the_build_naming_the_field() {
+    let err = rotating_pin_channel("static:///127.0.0.1:1".into(), 0).unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rotating_pin: \"intervalMs\" must be a positive integer, not 0"),
+        "{err}"
+    );
+}
 
 /// Rotates over every subchannel, connected or not (the request path must
 /// re-pick when it lands on one that is not), counting calls in flight.
@@ -40,20 +240,20 @@ impl BalancerBuilder for RotateAll {
         "rotate_all"
     }
 
-    fn build(&self, _: &serde_json::Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
-        Ok(Box::new(RotateAllBalancer {
+    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(RotateAllBalancer {
             counters: self.clone(),
             subchannels: Vec::new(),
-        }))
+        })
     }
 }
 
 impl Balancer for RotateAllBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
         self.subchannels = update
             .addresses()
             .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok())
+            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
             .collect();
         for sc in &self.subchannels {
             sc.connect();

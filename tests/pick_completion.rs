@@ -20,7 +20,7 @@ use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
 use support::{eventually, fast_backoff, route, Backend, ClosedPort};
 use tonic::Code;
-use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller};
+use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
 use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker, QueuePicker};
 use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
@@ -68,22 +68,22 @@ impl BalancerBuilder for Counting {
         "counting"
     }
 
-    fn build(&self, _: &serde_json::Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
-        Ok(Box::new(CountingBalancer {
+    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(CountingBalancer {
             counters: self.clone(),
             subchannels: Vec::new(),
-        }))
+        })
     }
 }
 
 /// CONNECTING until a subchannel is READY; then every subchannel, connected
 /// or not, is in the rotation (a new picker at each READY).
 impl Balancer for CountingBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
         self.subchannels = update
             .addresses()
             .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok())
+            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
             .collect();
         for sc in &self.subchannels {
             sc.connect();

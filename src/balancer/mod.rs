@@ -3,8 +3,28 @@
 //! A [`Balancer`] owns the [`Subchannel`]s it wants and decides which of them
 //! calls go to. It never does I/O, never spawns and never locks: it receives
 //! events and tells its [`Controller`] what it wants (a subchannel for an
-//! address, a new picker, a re-resolution). This is gRPC's LB policy API
-//! (grpc-go's `balancer.Balancer`, gRFC A61/A62 for `pick_first`).
+//! address, a new picker, a re-resolution, a timer). This is gRPC's LB
+//! policy API (grpc-go's `balancer.Balancer`, gRFC A61/A62 for
+//! `pick_first`).
+//!
+//! **The contract.**
+//! - *Config.* [`BalancerBuilder::parse_config`] parses and checks the
+//!   policy's JSON object from the service config before anything changes
+//!   (a bad one is rejected with its error, and the channel keeps what it
+//!   had); the parsed [`LbConfig`] arrives with every
+//!   [`resolver_update`](Balancer::resolver_update). A changed config of
+//!   the same policy goes to the running policy: it is not rebuilt.
+//! - *Endpoints.* An update carries [`Endpoint`](crate::Endpoint)s, each
+//!   one or more addresses (a dual-stack host) with attributes (a weight,
+//!   metadata, a server name).
+//! - *State only through the contract.* [`Controller::new_subchannel`]
+//!   returns a subchannel with its current state; later states arrive only
+//!   through [`subchannel_update`](Balancer::subchannel_update). So a
+//!   parent policy (outlier detection, health checking) can show its
+//!   children a filtered state.
+//! - *Timers.* [`Controller::schedule_work`] asks for a call of
+//!   [`work`](Balancer::work) at a tokio time (a paused test clock drives
+//!   it). It is a policy's only timer.
 //!
 //! **Threading guarantee.** Every method of a balancer is called from the
 //! channel's one control task, one at a time, in the order events happened:
@@ -23,25 +43,209 @@
 //!
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
 //! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
-//! the channel builder or by the resolver's service config
-//! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see [`ServiceConfig`]).
-//! Users add policies with [`register`] (process-wide, like grpc-go's
-//! `balancer.Register`) or hand a [`BalancerBuilder`] to one channel.
+//! the channel builder or by a service config
+//! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see
+//! [`ServiceConfig`](crate::ServiceConfig) and
+//! [`BalancerRegistry::select`]). Users add policies with [`register`]
+//! (process-wide, like grpc-go's `balancer.Register`) or hand a
+//! [`BalancerBuilder`] to one channel.
 //!
-//! **Aggregation.** A policy that balances over several subchannels reports
+//! **Composition.** A policy can run others as children:
+//! [`ChildManager`] keeps one child per endpoint (grpc-go's
+//! `endpointsharding`; round_robin is a pick_first child per endpoint),
+//! and [`GracefulSwitch`] switches policies without a gap (the channel
+//! runs one at its top, so a service config that changes the policy keeps
+//! the old one serving until the new one is ready).
+//!
+//! **Aggregation.** A policy that balances over several children reports
 //! the channel state [`aggregate_state`] computes: READY if any is READY,
 //! else CONNECTING if any is CONNECTING, else IDLE if any is IDLE, else
 //! TRANSIENT_FAILURE.
+//!
+//! **Call outcomes** (how a call ended, for least request and outlier
+//! detection) come with the next version of this API; until then
+//! [`Pick::with_on_done`](crate::picker::Pick::with_on_done) runs a
+//! callback when a call ends.
+//!
+//! # Your own policy
+//!
+//! `rotating_pin` sends every call to one READY backend and moves to the
+//! next READY one every `intervalMs` (its parsed config), with a timer:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use tokio::time::Instant;
+//! use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
+//! use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker, QueuePicker};
+//! use tonic_balance::resolver::ResolverUpdate;
+//! use tonic_balance::subchannel::SubchannelState;
+//! use tonic_balance::{ConnectivityState, Error, ErrorKind, Subchannel};
+//!
+//! /// The parsed config, `{"intervalMs": 500}`.
+//! struct PinConfig {
+//!     interval: Duration,
+//! }
+//!
+//! struct RotatingPinBuilder;
+//!
+//! impl BalancerBuilder for RotatingPinBuilder {
+//!     fn name(&self) -> &str {
+//!         "rotating_pin"
+//!     }
+//!
+//!     fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+//!         Box::new(RotatingPin::default())
+//!     }
+//!
+//!     /// Checked before anything changes: a bad config is an error here.
+//!     fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+//!         let ms = match json.get("intervalMs") {
+//!             None => 1000,
+//!             Some(v) => v.as_u64().filter(|&ms| ms > 0).ok_or_else(|| {
+//!                 let why = format!("rotating_pin: \"intervalMs\" must be a positive integer, not {v}");
+//!                 Error::new(ErrorKind::Config, why)
+//!             })?,
+//!         };
+//!         let interval = Duration::from_millis(ms);
+//!         Ok(LbConfig::new(PinConfig { interval }, json.clone()))
+//!     }
+//! }
+//!
+//! #[derive(Default)]
+//! struct RotatingPin {
+//!     /// Each subchannel with the state the contract last reported.
+//!     subchannels: Vec<(Subchannel, ConnectivityState)>,
+//!     interval: Duration,
+//!     pinned: Option<usize>,
+//!     timer: Option<Instant>,
+//! }
+//!
+//! impl RotatingPin {
+//!     /// Pins the first READY subchannel from `from` on, or queues calls.
+//!     fn pin(&mut self, from: usize, ctl: &mut dyn Controller) {
+//!         let n = self.subchannels.len();
+//!         self.pinned = (0..n)
+//!             .map(|i| (from + i) % n)
+//!             .find(|&i| self.subchannels[i].1 == ConnectivityState::Ready);
+//!         match self.pinned {
+//!             Some(i) => {
+//!                 let picker = Arc::new(Pinned(self.subchannels[i].0.clone()));
+//!                 ctl.update_picker(ConnectivityState::Ready, picker);
+//!             }
+//!             None => ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker)),
+//!         }
+//!     }
+//!
+//!     fn start_timer(&mut self, ctl: &mut dyn Controller) {
+//!         let at = Instant::now() + self.interval;
+//!         self.timer = Some(at);
+//!         ctl.schedule_work(at);
+//!     }
+//! }
+//!
+//! impl Balancer for RotatingPin {
+//!     fn resolver_update(&mut self, update: &ResolverUpdate, config: &LbConfig, ctl: &mut dyn Controller) {
+//!         self.interval = config.get::<PinConfig>().map_or(Duration::from_secs(1), |c| c.interval);
+//!         self.subchannels = update
+//!             .addresses()
+//!             .iter()
+//!             .filter_map(|address| ctl.new_subchannel(address).ok())
+//!             .map(|(subchannel, state)| {
+//!                 subchannel.connect();
+//!                 (subchannel, state.connectivity)
+//!             })
+//!             .collect();
+//!         self.pin(0, ctl);
+//!         if self.timer.is_none() {
+//!             self.start_timer(ctl);
+//!         }
+//!     }
+//!
+//!     fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
+//!
+//!     fn subchannel_update(&mut self, sc: &Subchannel, state: &SubchannelState, ctl: &mut dyn Controller) {
+//!         let Some(i) = self.subchannels.iter().position(|(s, _)| s == sc) else {
+//!             return;
+//!         };
+//!         self.subchannels[i].1 = state.connectivity;
+//!         if state.connectivity == ConnectivityState::Idle {
+//!             sc.connect();
+//!         }
+//!         let pinned_left = self.pinned == Some(i) && state.connectivity != ConnectivityState::Ready;
+//!         if self.pinned.is_none() || pinned_left {
+//!             self.pin(i, ctl);
+//!         }
+//!     }
+//!
+//!     /// The timer: move the pin, and ask again.
+//!     fn work(&mut self, ctl: &mut dyn Controller) {
+//!         if self.timer.is_some_and(|at| at <= Instant::now()) {
+//!             self.pin(self.pinned.map_or(0, |i| i + 1), ctl);
+//!             self.start_timer(ctl);
+//!         }
+//!     }
+//! }
+//!
+//! /// Lends the pinned subchannel to every call (no reference count written).
+//! struct Pinned(Subchannel);
+//!
+//! impl Picker for Pinned {
+//!     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
+//!         PickResult::Pick(Pick::borrowed(&self.0))
+//!     }
+//! }
+//!
+//! // On a channel: register it (or pass it to one channel's builder) and
+//! // select it by service config:
+//! //   let mut registry = tonic_balance::balancer::BalancerRegistry::new();
+//! //   registry.register(Arc::new(RotatingPinBuilder));
+//! //   BalancedChannel::builder(target).balancer_registry(registry)
+//! //       .service_config(r#"{"loadBalancingConfig":[{"rotating_pin":{"intervalMs":500}}]}"#)
+//! //
+//! // In a unit test, with the fake controller (`test-util` feature) and
+//! // tokio's paused clock:
+//! use tonic_balance::balancer::testing::FakeController;
+//! use ConnectivityState::Ready;
+//!
+//! let runtime = tokio::runtime::Builder::new_current_thread()
+//!     .enable_time()
+//!     .start_paused(true)
+//!     .build()
+//!     .unwrap();
+//! runtime.block_on(async {
+//!     let config = RotatingPinBuilder.parse_config(&serde_json::json!({"intervalMs": 500})).unwrap();
+//!     assert!(RotatingPinBuilder.parse_config(&serde_json::json!({"intervalMs": 0})).is_err());
+//!     let mut policy = RotatingPinBuilder.build(&BuildOptions::new("static:///a:1".parse().unwrap(), 1));
+//!     let mut ctl = FakeController::new();
+//!     let update = ResolverUpdate::new(vec!["a:1".into(), "b:1".into()]);
+//!     policy.resolver_update(&update, &config, &mut ctl);
+//!     ctl.deliver(&mut *policy, "a:1", Ready);
+//!     ctl.deliver(&mut *policy, "b:1", Ready);
+//!     assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+//!     tokio::time::advance(Duration::from_millis(500)).await;
+//!     assert!(ctl.run_due_work(&mut *policy));
+//!     assert_eq!(ctl.pick_addr().as_deref(), Some("b:1"));
+//! });
+//! ```
 
+mod child;
+pub mod child_manager;
+mod config;
+pub mod graceful_switch;
 pub mod pick_first;
 mod registry;
 pub mod round_robin;
-mod service_config;
-
-pub use pick_first::{PickFirstBuilder, PICK_FIRST};
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+#[cfg(any(test, feature = "test-util"))]
+pub use child_manager::{ChildManager, ChildPickers, ReadyChild, RoundRobinPickers};
+pub use config::{LbConfig, LbPolicy};
+pub use graceful_switch::GracefulSwitch;
+pub use pick_first::{PickFirstBuilder, PickFirstConfig, PICK_FIRST};
 pub use registry::{register, BalancerRegistry};
 pub use round_robin::{RoundRobinBuilder, ROUND_ROBIN};
-pub use service_config::ServiceConfig;
 
 use std::sync::Arc;
 
@@ -51,13 +255,24 @@ use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
 
 /// A load-balancing policy. See the [module docs](self) for the contract.
 pub trait Balancer: Send + 'static {
-    /// The resolver produced a new full set of addresses.
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller);
+    /// The resolver produced a new full set of endpoints
+    /// ([`ResolverUpdate::endpoints`]), with the policy's parsed config
+    /// (the same as before, or a new one of the same policy: a running
+    /// policy is not rebuilt for a config change).
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    );
 
     /// The resolver failed. Keep serving known addresses if there are any.
     fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller);
 
-    /// One of this balancer's subchannels changed state.
+    /// One of this balancer's subchannels changed state. This is the only
+    /// way a policy learns a subchannel's state after
+    /// [`Controller::new_subchannel`] returned its first one, so a parent
+    /// policy can show its children a filtered state.
     fn subchannel_update(
         &mut self,
         subchannel: &Subchannel,
@@ -81,14 +296,16 @@ pub trait Balancer: Send + 'static {
     }
 }
 
-/// What a balancer can ask of its channel.
+/// What a balancer can ask of its channel (or of its parent policy, which
+/// hands its children a controller of its own).
 pub trait Controller {
-    /// A subchannel for `address`. The channel shares one subchannel per
-    /// address, so asking again for an address in use returns the same one,
-    /// which may already be connected: read its current state with
-    /// [`Subchannel::state`]. Later changes arrive through
+    /// A subchannel for `address`, with its current state. The channel
+    /// shares one subchannel per address, so asking again for an address
+    /// in use returns the same one, which may already be connected (the
+    /// state says so). Later changes arrive only through
     /// [`Balancer::subchannel_update`].
-    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error>;
+    fn new_subchannel(&mut self, address: &Address)
+        -> Result<(Subchannel, SubchannelState), Error>;
 
     /// Publishes a new picker and the channel state that goes with it.
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>);
@@ -113,17 +330,23 @@ pub trait BalancerBuilder: Send + Sync + 'static {
     /// The policy's name, as used in service configs (`round_robin`).
     fn name(&self) -> &str;
 
-    /// Builds a balancer. `config` is the policy's JSON object from the
-    /// service config (`{}` when none was given); reject what you cannot use.
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        options: &BuildOptions,
-    ) -> Result<Box<dyn Balancer>, Error>;
+    /// Builds a balancer. Its config arrives with every
+    /// [`resolver_update`](Balancer::resolver_update).
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer>;
+
+    /// Parses and checks the policy's JSON object from a service config
+    /// (`{}` when none was given), before anything changes: a config this
+    /// returns an error for is rejected with that error (name the policy
+    /// and the bad field) and the channel keeps what it had. The default
+    /// keeps the JSON as is ([`LbConfig::from_json`]).
+    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+        Ok(LbConfig::from_json(json.clone()))
+    }
 }
 
 /// What a balancer is built for.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BuildOptions {
     target: Target,
     seed: u64,
@@ -186,16 +409,14 @@ pub fn failure_message(error: &Error) -> String {
 }
 
 /// Removes repeated addresses, keeping the first of each.
-pub(crate) fn dedup(addresses: &[Address]) -> Vec<Address> {
-    let mut seen = std::collections::HashSet::with_capacity(addresses.len());
+pub(crate) fn dedup<'a>(addresses: impl IntoIterator<Item = &'a Address>) -> Vec<Address> {
+    let mut seen = std::collections::HashSet::new();
     addresses
-        .iter()
+        .into_iter()
         .filter(|a| seen.insert(a.addr()))
         .cloned()
         .collect()
 }
-
-pub mod testing;
 
 #[cfg(test)]
 mod tests {

@@ -78,11 +78,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokio::time::Instant;
 
-use super::{dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller};
+use super::{
+    dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig,
+};
 use crate::picker::{FailPicker, Pick, PickInfo, PickResult, Picker, QueuePicker};
 use crate::resolver::ResolverUpdate;
 use crate::subchannel::SubchannelState;
-use crate::{Address, ConnectivityState, Error, ErrorKind, Subchannel};
+use crate::{Address, ConnectivityState, Endpoint, Error, ErrorKind, Subchannel};
 
 /// The name of the pick_first policy.
 pub const PICK_FIRST: &str = "pick_first";
@@ -96,27 +98,49 @@ const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PickFirstBuilder;
 
+/// pick_first's parsed config (gRFC A62): `{"shuffleAddressList": bool}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PickFirstConfig {
+    /// Shuffle the endpoints of each resolver update before the pass.
+    pub shuffle_address_list: bool,
+}
+
+impl PickFirstConfig {
+    /// Parses `{"shuffleAddressList": bool}` (`{}` or `null`: no shuffle).
+    pub fn from_json(json: &serde_json::Value) -> Result<Self, Error> {
+        let shuffle_address_list = match json.get("shuffleAddressList") {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("pick_first: \"shuffleAddressList\" must be a boolean, not {v}"),
+                )
+            })?,
+        };
+        Ok(PickFirstConfig {
+            shuffle_address_list,
+        })
+    }
+
+    /// The parsed config in `config`, or one parsed from its JSON (a parent
+    /// policy may hand over an unparsed one); a bad one shuffles nothing.
+    fn of(config: &LbConfig) -> Self {
+        config
+            .get::<PickFirstConfig>()
+            .copied()
+            .or_else(|| PickFirstConfig::from_json(config.json()).ok())
+            .unwrap_or_default()
+    }
+}
+
 impl BalancerBuilder for PickFirstBuilder {
     fn name(&self) -> &str {
         PICK_FIRST
     }
 
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        options: &BuildOptions,
-    ) -> Result<Box<dyn Balancer>, Error> {
-        let shuffle = match config.get("shuffleAddressList") {
-            None => false,
-            Some(v) => v.as_bool().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Config,
-                    "pick_first: \"shuffleAddressList\" must be a boolean",
-                )
-            })?,
-        };
-        Ok(Box::new(PickFirst {
-            shuffle,
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(PickFirst {
             rng: SmallRng::seed_from_u64(options.seed()),
             addresses: Vec::new(),
             phase: Phase::Waiting,
@@ -124,12 +148,18 @@ impl BalancerBuilder for PickFirstBuilder {
             last_error: None,
             timer: None,
             work_requested: None,
-        }))
+        })
+    }
+
+    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+        Ok(LbConfig::new(
+            PickFirstConfig::from_json(json)?,
+            json.clone(),
+        ))
     }
 }
 
 struct PickFirst {
-    shuffle: bool,
     rng: SmallRng,
     /// The resolver's list, shuffled if configured and de-duplicated. A
     /// pass interleaves it (only then: an update that keeps the selected
@@ -173,6 +203,8 @@ struct Pass {
 
 struct Attempt {
     subchannel: Subchannel,
+    /// Its state, as `new_subchannel` and then `subchannel_update` said.
+    state: ConnectivityState,
     /// Reported TRANSIENT_FAILURE (or was in it when the pass reached it)
     /// during this pass.
     failed: bool,
@@ -219,8 +251,9 @@ impl PickFirst {
         let mut attempts = Vec::with_capacity(order.len());
         for address in &order {
             match ctl.new_subchannel(address) {
-                Ok(subchannel) => attempts.push(Attempt {
+                Ok((subchannel, state)) => attempts.push(Attempt {
                     subchannel,
+                    state: state.connectivity,
                     failed: false,
                 }),
                 Err(error) => {
@@ -250,7 +283,7 @@ impl PickFirst {
             return;
         };
         while let Some(attempt) = pass.attempts.get_mut(pass.index) {
-            match attempt.subchannel.state() {
+            match attempt.state {
                 ConnectivityState::Ready => {
                     let subchannel = attempt.subchannel.clone();
                     return self.select(subchannel, ctl);
@@ -338,6 +371,7 @@ impl PickFirst {
             return;
         };
         let subchannel = pass.attempts[position].subchannel.clone();
+        pass.attempts[position].state = state.connectivity;
         match state.connectivity {
             ConnectivityState::Ready => self.select(subchannel, ctl),
             ConnectivityState::TransientFailure => {
@@ -393,13 +427,19 @@ impl PickFirst {
 }
 
 impl Balancer for PickFirst {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    ) {
         let had_addresses = !self.addresses.is_empty();
-        self.addresses = if self.shuffle {
-            // A61's order: shuffle, then remove repeats (then interleave).
-            let mut addresses = update.addresses().to_vec();
-            addresses.shuffle(&mut self.rng);
-            dedup(&addresses)
+        self.addresses = if PickFirstConfig::of(config).shuffle_address_list {
+            // A61's order: shuffle the endpoints, flatten, remove repeats
+            // (then interleave).
+            let mut endpoints: Vec<&Endpoint> = update.endpoints().iter().collect();
+            endpoints.shuffle(&mut self.rng);
+            dedup(endpoints.iter().flat_map(|e| e.addresses()))
         } else {
             dedup(update.addresses())
         };
@@ -543,9 +583,9 @@ mod tests {
 
     const DELAY: Duration = CONNECTION_ATTEMPT_DELAY;
 
-    fn build(config: serde_json::Value) -> Box<dyn Balancer> {
+    fn build(_config: serde_json::Value) -> Box<dyn Balancer> {
         let opts = BuildOptions::new("static:///a:1".parse().unwrap(), 1);
-        PickFirstBuilder.build(&config, &opts).unwrap()
+        PickFirstBuilder.build(&opts)
     }
 
     fn update(addrs: &[&str]) -> ResolverUpdate {
@@ -555,7 +595,7 @@ mod tests {
     #[test]
     fn connects_to_the_first_address_only() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
         assert_eq!(ctl.connects("a:1"), 1);
         assert_eq!(ctl.connects("b:1"), 0);
@@ -564,7 +604,7 @@ mod tests {
     #[test]
     fn fails_over_down_the_list_and_picks_the_first_ready() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         assert_eq!(ctl.connects("b:1"), 1);
@@ -578,7 +618,7 @@ mod tests {
     #[test]
     fn whole_pass_failing_is_sticky_transient_failure_with_the_error() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
         assert_eq!(ctl.last_state(), TransientFailure);
@@ -599,7 +639,7 @@ mod tests {
     #[test]
     fn losing_the_ready_connection_goes_idle_and_exit_idle_starts_over() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Ready);
         ctl.deliver(&mut *pf, "a:1", Idle);
         assert_eq!(ctl.last_state(), Idle);
@@ -611,11 +651,11 @@ mod tests {
     #[test]
     fn an_update_while_idle_waits_for_the_next_call() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Ready);
         ctl.deliver(&mut *pf, "a:1", Idle);
         let published = ctl.pickers.len();
-        pf.resolver_update(&update(&["b:1", "a:1"]), &mut ctl);
+        pf.resolver_update(&update(&["b:1", "a:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.pickers.len(), published, "stays IDLE");
         pf.exit_idle(&mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
@@ -625,16 +665,16 @@ mod tests {
     #[test]
     fn keeps_the_selected_address_when_it_stays_listed() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let published = ctl.pickers.len();
-        pf.resolver_update(&update(&["c:1", "a:1"]), &mut ctl);
+        pf.resolver_update(&update(&["c:1", "a:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(
             ctl.pickers.len(),
             published,
             "no new picker while the selection stays"
         );
-        pf.resolver_update(&update(&["c:1"]), &mut ctl);
+        pf.resolver_update(&update(&["c:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
         assert_eq!(ctl.connects("c:1"), 1);
     }
@@ -642,7 +682,7 @@ mod tests {
     #[test]
     fn empty_update_is_transient_failure_and_asks_for_resolution() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&[]), &mut ctl);
+        pf.resolver_update(&update(&[]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), TransientFailure);
         assert!(ctl
             .pick_status()
@@ -655,7 +695,7 @@ mod tests {
     #[test]
     fn resolver_error_does_not_disturb_a_working_channel() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let err = Error::new(ErrorKind::Resolver, "lookup failed");
         pf.resolver_error(&err, &mut ctl);
@@ -677,20 +717,22 @@ mod tests {
         let refs: Vec<&str> = list.iter().map(String::as_str).collect();
         let first = |seed| {
             let opts = BuildOptions::new("static:///a:1".parse().unwrap(), seed);
-            let mut pf = PickFirstBuilder
-                .build(&serde_json::json!({"shuffleAddressList": true}), &opts)
+            let mut pf = PickFirstBuilder.build(&opts);
+            let config = PickFirstBuilder
+                .parse_config(&serde_json::json!({"shuffleAddressList": true}))
                 .unwrap();
             let mut ctl = FakeController::new();
-            pf.resolver_update(&update(&refs), &mut ctl);
+            pf.resolver_update(&update(&refs), &config, &mut ctl);
             ctl.connected_addrs()
         };
         assert_eq!(first(3), first(3));
-        let opts = BuildOptions::new("static:///a:1".parse().unwrap(), 1);
         let err = PickFirstBuilder
-            .build(&serde_json::json!({"shuffleAddressList": "yes"}), &opts)
-            .err()
-            .unwrap();
+            .parse_config(&serde_json::json!({"shuffleAddressList": "yes"}))
+            .unwrap_err();
         assert!(err.is_config());
+        assert!(err
+            .to_string()
+            .contains("\"shuffleAddressList\" must be a boolean"));
     }
 
     fn addresses(list: &[&str]) -> Vec<Address> {
@@ -705,7 +747,11 @@ mod tests {
     async fn an_attempt_asks_for_the_timer_250ms_after_it_starts() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         assert_eq!(ctl.work_at, Some(t0 + Duration::from_millis(250)));
         assert_eq!(ctl.connected_addrs(), ["a:1"]);
     }
@@ -714,7 +760,11 @@ mod tests {
     async fn the_timer_starts_the_next_address_while_the_first_keeps_connecting() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         ctl.deliver(&mut *pf, "a:1", Connecting);
         advance(DELAY).await;
         assert!(ctl.run_work(&mut *pf));
@@ -738,7 +788,11 @@ mod tests {
     async fn a_failure_starts_the_next_address_at_once() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         ctl.deliver(&mut *pf, "a:1", Connecting);
         advance(Duration::from_millis(100)).await;
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
@@ -753,7 +807,11 @@ mod tests {
     async fn a_stale_timer_does_nothing_and_asks_again_for_the_current_one() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         advance(Duration::from_millis(100)).await;
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         advance(Duration::from_millis(150)).await;
@@ -768,7 +826,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_timer_after_ready_or_a_new_pass_does_nothing() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let published = ctl.pickers.len();
         advance(DELAY).await;
@@ -780,9 +838,9 @@ mod tests {
         // A new list starts a new pass: the old pass's timer is stale.
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         advance(Duration::from_millis(100)).await;
-        pf.resolver_update(&update(&["c:1", "d:1"]), &mut ctl);
+        pf.resolver_update(&update(&["c:1", "d:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.connected_addrs(), ["c:1"], "a was released");
         advance(Duration::from_millis(150)).await;
         assert!(ctl.run_work(&mut *pf));
@@ -793,7 +851,11 @@ mod tests {
     #[test]
     fn the_first_ready_wins_and_every_other_attempt_is_released() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         ctl.deliver(&mut *pf, "a:1", Connecting);
         assert!(ctl.run_work(&mut *pf));
         ctl.deliver(&mut *pf, "b:1", Connecting);
@@ -813,7 +875,7 @@ mod tests {
     #[test]
     fn the_pass_fails_only_once_every_address_has_failed() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         assert!(ctl.run_work(&mut *pf));
         ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
@@ -833,7 +895,11 @@ mod tests {
     #[test]
     fn after_the_pass_resolution_is_asked_again_once_failures_reach_the_subchannel_count() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         for addr in ["a:1", "b:1", "c:1"] {
             ctl.deliver_error(
                 &mut *pf,
@@ -870,11 +936,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_pass_skips_addresses_in_backoff_and_counts_connecting_ones_as_started() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver(&mut *pf, "b:1", Connecting);
         // The same subchannels in a new list: a is in backoff, b connecting.
-        pf.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        pf.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         assert_eq!(ctl.connects("a:1"), 1, "a is not asked again");
         assert_eq!(ctl.connects("b:1"), 1, "b's attempt counts as started");
         assert_eq!(ctl.connects("c:1"), 0, "and c waits for its timer");
@@ -886,12 +960,12 @@ mod tests {
     #[test]
     fn a_pass_that_ends_at_once_in_backoff_does_not_ask_for_resolution_again() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
         assert_eq!(ctl.resolutions, 1);
         // The resolver answers with the same list while both are in backoff.
-        pf.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), TransientFailure);
         assert_eq!(ctl.resolutions, 1, "no new failure, no new request");
         // New failures of every subchannel ask again.
@@ -905,9 +979,9 @@ mod tests {
     #[test]
     fn a_list_after_an_empty_one_reports_connecting_not_the_old_failure() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&[]), &mut ctl);
+        pf.resolver_update(&update(&[]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), TransientFailure);
-        pf.resolver_update(&update(&["a:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
         assert_eq!(ctl.connects("a:1"), 1);
     }
@@ -915,10 +989,10 @@ mod tests {
     #[test]
     fn a_new_list_after_a_failed_pass_stays_transient_failure() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1"]), &mut ctl);
+        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         let published = ctl.pickers.len();
-        pf.resolver_update(&update(&["b:1"]), &mut ctl);
+        pf.resolver_update(&update(&["b:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.pickers.len(), published, "sticky (gRFC A62)");
         assert_eq!(ctl.connects("b:1"), 1);
         ctl.deliver(&mut *pf, "b:1", Ready);
@@ -964,7 +1038,7 @@ mod tests {
     fn the_pass_follows_the_interleaved_order_after_dedup() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let list = ["[::1]:1", "[::1]:1", "[::2]:1", "10.0.0.1:1", "[::1]:1"];
-        pf.resolver_update(&update(&list), &mut ctl);
+        pf.resolver_update(&update(&list), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.connected_addrs(), ["[::1]:1"]);
         ctl.deliver_error(&mut *pf, "[::1]:1", TransientFailure, "[::1]:1: refused");
         assert_eq!(ctl.connects("10.0.0.1:1"), 1, "IPv4 second");

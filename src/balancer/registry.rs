@@ -4,7 +4,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use super::{BalancerBuilder, PickFirstBuilder, RoundRobinBuilder};
+use serde_json::Value;
+
+use super::{BalancerBuilder, LbPolicy, PickFirstBuilder, RoundRobinBuilder};
+use crate::service_config::ServiceConfig;
+use crate::{Error, ErrorKind};
 
 /// A set of load-balancing policies by name.
 ///
@@ -49,6 +53,47 @@ impl BalancerRegistry {
         names
     }
 
+    /// The policy called `name` with `json` as its config, parsed by the
+    /// policy. Errors name the unknown policy or the bad config.
+    pub fn policy(&self, name: &str, json: &Value) -> Result<LbPolicy, Error> {
+        let builder = self.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "unknown load-balancing policy {name:?} (known: {:?})",
+                    self.names()
+                ),
+            )
+        })?;
+        LbPolicy::parse(builder, json)
+    }
+
+    /// The policy a service config selects, as gRPC does it: the first
+    /// entry of `loadBalancingConfig` whose policy is registered, with its
+    /// config parsed by that policy. `Ok(None)` when the config names no
+    /// policy; an error when it names only unknown ones, or when the
+    /// chosen policy rejects its config (the whole service config is then
+    /// invalid: gRPC does not fall through to the next entry).
+    pub fn select(&self, config: &ServiceConfig) -> Result<Option<LbPolicy>, Error> {
+        let policies = config.policies();
+        if policies.is_empty() {
+            return Ok(None);
+        }
+        for (name, json) in policies {
+            if let Some(builder) = self.get(name) {
+                return LbPolicy::parse(builder, json).map(Some);
+            }
+        }
+        let names: Vec<&str> = policies.iter().map(|(n, _)| n.as_str()).collect();
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "no known load-balancing policy in {names:?} (known: {:?})",
+                self.names()
+            ),
+        ))
+    }
+
     /// A copy of the process-wide registry.
     pub fn global() -> Self {
         global()
@@ -84,4 +129,48 @@ pub fn register(builder: Arc<dyn BalancerBuilder>) {
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .register(builder);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_known_policy_wins() {
+        let sc = ServiceConfig::from_json(
+            r#"{"loadBalancingConfig":[{"grpclb":{}},{"round_robin":{}},{"pick_first":{}}]}"#,
+        )
+        .unwrap();
+        let policy = BalancerRegistry::new().select(&sc).unwrap().unwrap();
+        assert_eq!(policy.name(), "round_robin");
+    }
+
+    #[test]
+    fn unknown_policies_are_an_error_naming_them() {
+        let sc = ServiceConfig::from_json(r#"{"loadBalancingConfig":[{"nope":{}}]}"#).unwrap();
+        let err = BalancerRegistry::new().select(&sc).unwrap_err();
+        assert!(err.is_config() && err.to_string().contains("nope"), "{err}");
+        let err = BalancerRegistry::new()
+            .policy("nope", &Value::Null)
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("unknown load-balancing policy \"nope\""));
+    }
+
+    #[test]
+    fn a_bad_config_of_the_chosen_policy_invalidates_the_service_config() {
+        let sc = ServiceConfig::from_json(
+            r#"{"loadBalancingConfig":[{"pick_first":{"shuffleAddressList":"yes"}},{"round_robin":{}}]}"#,
+        )
+        .unwrap();
+        let err = BalancerRegistry::new().select(&sc).unwrap_err();
+        assert!(err.to_string().contains("shuffleAddressList"), "{err}");
+    }
+
+    #[test]
+    fn no_policy_selects_nothing() {
+        let sc = ServiceConfig::from_json("{}").unwrap();
+        assert!(BalancerRegistry::new().select(&sc).unwrap().is_none());
+    }
 }

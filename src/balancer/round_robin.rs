@@ -1,22 +1,25 @@
-//! `round_robin`: every READY subchannel in turn (grpc-go's semantics).
+//! `round_robin`: every READY endpoint in turn (grpc-go's semantics).
 //!
-//! One subchannel per address, all connected at once. Calls rotate over the
-//! READY ones from a random start index, so that many clients do not all
-//! start on the same backend. A subchannel that goes IDLE (its connection
-//! was lost, or its backoff ended) is reconnected at once, and losing a
-//! connection asks the resolver to resolve again. A subchannel that failed
-//! counts as TRANSIENT_FAILURE until it is READY again (gRFC A61's sticky
-//! failure), so a flapping backend does not make the channel CONNECTING.
-//! The channel state is [`aggregate_state`](super::aggregate_state) of the
-//! subchannels.
+//! A [`ChildManager`](super::child_manager) with a `pick_first` child per
+//! endpoint, as grpc-go builds it: every endpoint is connected at once
+//! (each child runs its own happy-eyeballs pass over the endpoint's
+//! addresses), and calls rotate over the READY children from a random
+//! start index, so that many clients do not all start on the same
+//! backend. A child whose connection is lost goes IDLE and is asked to
+//! reconnect at once (and asks the resolver to resolve again); a child
+//! whose pass failed stays TRANSIENT_FAILURE (gRFC A62's sticky failure)
+//! while its subchannels retry on their backoff, reconnecting as soon as
+//! they leave it, so a flapping backend does not make the channel
+//! CONNECTING. The channel state is
+//! [`aggregate_state`](super::aggregate_state) of the children.
 //!
 //! A new picker is published only when the READY set or the channel state
 //! changes, so a steady channel keeps its rotation.
 //!
-//! **Cost.** A subchannel event costs O(1): the policy keeps how many
-//! children are in each state, updates those counts, and asks the channel
+//! **Cost.** A subchannel event costs O(1): it is routed to the child that
+//! owns the subchannel, whose state is counted, and the channel is asked
 //! for [`work`](Balancer::work) after the burst of events it belongs to;
-//! `work` rebuilds the READY list and the picker once, and only when the
+//! `work` builds the READY list and the picker once, and only when the
 //! READY set or the state changed. So a channel with thousands of failing
 //! addresses pays O(n) per burst of events, not per event. A resolver
 //! update costs O(n) and publishes at once.
@@ -29,22 +32,16 @@
 //! starts at its own random index and rotates strictly, so one thread sees
 //! strict rotation and every thread spreads its calls evenly; threads
 //! beyond the 16th share counters (still even, with some contention).
-//! Picks lend the subchannel ([`Pick::borrowed`]), so no reference count
-//! is written either.
+//! The chosen child's pick_first picker lends its subchannel
+//! ([`Pick::borrowed`](crate::picker::Pick::borrowed)), so no reference
+//! count is written either.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
-use super::{dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller};
-use crate::picker::{FailPicker, Pick, PickInfo, PickResult, Picker, QueuePicker};
-use crate::resolver::ResolverUpdate;
-use crate::subchannel::SubchannelState;
-use crate::{ConnectivityState, Error, ErrorKind, Subchannel};
+use super::child_manager::{ChildManager, RoundRobinPickers};
+use super::{Balancer, BalancerBuilder, BuildOptions, LbPolicy, PickFirstBuilder};
 
 /// The name of the round_robin policy.
 pub const ROUND_ROBIN: &str = "round_robin";
@@ -58,90 +55,13 @@ impl BalancerBuilder for RoundRobinBuilder {
         ROUND_ROBIN
     }
 
-    fn build(
-        &self,
-        _: &serde_json::Value,
-        options: &BuildOptions,
-    ) -> Result<Box<dyn Balancer>, Error> {
-        Ok(Box::new(RoundRobin {
-            children: Vec::new(),
-            index: HashMap::new(),
-            rng: SmallRng::seed_from_u64(options.seed()),
-            last_error: None,
-            published: None,
-            has_addresses: false,
-            counts: Counts::default(),
-            ready_changed: false,
-            work_scheduled: false,
-        }))
-    }
-}
-
-struct Child {
-    subchannel: Subchannel,
-    /// The state used for aggregation (TRANSIENT_FAILURE is sticky).
-    state: ConnectivityState,
-}
-
-struct RoundRobin {
-    children: Vec<Child>,
-    /// Subchannel id -> position in `children`.
-    index: HashMap<u64, usize>,
-    rng: SmallRng,
-    last_error: Option<Error>,
-    /// What was last published: the state, the READY subchannel ids and
-    /// the failure message.
-    published: Option<(ConnectivityState, Vec<u64>, Option<String>)>,
-    has_addresses: bool,
-    /// How many children are in each (sticky) state.
-    counts: Counts,
-    /// A child entered or left READY since the last picker was built.
-    ready_changed: bool,
-    /// `work` was asked for and has not run yet.
-    work_scheduled: bool,
-}
-
-/// How many children are in each state, kept as events arrive so that the
-/// channel state is O(1) to compute.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counts {
-    ready: usize,
-    connecting: usize,
-    idle: usize,
-}
-
-impl Counts {
-    fn of<'a>(children: impl IntoIterator<Item = &'a Child>) -> Self {
-        let mut counts = Counts::default();
-        for child in children {
-            counts.add(child.state, 1);
-        }
-        counts
-    }
-
-    /// Adds `n` (1 or -1 as wrapping) children in `state`.
-    fn add(&mut self, state: ConnectivityState, n: usize) {
-        let count = match state {
-            ConnectivityState::Ready => &mut self.ready,
-            ConnectivityState::Connecting => &mut self.connecting,
-            ConnectivityState::Idle => &mut self.idle,
-            ConnectivityState::TransientFailure | ConnectivityState::Shutdown => return,
-        };
-        *count = count.wrapping_add(n);
-    }
-
-    /// [`aggregate_state`](super::aggregate_state) of the children, from
-    /// the counts.
-    fn aggregate(&self) -> ConnectivityState {
-        if self.ready > 0 {
-            ConnectivityState::Ready
-        } else if self.connecting > 0 {
-            ConnectivityState::Connecting
-        } else if self.idle > 0 {
-            ConnectivityState::Idle
-        } else {
-            ConnectivityState::TransientFailure
-        }
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        let pick_first = LbPolicy::new(Arc::new(PickFirstBuilder), Default::default());
+        Box::new(ChildManager::new(
+            pick_first,
+            options.clone(),
+            Box::new(RoundRobinPickers::new(options.seed())),
+        ))
     }
 }
 
@@ -175,208 +95,49 @@ pub(crate) fn thread_shard() -> usize {
     })
 }
 
-/// Rotates over a fixed list of READY subchannels. One atomic increment of
+/// The rotation of a round-robin picker: one counter per picking thread
+/// (up to [`SHARDS`]), each from its own start. One atomic increment of
 /// the calling thread's own counter per pick, whatever the number of
-/// subchannels, and no reference-count traffic.
+/// items.
 #[derive(Debug)]
-pub(crate) struct RoundRobinPicker {
-    subchannels: Box<[Subchannel]>,
+pub(crate) struct Rotation {
     shards: [Shard; SHARDS],
 }
 
-impl RoundRobinPicker {
-    /// Rotates over `subchannels`; shard `i` starts at index `starts[i]`.
-    pub(crate) fn new(subchannels: Vec<Subchannel>, starts: [usize; SHARDS]) -> Self {
-        RoundRobinPicker {
-            subchannels: subchannels.into_boxed_slice(),
+impl Rotation {
+    /// Shard `i` starts at index `starts[i]`.
+    pub(crate) fn new(starts: [usize; SHARDS]) -> Self {
+        Rotation {
             shards: starts.map(|start| Shard(AtomicUsize::new(start))),
         }
     }
-}
 
-impl Picker for RoundRobinPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        let len = self.subchannels.len();
-        if len == 0 {
-            return PickResult::Queue;
-        }
+    /// The next index in `0..len` for the calling thread (0 for `len` 0).
+    #[inline]
+    pub(crate) fn next(&self, len: usize) -> usize {
         let shard = &self.shards[thread_shard()];
-        let n = shard.0.fetch_add(1, Ordering::Relaxed);
-        match self.subchannels.get(n % len) {
-            Some(sc) => PickResult::Pick(Pick::borrowed(sc)),
-            None => PickResult::Queue,
-        }
-    }
-}
-
-impl RoundRobin {
-    /// Publishes a picker if the state, the READY set or the failure
-    /// message changed. O(1) unless the READY set changed (then O(n) to
-    /// list it).
-    fn regenerate(&mut self, ctl: &mut dyn Controller) {
-        let state = if self.has_addresses {
-            self.counts.aggregate()
-        } else {
-            ConnectivityState::TransientFailure
-        };
-        let error = (state == ConnectivityState::TransientFailure)
-            .then(|| self.last_error.as_ref().map(failure_message))
-            .flatten();
-        let same_ready = !std::mem::take(&mut self.ready_changed);
-        if let Some((was, _, was_error)) = &self.published {
-            if *was == state && *was_error == error && same_ready {
-                return;
-            }
-        }
-        let ready: Vec<Subchannel> = if state == ConnectivityState::Ready {
-            self.children
-                .iter()
-                .filter(|c| c.state == ConnectivityState::Ready)
-                .map(|c| c.subchannel.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let key = (
-            state,
-            ready.iter().map(Subchannel::id).collect(),
-            error.clone(),
-        );
-        if self.published.as_ref() == Some(&key) {
-            return;
-        }
-        self.published = Some(key);
-        let picker: Arc<dyn Picker> = match state {
-            ConnectivityState::Ready => {
-                let n = ready.len();
-                let starts = std::array::from_fn(|_| self.rng.random_range(0..n));
-                Arc::new(RoundRobinPicker::new(ready, starts))
-            }
-            ConnectivityState::TransientFailure => Arc::new(FailPicker::unavailable(
-                error.unwrap_or_else(|| "no address could be connected".to_owned()),
-            )),
-            _ => Arc::new(QueuePicker),
-        };
-        ctl.update_picker(state, picker);
-    }
-}
-
-impl Balancer for RoundRobin {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
-        let addresses = dedup(update.addresses());
-        self.has_addresses = !addresses.is_empty();
-        // The old children stay alive until the new ones are made, so a kept
-        // address keeps its (shared) subchannel and connection.
-        let old_children = std::mem::take(&mut self.children);
-        let old: HashMap<u64, ConnectivityState> = old_children
-            .iter()
-            .map(|c| (c.subchannel.id(), c.state))
-            .collect();
-        for address in &addresses {
-            let subchannel = match ctl.new_subchannel(address) {
-                Ok(sc) => sc,
-                Err(e) => {
-                    tracing::warn!(%address, error = %e, "round_robin: skipping address");
-                    continue;
-                }
-            };
-            let state = old
-                .get(&subchannel.id())
-                .copied()
-                .unwrap_or_else(|| subchannel.state());
-            if subchannel.state() == ConnectivityState::Idle {
-                subchannel.connect();
-            }
-            self.children.push(Child { subchannel, state });
-        }
-        drop(old_children);
-        self.index = (0..self.children.len())
-            .map(|i| (self.children[i].subchannel.id(), i))
-            .collect();
-        self.counts = Counts::of(&self.children);
-        self.ready_changed = true;
-        if self.children.is_empty() {
-            self.last_error = Some(Error::new(
-                ErrorKind::Resolver,
-                "the resolver returned no usable addresses",
-            ));
-            ctl.request_resolution();
-        }
-        self.regenerate(ctl);
-    }
-
-    fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
-        if self.children.is_empty() {
-            self.last_error = Some(error.clone());
-            self.has_addresses = false;
-            self.regenerate(ctl);
-        }
-    }
-
-    fn subchannel_update(
-        &mut self,
-        sc: &Subchannel,
-        state: &SubchannelState,
-        ctl: &mut dyn Controller,
-    ) {
-        let Some(child) = self
-            .index
-            .get(&sc.id())
-            .and_then(|&i| self.children.get_mut(i))
-        else {
-            return;
-        };
-        use ConnectivityState::*;
-        let was = child.state;
-        child.state = match (was, state.connectivity) {
-            (TransientFailure, Connecting | Idle) => TransientFailure,
-            (_, new) => new,
-        };
-        self.counts.add(was, usize::MAX);
-        self.counts.add(child.state, 1);
-        if (was == Ready) != (child.state == Ready) {
-            self.ready_changed = true;
-        }
-        if state.connectivity == Idle {
-            sc.connect();
-        }
-        if (was == Ready && state.connectivity != Ready) || state.connectivity == TransientFailure {
-            ctl.request_resolution();
-        }
-        if let Some(error) = &state.error {
-            self.last_error = Some(error.clone());
-        }
-        // The picker is built once, after the burst this event is part of.
-        if !self.work_scheduled {
-            self.work_scheduled = true;
-            ctl.schedule_work(tokio::time::Instant::now());
-        }
-    }
-
-    fn work(&mut self, ctl: &mut dyn Controller) {
-        self.work_scheduled = false;
-        self.regenerate(ctl);
-    }
-
-    fn exit_idle(&mut self, _: &mut dyn Controller) {
-        for child in &self.children {
-            child.subchannel.connect();
-        }
+        shard
+            .0
+            .fetch_add(1, Ordering::Relaxed)
+            .checked_rem(len)
+            .unwrap_or(0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::testing::FakeController;
-    use crate::Address;
+    use crate::balancer::testing::{Event, FakeController};
+    use crate::balancer::LbConfig;
+    use crate::picker::{PickInfo, PickResult};
+    use crate::resolver::ResolverUpdate;
+    use crate::subchannel::SubchannelState;
+    use crate::{Address, ConnectivityState};
     use ConnectivityState::*;
 
     fn build(seed: u64) -> Box<dyn Balancer> {
         let opts = BuildOptions::new("static:///a:1".parse().unwrap(), seed);
-        RoundRobinBuilder
-            .build(&serde_json::json!({}), &opts)
-            .unwrap()
+        RoundRobinBuilder.build(&opts)
     }
 
     fn update(addrs: &[&str]) -> ResolverUpdate {
@@ -386,19 +147,30 @@ mod tests {
     #[test]
     fn connects_every_address_at_once() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        rr.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         for a in ["a:1", "b:1", "c:1"] {
             assert_eq!(ctl.connects(a), 1, "{a}");
         }
-        assert_eq!(ctl.last_state(), Idle);
+        // Each pick_first child is CONNECTING from its first pass (grpc-go).
+        assert_eq!(ctl.last_state(), Connecting);
         ctl.deliver(&mut *rr, "a:1", Connecting);
         assert_eq!(ctl.last_state(), Connecting);
+        ctl.deliver(&mut *rr, "a:1", Ready);
+        assert_eq!(ctl.last_state(), Ready);
     }
 
     #[test]
     fn rotates_over_ready_subchannels_only() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        rr.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         ctl.deliver(&mut *rr, "a:1", Ready);
         ctl.deliver(&mut *rr, "c:1", Ready);
         ctl.deliver_error(&mut *rr, "b:1", TransientFailure, "refused");
@@ -417,7 +189,11 @@ mod tests {
         let firsts: std::collections::HashSet<String> = (0..16)
             .map(|seed| {
                 let (mut rr, mut ctl) = (build(seed), FakeController::new());
-                rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+                rr.resolver_update(
+                    &update(&["a:1", "b:1", "c:1"]),
+                    &LbConfig::empty(),
+                    &mut ctl,
+                );
                 for a in ["a:1", "b:1", "c:1"] {
                     ctl.deliver(&mut *rr, a, Ready);
                 }
@@ -430,7 +206,7 @@ mod tests {
     #[test]
     fn transient_failure_is_sticky_and_needs_every_child_failed() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver_error(&mut *rr, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver(&mut *rr, "b:1", Connecting);
         assert_eq!(ctl.last_state(), Connecting);
@@ -454,7 +230,7 @@ mod tests {
     #[test]
     fn lost_connection_reconnects_and_asks_for_resolution() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *rr, "a:1", Ready);
         ctl.deliver(&mut *rr, "b:1", Ready);
         ctl.deliver(&mut *rr, "a:1", Idle);
@@ -467,10 +243,10 @@ mod tests {
     #[test]
     fn removed_addresses_leave_the_rotation_and_kept_ones_keep_state() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *rr, "a:1", Ready);
         ctl.deliver(&mut *rr, "b:1", Ready);
-        rr.resolver_update(&update(&["b:1", "c:1"]), &mut ctl);
+        rr.resolver_update(&update(&["b:1", "c:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), Ready);
         let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
         assert!(picks.iter().all(|a| a == "b:1"), "{picks:?}");
@@ -480,11 +256,11 @@ mod tests {
     #[test]
     fn re_resolution_keeps_subchannels_that_are_not_ready() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver_error(&mut *rr, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver(&mut *rr, "b:1", Connecting);
         let (a, b) = (ctl.subchannel("a:1").id(), ctl.subchannel("b:1").id());
-        rr.resolver_update(&update(&["b:1", "a:1"]), &mut ctl);
+        rr.resolver_update(&update(&["b:1", "a:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(
             (ctl.subchannel("a:1").id(), ctl.subchannel("b:1").id()),
             (a, b)
@@ -495,19 +271,19 @@ mod tests {
     #[test]
     fn steady_state_publishes_no_new_picker() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *rr, "a:1", Ready);
         let n = ctl.pickers.len();
-        rr.resolver_update(&update(&["a:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.pickers.len(), n);
     }
 
     #[test]
     fn empty_update_fails_calls_and_keeps_nothing() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1"]), &mut ctl);
+        rr.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         ctl.deliver(&mut *rr, "a:1", Ready);
-        rr.resolver_update(&update(&[]), &mut ctl);
+        rr.resolver_update(&update(&[]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), TransientFailure);
         assert!(ctl
             .pick_status()
@@ -521,7 +297,7 @@ mod tests {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
         let addrs: Vec<String> = (0..100).map(|i| format!("h{i}:1")).collect();
         let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-        rr.resolver_update(&update(&refs), &mut ctl);
+        rr.resolver_update(&update(&refs), &LbConfig::empty(), &mut ctl);
         let before = ctl.pickers.len();
         // 100 subchannels connect, half become READY, in one burst: the
         // events only update counts and ask for work once.
@@ -529,11 +305,7 @@ mod tests {
             let sc = ctl.subchannel(a);
             for state in [Connecting, if i % 2 == 0 { Ready } else { Idle }] {
                 sc.set_state(state);
-                let state = SubchannelState {
-                    connectivity: state,
-                    error: None,
-                };
-                rr.subchannel_update(&sc, &state, &mut ctl);
+                rr.subchannel_update(&sc, &SubchannelState::new(state), &mut ctl);
             }
         }
         assert_eq!(ctl.pickers.len(), before, "no picker during the burst");
@@ -550,7 +322,11 @@ mod tests {
     #[test]
     fn a_failing_child_in_a_ready_channel_publishes_nothing() {
         let (mut rr, mut ctl) = (build(1), FakeController::new());
-        rr.resolver_update(&update(&["a:1", "b:1", "c:1"]), &mut ctl);
+        rr.resolver_update(
+            &update(&["a:1", "b:1", "c:1"]),
+            &LbConfig::empty(),
+            &mut ctl,
+        );
         ctl.deliver(&mut *rr, "a:1", Ready);
         let n = ctl.pickers.len();
         for _ in 0..10 {
@@ -574,12 +350,16 @@ mod tests {
         ) {
             let addrs = ["a:1", "b:1", "c:1", "d:1"];
             let (mut rr, mut ctl) = (build(1), FakeController::new());
-            rr.resolver_update(&update(&addrs), &mut ctl);
-            let mut model = [Idle; 4];
+            rr.resolver_update(&update(&addrs), &LbConfig::empty(), &mut ctl);
+            // Each pick_first child: CONNECTING from its first pass; sticky
+            // TRANSIENT_FAILURE until READY; IDLE (a lost connection, or a
+            // backoff over) is left at once for a new attempt.
+            let mut model = [Connecting; 4];
             for (child, s) in events {
                 let state = ConnectivityState::from_u8(s);
                 model[child] = match (model[child], state) {
                     (TransientFailure, Connecting | Idle) => TransientFailure,
+                    (_, Idle) => Connecting,
                     (_, new) => new,
                 };
                 ctl.deliver(&mut *rr, addrs[child], state);
@@ -588,52 +368,10 @@ mod tests {
         }
     }
 
-    /// Picks `times` times on this thread; the index of each pick.
-    fn pick_indices(picker: &dyn Picker, times: usize) -> Vec<usize> {
-        let headers = http::HeaderMap::new();
-        let info = PickInfo::new("/x/y", &headers);
-        (0..times)
-            .map(|_| match picker.pick(&info) {
-                PickResult::Pick(p) => p.subchannel().id() as usize,
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    }
-
-    fn detached(n: usize) -> Vec<Subchannel> {
-        (0..n)
-            .map(|i| Subchannel::detached(i as u64, Address::new(format!("h{i}:1"))))
-            .collect()
-    }
-
-    #[test]
-    fn one_thread_sees_strict_rotation_hitting_each_subchannel_k_times() {
-        let (mut rr, mut ctl) = (build(3), FakeController::new());
-        let addrs = ["a:1", "b:1", "c:1", "d:1", "e:1"];
-        rr.resolver_update(&update(&addrs), &mut ctl);
-        for a in addrs {
-            ctl.deliver(&mut *rr, a, Ready);
-        }
-        let (n, k) = (addrs.len(), 20);
-        let picks: Vec<usize> = (0..n * k)
-            .map(|_| {
-                let a = ctl.pick_addr().unwrap();
-                addrs.iter().position(|x| *x == a).unwrap()
-            })
-            .collect();
-        for w in picks.windows(2) {
-            assert_eq!(w[1], (w[0] + 1) % n, "strict rotation: {picks:?}");
-        }
-        for i in 0..n {
-            assert_eq!(picks.iter().filter(|&&p| p == i).count(), k, "{i}");
-        }
-    }
-
     #[test]
     fn two_threads_picking_at_once_spread_picks_evenly() {
         let (n, k) = (7, 2_000);
-        let starts = std::array::from_fn(|i| i * 3);
-        let picker = RoundRobinPicker::new(detached(n), starts);
+        let rotation = Rotation::new(std::array::from_fn(|i| i * 3));
         let barrier = std::sync::Barrier::new(2);
         let per_thread: Vec<(usize, Vec<usize>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..2)
@@ -641,8 +379,8 @@ mod tests {
                     s.spawn(|| {
                         barrier.wait();
                         let mut counts = vec![0; n];
-                        for i in pick_indices(&picker, n * k) {
-                            counts[i] += 1;
+                        for _ in 0..n * k {
+                            counts[rotation.next(n)] += 1;
                         }
                         (thread_shard(), counts)
                     })
@@ -650,13 +388,13 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        // n * k picks in a row from one counter hit each subchannel k times,
+        // n * k picks in a row from one counter hit each index k times,
         // whatever the interleaving: so 2k in all, and exactly k per thread
         // when the two threads have their own counters (as the first 16
         // picking threads do).
         for i in 0..n {
             let total: usize = per_thread.iter().map(|(_, c)| c[i]).sum();
-            assert_eq!(total, 2 * k, "subchannel {i}: {per_thread:?}");
+            assert_eq!(total, 2 * k, "index {i}: {per_thread:?}");
         }
         if per_thread[0].0 != per_thread[1].0 {
             for (shard, counts) in &per_thread {
@@ -675,18 +413,49 @@ mod tests {
     }
 
     #[test]
-    fn picker_is_flat_over_many_subchannels() {
-        let subchannels: Vec<Subchannel> = (0..1000)
-            .map(|i| Subchannel::detached(i, Address::new(format!("h{i}:1"))))
-            .collect();
-        let picker = RoundRobinPicker::new(subchannels, [0; SHARDS]);
+    fn picks_rotate_over_a_thousand_ready_children() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        let addrs: Vec<String> = (0..1000).map(|i| format!("h{i}:1")).collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        rr.resolver_update(&update(&refs), &LbConfig::empty(), &mut ctl);
+        for a in &addrs {
+            ctl.deliver_only(&mut *rr, a, SubchannelState::new(Ready));
+        }
+        assert!(ctl.run_work(&mut *rr));
+        let picker = ctl.picker().unwrap();
         let headers = http::HeaderMap::new();
         let info = PickInfo::new("/x/y", &headers);
-        for i in 0..2000u64 {
-            match picker.pick(&info) {
-                PickResult::Pick(p) => assert_eq!(p.subchannel().id(), i % 1000),
+        let picks: Vec<String> = (0..2000)
+            .map(|_| match picker.pick(&info) {
+                PickResult::Pick(p) => p.subchannel().address().to_string(),
                 other => panic!("{other:?}"),
-            }
+            })
+            .collect();
+        for i in 0..1000 {
+            assert_eq!(picks[i], picks[i + 1000], "strict rotation");
         }
+        let distinct: std::collections::HashSet<&String> = picks.iter().collect();
+        assert_eq!(distinct.len(), 1000);
+    }
+
+    #[test]
+    fn each_child_connects_its_endpoint_and_one_picker_follows_the_update() {
+        let (mut rr, mut ctl) = (build(1), FakeController::new());
+        rr.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let events: Vec<Event> = ctl
+            .take_events()
+            .into_iter()
+            .filter(|e| !matches!(e, Event::ScheduleWork(_)))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                Event::NewSubchannel("a:1".into()),
+                Event::Connect("a:1".into()),
+                Event::NewSubchannel("b:1".into()),
+                Event::Connect("b:1".into()),
+                Event::UpdatePicker(Connecting),
+            ]
+        );
     }
 }

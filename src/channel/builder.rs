@@ -7,11 +7,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::control::{Control, Policy, SubchannelTable};
+use super::control::{Control, SubchannelTable};
 use super::{BalancedChannel, CallDefaults, Shared};
-use crate::balancer::{BalancerBuilder, BalancerRegistry, BuildOptions, ServiceConfig, PICK_FIRST};
+use crate::balancer::{
+    BalancerBuilder, BalancerRegistry, BuildOptions, GracefulSwitch, LbPolicy, PICK_FIRST,
+};
 use crate::picker::{PickerCell, QueuePicker};
 use crate::resolver::{builder_for, ResolverBuilder, ResolverRegistry, UpdateSink};
+use crate::service_config::ServiceConfig;
 use crate::subchannel::{BackoffConfig, ConnectConfig};
 use crate::transport::{Connector, Io, TargetHost};
 use crate::{ConnectivityState, Error, ErrorKind, Target};
@@ -116,7 +119,10 @@ impl BalancedChannelBuilder {
     }
 
     /// The default policy from gRPC service-config JSON, e.g.
-    /// `{"loadBalancingConfig":[{"round_robin":{}}]}`.
+    /// `{"loadBalancingConfig":[{"round_robin":{}}]}` (any gRPC service
+    /// config: its other fields are kept as data). A config that is not
+    /// valid JSON, selects no known policy, or whose policy rejects its
+    /// config makes [`build`](Self::build) fail with an error saying so.
     pub fn service_config(mut self, json: impl Into<String>) -> Self {
         self.policy = PolicyChoice::ServiceConfig(json.into());
         self
@@ -330,11 +336,9 @@ impl BalancedChannelBuilder {
             .balancers
             .clone()
             .unwrap_or_else(BalancerRegistry::global);
-        let policy = self.policy(&balancers)?;
+        let default_policy = self.policy(&balancers)?;
         let seed = self.rng_seed.unwrap_or_else(rand::random);
-        let balancer = policy
-            .builder
-            .build(&policy.config, &BuildOptions::new(target.clone(), seed))?;
+        let balancer = GracefulSwitch::new(BuildOptions::new(target.clone(), seed));
         let mut defaults = self.defaults.clone();
         if let Some(yours) = &self.user_agent {
             defaults.user_agent = format!("{yours} {USER_AGENT}").parse().map_err(|e| {
@@ -362,23 +366,18 @@ impl BalancedChannelBuilder {
         ));
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let default_policy = Arc::new(Policy {
-            builder: policy.builder.clone(),
-            config: policy.config.clone(),
-        });
         let control = Control {
             target: target.clone(),
             resolver,
             resolver_rx,
             requests,
             balancer,
-            policy,
+            policy: None,
             default_policy,
             balancers,
             table: SubchannelTable::new(Arc::new(connect), events_tx),
             events_rx,
             picker: picker.clone(),
-            seed,
             effects: Default::default(),
             failure: Default::default(),
         };
@@ -401,42 +400,21 @@ impl BalancedChannelBuilder {
         Ok(channel)
     }
 
-    fn policy(&self, registry: &BalancerRegistry) -> Result<Policy, Error> {
-        let empty = || Value::Object(Default::default());
-        let by_name = |name: &str| {
-            registry.get(name).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "unknown load-balancing policy {name:?} (known: {:?})",
-                        registry.names()
-                    ),
-                )
-            })
-        };
-        Ok(match &self.policy {
-            PolicyChoice::Default => Policy {
-                builder: by_name(PICK_FIRST)?,
-                config: empty(),
-            },
-            PolicyChoice::Name(name) => Policy {
-                builder: by_name(name)?,
-                config: empty(),
-            },
-            PolicyChoice::Builder(builder) => Policy {
-                builder: builder.clone(),
-                config: empty(),
-            },
+    /// The default policy, with its config parsed (errors name the
+    /// unknown policy or the bad config).
+    fn policy(&self, registry: &BalancerRegistry) -> Result<LbPolicy, Error> {
+        let empty = Value::Object(Default::default());
+        match &self.policy {
+            PolicyChoice::Default => registry.policy(PICK_FIRST, &empty),
+            PolicyChoice::Name(name) => registry.policy(name, &empty),
+            PolicyChoice::Builder(builder) => LbPolicy::parse(builder.clone(), &empty),
             PolicyChoice::ServiceConfig(json) => {
-                match ServiceConfig::from_json(json)?.select(registry)? {
-                    Some((builder, config)) => Policy { builder, config },
-                    None => Policy {
-                        builder: by_name(PICK_FIRST)?,
-                        config: empty(),
-                    },
+                match registry.select(&ServiceConfig::from_json(json)?)? {
+                    Some(policy) => Ok(policy),
+                    None => registry.policy(PICK_FIRST, &empty),
                 }
             }
-        })
+        }
     }
 
     fn parse_authority(&self) -> Result<Option<http::uri::Authority>, Error> {

@@ -25,16 +25,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::balancer::{
-    failure_message, Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller,
+    failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy,
 };
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
-use crate::subchannel::{ConnectConfig, Inner, StateEvent};
+use crate::subchannel::{ConnectConfig, Inner, StateEvent, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
@@ -44,25 +43,23 @@ pub(crate) enum ControlRequest {
     ExitIdle,
 }
 
-/// The policy in use: its builder and config.
-pub(crate) struct Policy {
-    pub(crate) builder: Arc<dyn BalancerBuilder>,
-    pub(crate) config: Value,
-}
-
 pub(crate) struct Control {
     pub(crate) target: Target,
     pub(crate) resolver: Box<dyn Resolver>,
     pub(crate) resolver_rx: UpdateReceiver,
     pub(crate) requests: mpsc::UnboundedReceiver<ControlRequest>,
-    pub(crate) balancer: Box<dyn Balancer>,
-    pub(crate) policy: Policy,
-    pub(crate) default_policy: Arc<Policy>,
+    /// Runs the selected policy, switching gracefully when the service
+    /// config selects another.
+    pub(crate) balancer: GracefulSwitch,
+    /// The policy last handed to the balancer.
+    pub(crate) policy: Option<LbPolicy>,
+    /// The channel builder's policy, used when the resolver gives no
+    /// service config (or one that selects no policy).
+    pub(crate) default_policy: LbPolicy,
     pub(crate) balancers: BalancerRegistry,
     pub(crate) table: SubchannelTable,
     pub(crate) events_rx: mpsc::UnboundedReceiver<StateEvent>,
     pub(crate) picker: Arc<PickerCell>,
-    pub(crate) seed: u64,
     pub(crate) effects: Effects,
     pub(crate) failure: Failure,
 }
@@ -114,13 +111,19 @@ impl Failure {
     }
 }
 
-/// One subchannel per address, shared by whoever holds it.
+/// One subchannel per address, shared by whoever holds it: the channel's
+/// table, also behind the public test controller
+/// (`balancer::testing::FakeController`), whose subchannels are detached
+/// (no connection task).
 pub(crate) struct SubchannelTable {
     by_addr: HashMap<Arc<str>, Weak<Inner>>,
     by_id: HashMap<u64, Weak<Inner>>,
     next_id: u64,
-    events_tx: mpsc::UnboundedSender<StateEvent>,
-    config: Arc<ConnectConfig>,
+    /// How many entries there were after dead ones were last forgotten.
+    kept: usize,
+    /// Where connection tasks report, and how they connect; `None` for
+    /// detached subchannels.
+    spawn: Option<(mpsc::UnboundedSender<StateEvent>, Arc<ConnectConfig>)>,
 }
 
 impl SubchannelTable {
@@ -129,22 +132,73 @@ impl SubchannelTable {
         events_tx: mpsc::UnboundedSender<StateEvent>,
     ) -> Self {
         SubchannelTable {
+            spawn: Some((events_tx, config)),
+            ..SubchannelTable::detached()
+        }
+    }
+
+    /// A table of subchannels that never connect (for balancer tests).
+    pub(crate) fn detached() -> Self {
+        SubchannelTable {
             by_addr: HashMap::new(),
             by_id: HashMap::new(),
             next_id: 0,
-            events_tx,
-            config,
+            kept: 0,
+            spawn: None,
         }
+    }
+
+    /// The live subchannel for `addr`, if any.
+    pub(crate) fn live(&self, addr: &str) -> Option<Subchannel> {
+        self.by_addr.get(addr).and_then(Subchannel::upgrade)
+    }
+
+    /// The live subchannel with this id, if any.
+    fn by_id(&self, id: u64) -> Option<Subchannel> {
+        self.by_id.get(&id).and_then(Subchannel::upgrade)
+    }
+
+    /// Every live subchannel.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) fn all_live(&self) -> Vec<Subchannel> {
+        self.by_id
+            .values()
+            .filter_map(Subchannel::upgrade)
+            .collect()
+    }
+
+    /// The live subchannel for `address`, or a new one (true).
+    pub(crate) fn get_or_make(&mut self, address: &Address) -> Result<(Subchannel, bool), Error> {
+        if let Some(sc) = self.live(address.addr()) {
+            return Ok((sc, false));
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let sc = match &self.spawn {
+            Some((events_tx, config)) => {
+                Subchannel::spawn(id, address.clone(), config.clone(), events_tx.clone())?
+            }
+            None => Subchannel::detached(id, address.clone()),
+        };
+        self.by_addr.insert(address.addr().into(), sc.downgrade());
+        self.by_id.insert(id, sc.downgrade());
+        // Amortised O(1): dead entries go once they are half the table.
+        if self.by_id.len() >= 2 * self.kept + 64 {
+            self.forget_dead();
+        }
+        Ok((sc, true))
     }
 
     fn forget_dead(&mut self) {
         self.by_addr.retain(|_, w| w.strong_count() > 0);
         self.by_id.retain(|_, w| w.strong_count() > 0);
+        self.kept = self.by_id.len();
     }
 }
 
-/// The [`Controller`] a balancer sees during one call.
-struct Ctl<'a> {
+/// The [`Controller`] a balancer sees during one call: the channel's
+/// subchannel table and what the burst asked for.
+struct ChannelController<'a> {
     table: &'a mut SubchannelTable,
     effects: &'a mut Effects,
 }
@@ -170,29 +224,14 @@ pub(crate) struct Effects {
     wake_queued: bool,
 }
 
-impl Controller for Ctl<'_> {
-    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error> {
-        if let Some(sc) = self
-            .table
-            .by_addr
-            .get(address.addr())
-            .and_then(Subchannel::upgrade)
-        {
-            return Ok(sc);
-        }
-        self.table.next_id += 1;
-        let id = self.table.next_id;
-        let sc = Subchannel::spawn(
-            id,
-            address.clone(),
-            self.table.config.clone(),
-            self.table.events_tx.clone(),
-        )?;
-        self.table
-            .by_addr
-            .insert(address.addr().into(), sc.downgrade());
-        self.table.by_id.insert(id, sc.downgrade());
-        Ok(sc)
+impl Controller for ChannelController<'_> {
+    fn new_subchannel(
+        &mut self,
+        address: &Address,
+    ) -> Result<(Subchannel, SubchannelState), Error> {
+        let (sc, _) = self.table.get_or_make(address)?;
+        let state = SubchannelState::new(sc.state());
+        Ok((sc, state))
     }
 
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
@@ -331,20 +370,15 @@ impl Control {
 
     /// Runs one balancer call; what it asks for is applied after the burst.
     fn drive(&mut self, f: impl FnOnce(&mut dyn Balancer, &mut dyn Controller)) {
-        let mut ctl = Ctl {
+        let mut ctl = ChannelController {
             table: &mut self.table,
             effects: &mut self.effects,
         };
-        f(&mut *self.balancer, &mut ctl);
+        f(&mut self.balancer, &mut ctl);
     }
 
     fn on_subchannel_event(&mut self, event: StateEvent) {
-        let Some(sc) = self
-            .table
-            .by_id
-            .get(&event.id)
-            .and_then(Subchannel::upgrade)
-        else {
+        let Some(sc) = self.table.by_id(event.id) else {
             return;
         };
         sc.set_state(event.state.connectivity);
@@ -362,54 +396,40 @@ impl Control {
     fn on_resolver_events(&mut self, events: ResolverEvents) {
         if let Some(update) = events.update {
             self.failure.resolved(&update);
-            if !self.switch_policy(&update) {
-                self.drive(|b, ctl| b.resolver_update(&update, ctl));
-            }
-            self.table.forget_dead();
+            let policy = self.select_policy(&update);
+            let config = GracefulSwitch::config(policy.clone());
+            self.policy = Some(policy);
+            self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
         }
         if let Some(error) = events.error {
             tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
             self.failure.resolver_failed(&error);
+            if self.policy.is_none() {
+                // No update yet: the default policy reports the error.
+                let policy = self.default_policy.clone();
+                self.balancer.switch_to(&policy);
+                self.policy = Some(policy);
+            }
             self.drive(|b, ctl| b.resolver_error(&error, ctl));
         }
     }
 
-    /// Changes policy if the update's service config asks for another one;
-    /// true if it did (and the new balancer has seen the update).
-    fn switch_policy(&mut self, update: &ResolverUpdate) -> bool {
-        let wanted = match update.service_config().map(|sc| sc.select(&self.balancers)) {
-            Some(Ok(Some((builder, config)))) => Policy { builder, config },
-            Some(Err(error)) => {
-                tracing::warn!(target = %self.target, %error, "ignoring the resolver's service config");
-                return false;
-            }
-            _ => Policy {
-                builder: self.default_policy.builder.clone(),
-                config: self.default_policy.config.clone(),
-            },
+    /// The policy for `update`: its service config's (the balancer
+    /// registry selects it), else the channel's default. A service config
+    /// that cannot be used is logged and the policy in use is kept (gRPC:
+    /// a bad config from the resolver never breaks a working channel).
+    fn select_policy(&self, update: &ResolverUpdate) -> LbPolicy {
+        let Some(config) = update.service_config() else {
+            return self.default_policy.clone();
         };
-        if wanted.builder.name() == self.policy.builder.name()
-            && wanted.config == self.policy.config
-        {
-            return false;
-        }
-        let options = BuildOptions::new(self.target.clone(), self.seed);
-        match wanted.builder.build(&wanted.config, &options) {
-            Ok(balancer) => {
-                tracing::debug!(target = %self.target, policy = wanted.builder.name(), "switching policy");
-                // The old balancer is dropped after the new one has taken
-                // what it needs, so shared subchannels stay connected.
-                let old = std::mem::replace(&mut self.balancer, balancer);
-                self.policy = wanted;
-                // The old policy's timer goes with it.
-                self.effects.work_at = None;
-                self.drive(|b, ctl| b.resolver_update(update, ctl));
-                drop(old);
-                true
-            }
+        match self.balancers.select(config) {
+            Ok(Some(policy)) => policy,
+            Ok(None) => self.default_policy.clone(),
             Err(error) => {
-                tracing::warn!(target = %self.target, %error, "cannot build the service config's policy");
-                false
+                tracing::warn!(target = %self.target, %error, "ignoring the resolver's service config");
+                self.policy
+                    .clone()
+                    .unwrap_or_else(|| self.default_policy.clone())
             }
         }
     }
@@ -429,9 +449,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::balancer::{BalancerBuilder, BuildOptions};
+    use crate::balancer::{BalancerBuilder, BuildOptions, LbConfig};
     use crate::picker::QueuePicker;
     use crate::resolver::UpdateSink;
+    use crate::service_config::ServiceConfig;
     use crate::subchannel::SubchannelState;
 
     /// What the stub balancer saw, in order.
@@ -442,6 +463,7 @@ mod tests {
     /// burst would), or at a fixed delay after a resolver update.
     struct Stub {
         log: Log,
+        configs: Arc<Mutex<Vec<serde_json::Value>>>,
         made: Arc<Mutex<Vec<Weak<Inner>>>>,
         subchannels: Vec<Subchannel>,
         work_delay: Option<Duration>,
@@ -450,12 +472,18 @@ mod tests {
     }
 
     impl Balancer for Stub {
-        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        fn resolver_update(
+            &mut self,
+            update: &ResolverUpdate,
+            config: &LbConfig,
+            ctl: &mut dyn Controller,
+        ) {
             self.log.lock().unwrap().push("resolver_update".into());
+            self.configs.lock().unwrap().push(config.json().clone());
             self.subchannels = update
                 .addresses()
                 .iter()
-                .map(|a| ctl.new_subchannel(a).unwrap())
+                .map(|a| ctl.new_subchannel(a).unwrap().0)
                 .collect();
             let mut made = self.made.lock().unwrap();
             made.extend(self.subchannels.iter().map(Subchannel::downgrade));
@@ -485,6 +513,10 @@ mod tests {
             ctl.schedule_work(Instant::now());
         }
 
+        fn exit_idle(&mut self, _: &mut dyn Controller) {
+            self.log.lock().unwrap().push("exit_idle".into());
+        }
+
         fn work(&mut self, ctl: &mut dyn Controller) {
             self.log.lock().unwrap().push("work".into());
             ctl.update_picker(ConnectivityState::Ready, Arc::new(QueuePicker));
@@ -499,20 +531,70 @@ mod tests {
         }
     }
 
-    struct StubBuilder;
+    /// Builds [`Stub`]s that share the harness's log.
+    #[derive(Clone)]
+    struct StubBuilder {
+        log: Log,
+        /// The configs its balancers were handed, and how many it built.
+        configs: Arc<Mutex<Vec<serde_json::Value>>>,
+        builds: Arc<Mutex<usize>>,
+        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        work_delay: Option<Duration>,
+        quiet: bool,
+    }
 
     impl BalancerBuilder for StubBuilder {
         fn name(&self) -> &str {
             "stub"
         }
 
-        fn build(&self, _: &Value, _: &BuildOptions) -> Result<Box<dyn Balancer>, Error> {
-            Err(Error::new(crate::ErrorKind::Config, "unused"))
+        fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+            *self.builds.lock().unwrap() += 1;
+            Box::new(Stub {
+                log: self.log.clone(),
+                configs: self.configs.clone(),
+                made: self.made.clone(),
+                subchannels: Vec::new(),
+                work_delay: self.work_delay,
+                quiet: self.quiet,
+            })
+        }
+    }
+
+    /// A control task for `target` running `policy` (with `registry` for
+    /// service configs).
+    #[allow(clippy::too_many_arguments)]
+    fn control(
+        target: Target,
+        resolver: Box<dyn Resolver>,
+        resolver_rx: UpdateReceiver,
+        requests: mpsc::UnboundedReceiver<ControlRequest>,
+        policy: LbPolicy,
+        balancers: BalancerRegistry,
+        table: SubchannelTable,
+        events_rx: mpsc::UnboundedReceiver<StateEvent>,
+        picker: Arc<PickerCell>,
+    ) -> Control {
+        Control {
+            balancer: GracefulSwitch::new(BuildOptions::new(target.clone(), 1)),
+            target,
+            resolver,
+            resolver_rx,
+            requests,
+            policy: None,
+            default_policy: policy,
+            balancers,
+            table,
+            events_rx,
+            picker,
+            effects: Effects::default(),
+            failure: Failure::default(),
         }
     }
 
     struct Harness {
         log: Log,
+        stub: StubBuilder,
         made: Arc<Mutex<Vec<Weak<Inner>>>>,
         resolutions: Arc<Mutex<usize>>,
         picker: Arc<PickerCell>,
@@ -537,34 +619,32 @@ mod tests {
             ConnectivityState::Connecting,
             Arc::new(QueuePicker),
         ));
-        let policy = || Policy {
-            builder: Arc::new(StubBuilder),
-            config: Value::Object(Default::default()),
+        let stub = StubBuilder {
+            log: log.clone(),
+            configs: Arc::default(),
+            builds: Arc::default(),
+            made: Arc::clone(&made),
+            work_delay,
+            quiet,
         };
-        let control = Control {
-            target: "static:///a:1".parse().unwrap(),
-            resolver: Box::new(CountingResolver(resolutions.clone())),
+        let stub_copy = stub.clone();
+        let mut balancers = BalancerRegistry::new();
+        balancers.register(Arc::new(stub.clone()));
+        let control = control(
+            "static:///a:1".parse().unwrap(),
+            Box::new(CountingResolver(resolutions.clone())),
             resolver_rx,
             requests,
-            balancer: Box::new(Stub {
-                log: log.clone(),
-                made: Arc::clone(&made),
-                subchannels: Vec::new(),
-                work_delay,
-                quiet,
-            }),
-            policy: policy(),
-            default_policy: Arc::new(policy()),
-            balancers: BalancerRegistry::new(),
-            table: SubchannelTable::new(Arc::default(), events_tx.clone()),
+            LbPolicy::new(Arc::new(stub), LbConfig::empty()),
+            balancers,
+            // Subchannels that never connect: the test plays their events.
+            SubchannelTable::detached(),
             events_rx,
-            picker: picker.clone(),
-            seed: 1,
-            effects: Effects::default(),
-            failure: Failure::default(),
-        };
+            picker.clone(),
+        );
         Harness {
             log,
+            stub: stub_copy,
             made,
             resolutions,
             picker,
@@ -578,10 +658,7 @@ mod tests {
     fn event(id: u64, connectivity: ConnectivityState) -> StateEvent {
         StateEvent {
             id,
-            state: SubchannelState {
-                connectivity,
-                error: None,
-            },
+            state: SubchannelState::new(connectivity),
         }
     }
 
@@ -718,6 +795,125 @@ mod tests {
         task.await.unwrap();
     }
 
+    fn stub_config(json: &str) -> ServiceConfig {
+        ServiceConfig::from_json(&format!(r#"{{"loadBalancingConfig":[{{"stub":{json}}}]}}"#))
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_config_change_of_the_same_policy_reaches_the_running_balancer() {
+        let mut h = harness(None);
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        for n in 1..=3 {
+            let update = ResolverUpdate::new(vec![Address::new("a:1")])
+                .with_service_config(stub_config(&format!(r#"{{"n":{n}}}"#)));
+            h.sink.update(update);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*h.stub.builds.lock().unwrap(), 1, "never rebuilt");
+        let configs = h.stub.configs.lock().unwrap().clone();
+        let ns: Vec<i64> = configs.iter().map(|c| c["n"].as_i64().unwrap()).collect();
+        assert_eq!(ns, [1, 2, 3]);
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bad_service_config_keeps_the_running_policy_and_its_config() {
+        let mut h = harness(None);
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        let update = |config: ServiceConfig| {
+            ResolverUpdate::new(vec![Address::new("a:1")]).with_service_config(config)
+        };
+        h.sink.update(update(stub_config(r#"{"n":1}"#)));
+        tokio::task::yield_now().await;
+        let unknown = ServiceConfig::from_json(r#"{"loadBalancingConfig":[{"nope":{}}]}"#).unwrap();
+        h.sink.update(update(unknown));
+        tokio::task::yield_now().await;
+        assert_eq!(*h.stub.builds.lock().unwrap(), 1);
+        let configs = h.stub.configs.lock().unwrap().clone();
+        assert_eq!(configs.len(), 2, "the update still reached the policy");
+        assert_eq!(configs[1]["n"], 1, "with the config it had");
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_policy_switch_keeps_publishing_the_old_policys_picker_until_the_new_one_is_ready() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        h.events_tx
+            .send(event(1, ConnectivityState::Ready))
+            .unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(h.picker.load().state, ConnectivityState::Ready);
+        let generation = h.picker.load().generation;
+        // round_robin to an address that is only CONNECTING: the stub's
+        // READY picker stays.
+        let round_robin =
+            ServiceConfig::from_json(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#).unwrap();
+        h.sink.update(
+            ResolverUpdate::new(vec![Address::new("b:1")]).with_service_config(round_robin),
+        );
+        tokio::task::yield_now().await;
+        assert_eq!(h.picker.load().generation, generation, "nothing published");
+        assert_eq!(h.picker.load().state, ConnectivityState::Ready);
+        // b:1 READY: round_robin takes over, and the stub is dropped with
+        // its subchannel a:1.
+        h.events_tx
+            .send(event(2, ConnectivityState::Ready))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let snapshot = h.picker.load();
+        assert_eq!(snapshot.state, ConnectivityState::Ready);
+        assert!(snapshot.generation > generation);
+        let made = h.made.lock().unwrap().clone();
+        assert!(Subchannel::upgrade(&made[0]).is_none(), "a:1 released");
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_on_an_idle_channel_reaches_the_balancers_exit_idle() {
+        let mut h = harness(None);
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("a:1")]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        h.requests_tx.send(ControlRequest::ExitIdle).unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            h.log.lock().unwrap().last().map(String::as_str),
+            Some("exit_idle")
+        );
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subchannels_a_new_update_leaves_out_are_shut_down() {
+        let mut h = harness(None);
+        h.sink.update(ResolverUpdate::new(vec![
+            Address::new("a:1"),
+            Address::new("b:1"),
+        ]));
+        let task = tokio::spawn(h.control.take().unwrap().run());
+        tokio::task::yield_now().await;
+        h.sink
+            .update(ResolverUpdate::new(vec![Address::new("b:1")]));
+        tokio::task::yield_now().await;
+        let made = h.made.lock().unwrap().clone();
+        assert_eq!(made.len(), 3, "a:1 and b:1, then b:1 again");
+        assert!(Subchannel::upgrade(&made[0]).is_none(), "a:1 shut down");
+        let (b1, b2) = (Subchannel::upgrade(&made[1]), Subchannel::upgrade(&made[2]));
+        assert!(b1.is_some() && b1 == b2, "b:1 kept, the same subchannel");
+        drop(h.requests_tx);
+        task.await.unwrap();
+    }
+
     /// What the policy under test was handed.
     #[derive(Default)]
     struct Seen {
@@ -732,9 +928,14 @@ mod tests {
     }
 
     impl Balancer for Counting {
-        fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        fn resolver_update(
+            &mut self,
+            update: &ResolverUpdate,
+            config: &LbConfig,
+            ctl: &mut dyn Controller,
+        ) {
             self.seen.lock().unwrap().resolver_updates += 1;
-            self.inner.resolver_update(update, ctl);
+            self.inner.resolver_update(update, config, ctl);
         }
 
         fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
@@ -753,6 +954,23 @@ mod tests {
 
         fn work(&mut self, ctl: &mut dyn Controller) {
             self.inner.work(ctl);
+        }
+    }
+
+    /// Builds round_robin balancers that count what they are handed.
+    struct CountingBuilder(Arc<Mutex<Seen>>);
+
+    impl BalancerBuilder for CountingBuilder {
+        fn name(&self) -> &str {
+            "counting_round_robin"
+        }
+
+        fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+            use crate::balancer::RoundRobinBuilder;
+            Box::new(Counting {
+                inner: RoundRobinBuilder.build(options),
+                seen: self.0.clone(),
+            })
         }
     }
 
@@ -784,7 +1002,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ten_thousand_failing_addresses_cost_one_resolver_update_and_few_pickers() {
-        use crate::balancer::RoundRobinBuilder;
         use crate::resolver::{ResolverBuilder, StaticResolverBuilder};
         const FAILING: usize = 10_000;
         let live = h2_backend().await;
@@ -799,41 +1016,27 @@ mod tests {
         let resolver = StaticResolverBuilder.build(&target, sink.clone()).unwrap();
         let resolutions = Arc::new(Mutex::new(0));
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let options = BuildOptions::new(target.clone(), 1);
-        let round_robin = RoundRobinBuilder.build(&Value::Null, &options).unwrap();
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let picker = Arc::new(PickerCell::new(
             ConnectivityState::Connecting,
             Arc::new(QueuePicker),
         ));
-        let policy = || Policy {
-            builder: Arc::new(RoundRobinBuilder),
-            config: Value::Object(Default::default()),
-        };
         let config = Arc::new(ConnectConfig {
             rng_seed: 1,
             ..ConnectConfig::default()
         });
-        let control = Control {
+        let control = control(
             target,
-            resolver: Box::new(CountingWrapper(resolver, resolutions.clone())),
+            Box::new(CountingWrapper(resolver, resolutions.clone())),
             resolver_rx,
             requests,
-            balancer: Box::new(Counting {
-                inner: round_robin,
-                seen: seen.clone(),
-            }),
-            policy: policy(),
-            default_policy: Arc::new(policy()),
-            balancers: BalancerRegistry::new(),
-            table: SubchannelTable::new(config, events_tx),
+            LbPolicy::new(Arc::new(CountingBuilder(seen.clone())), LbConfig::empty()),
+            BalancerRegistry::new(),
+            SubchannelTable::new(config, events_tx),
             events_rx,
-            picker: picker.clone(),
-            seed: 1,
-            effects: Effects::default(),
-            failure: Failure::default(),
-        };
+            picker.clone(),
+        );
         let task = tokio::spawn(control.run());
         tokio::time::sleep(Duration::from_secs(30)).await;
 

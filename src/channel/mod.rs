@@ -37,6 +37,8 @@ mod call;
 mod control;
 
 pub use builder::BalancedChannelBuilder;
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) use control::SubchannelTable;
 
 use std::fmt;
 use std::future::Future;

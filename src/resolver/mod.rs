@@ -5,7 +5,8 @@
 //! [`ResolverUpdate`]s into an [`UpdateSink`]. The contract, as in grpc-go:
 //!
 //! - **Full snapshots.** Every update carries the whole current set of
-//!   addresses (and optionally a [`ServiceConfig`]), never a delta, even when
+//!   endpoints (each one or more addresses with attributes such as a
+//!   weight) and optionally a [`ServiceConfig`], never a delta, even when
 //!   the resolver folds deltas internally (an etcd watch).
 //! - **Building never blocks on the network.** `build` checks the target and
 //!   starts the work (usually a task); failures arrive later as
@@ -31,7 +32,7 @@
 //! tonic's own `Channel::balance_channel` accepts.
 //!
 //! [`Target`]: crate::Target
-//! [`ServiceConfig`]: crate::balancer::ServiceConfig
+//! [`ServiceConfig`]: crate::ServiceConfig
 
 #[cfg(feature = "discover")]
 mod discover;
@@ -67,20 +68,55 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-use crate::balancer::ServiceConfig;
-use crate::{Address, Error, Target};
+use crate::service_config::ServiceConfig;
+use crate::{Address, Endpoint, Error, Target};
 
-/// The full current state a resolver knows.
+/// The full current state a resolver knows: its endpoints (each with one
+/// or more addresses and attributes) and optionally a service config.
+///
+/// ```
+/// use tonic_balance::resolver::ResolverUpdate;
+/// use tonic_balance::{Address, Endpoint};
+///
+/// // One endpoint per address, each carrying that address's attributes:
+/// let flat = ResolverUpdate::new(vec![Address::new("10.0.0.1:1").with_weight(2)]);
+/// assert_eq!(flat.endpoints()[0].attributes().weight(), Some(2));
+/// // A dual-stack backend is one endpoint of two addresses:
+/// let dual = ResolverUpdate::from_endpoints(vec![Endpoint::new(vec![
+///     "[::1]:1".into(),
+///     "127.0.0.1:1".into(),
+/// ])]);
+/// assert_eq!((dual.endpoints().len(), dual.addresses().len()), (1, 2));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ResolverUpdate {
+    endpoints: Vec<Endpoint>,
+    /// Every endpoint's addresses, in order (kept so that `addresses()`
+    /// is a slice).
     addresses: Vec<Address>,
     service_config: Option<ServiceConfig>,
 }
 
 impl ResolverUpdate {
-    /// An update with these addresses and no service config.
+    /// An update of one endpoint per address (each endpoint carries its
+    /// address's attributes) and no service config.
     pub fn new(addresses: Vec<Address>) -> Self {
         ResolverUpdate {
+            endpoints: addresses.iter().cloned().map(Endpoint::from).collect(),
+            addresses,
+            service_config: None,
+        }
+    }
+
+    /// An update of these endpoints and no service config.
+    pub fn from_endpoints(endpoints: Vec<Endpoint>) -> Self {
+        let addresses = endpoints
+            .iter()
+            .flat_map(|e| e.addresses().iter().cloned())
+            .collect();
+        ResolverUpdate {
+            endpoints,
             addresses,
             service_config: None,
         }
@@ -92,7 +128,12 @@ impl ResolverUpdate {
         self
     }
 
-    /// Every address.
+    /// Every endpoint.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Every endpoint's addresses, endpoint by endpoint.
     pub fn addresses(&self) -> &[Address] {
         &self.addresses
     }

@@ -1,5 +1,10 @@
 //! The `static` resolver: a fixed list in the target,
 //! `static:///10.0.0.1:50051,10.0.0.2:50051` (`[::1]:50051` for IPv6).
+//!
+//! An entry may carry its endpoint's weight for weighted policies:
+//! `static:///10.0.0.1:50051;weight=3,10.0.0.2:50051` (a positive integer
+//! that fits in 32 bits; an entry without one has no weight). Each entry is
+//! one endpoint of one address.
 
 use super::fixed::fixed;
 use super::{Resolver, ResolverBuilder, UpdateSink};
@@ -23,11 +28,31 @@ impl StaticResolverBuilder {
             .endpoint()
             .split(',')
             .map(|entry| {
-                validate_host_port(entry)
-                    .map(|()| Address::new(entry))
-                    .map_err(|why| Error::invalid_target(target.as_str(), why))
+                parse_entry(entry).map_err(|why| Error::invalid_target(target.as_str(), why))
             })
             .collect()
+    }
+}
+
+/// `host:port` with an optional `;weight=N`.
+fn parse_entry(entry: &str) -> Result<Address, String> {
+    let (addr, params) = match entry.split_once(';') {
+        Some((addr, params)) => (addr, Some(params)),
+        None => (entry, None),
+    };
+    validate_host_port(addr)?;
+    let address = Address::new(addr);
+    let Some(params) = params else {
+        return Ok(address);
+    };
+    let weight = params
+        .strip_prefix("weight=")
+        .ok_or_else(|| format!("{entry:?}: unknown parameter {params:?} (want ;weight=N)"))?;
+    match weight.parse::<u32>() {
+        Ok(w) if w > 0 => Ok(address.with_weight(w)),
+        _ => Err(format!(
+            "{entry:?}: bad weight {weight:?} (want an integer in 1..=4294967295)"
+        )),
     }
 }
 
@@ -61,6 +86,28 @@ mod tests {
             parse("static:///127.0.0.1:50051,[::1]:50052,svc:1").unwrap(),
             ["127.0.0.1:50051", "[::1]:50052", "svc:1"]
         );
+    }
+
+    #[test]
+    fn an_entry_may_carry_its_endpoints_weight() {
+        let target: Target = "static:///a:1;weight=3,b:2".parse().unwrap();
+        let addrs = StaticResolverBuilder::parse(&target).unwrap();
+        let update = crate::resolver::ResolverUpdate::new(addrs);
+        let weights: Vec<Option<u32>> = update
+            .endpoints()
+            .iter()
+            .map(|e| e.attributes().weight())
+            .collect();
+        assert_eq!(weights, [Some(3), None]);
+        assert_eq!(update.addresses()[0].addr(), "a:1");
+        for (bad, why) in [
+            ("static:///a:1;weight=0", "bad weight \"0\""),
+            ("static:///a:1;weight=x", "bad weight \"x\""),
+            ("static:///a:1;zone=b", "unknown parameter \"zone=b\""),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

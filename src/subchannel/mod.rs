@@ -66,6 +66,7 @@ use crate::{Address, ConnectivityState, Error};
 
 /// A subchannel's connectivity state with the error that caused it.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SubchannelState {
     /// The new state.
     pub connectivity: ConnectivityState,
@@ -103,6 +104,22 @@ pub(crate) struct Link {
     connect_requested: AtomicBool,
     /// How many times a balancer asked for a connection while IDLE.
     connect_requests: AtomicU32,
+}
+
+impl SubchannelState {
+    /// `connectivity` with no error.
+    pub fn new(connectivity: ConnectivityState) -> Self {
+        SubchannelState {
+            connectivity,
+            error: None,
+        }
+    }
+
+    /// The same state with the error that caused it.
+    pub fn with_error(mut self, error: Error) -> Self {
+        self.error = Some(error);
+        self
+    }
 }
 
 impl Subchannel {
@@ -151,6 +168,7 @@ impl Subchannel {
         Subchannel::unspawned(id, address, Origin::detached()).0
     }
 
+    #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn connect_requests(&self) -> u32 {
         self.inner.link.connect_requests.load(Ordering::Relaxed)
     }
@@ -160,8 +178,9 @@ impl Subchannel {
         &self.inner.link.address
     }
 
-    /// The state last delivered to the balancer.
-    pub fn state(&self) -> ConnectivityState {
+    /// The state last delivered to the balancer (policies learn it only
+    /// through the balancer contract, see `balancer::Controller`).
+    pub(crate) fn state(&self) -> ConnectivityState {
         ConnectivityState::from_u8(self.inner.link.state.load(Ordering::Acquire))
     }
 
@@ -174,6 +193,8 @@ impl Subchannel {
         {
             link.connect_requests.fetch_add(1, Ordering::Relaxed);
             link.connect.notify_one();
+            #[cfg(any(test, feature = "test-util"))]
+            crate::balancer::testing::record_connect(self);
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller,
+    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller, LbConfig,
 };
 use tonic_balance::picker::{PickInfo, PickResult, Picker};
 use tonic_balance::resolver::ResolverUpdate;
@@ -41,15 +41,15 @@ impl BalancerBuilder for CountingPicks {
         self.inner.name()
     }
 
-    fn build(
-        &self,
-        config: &serde_json::Value,
-        options: &BuildOptions,
-    ) -> Result<Box<dyn Balancer>, Error> {
-        Ok(Box::new(Wrapped {
-            inner: self.inner.build(config, options)?,
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(Wrapped {
+            inner: self.inner.build(options),
             picks: self.picks.clone(),
-        }))
+        })
+    }
+
+    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
+        self.inner.parse_config(json)
     }
 }
 
@@ -77,7 +77,10 @@ struct Ctl<'a> {
 }
 
 impl Controller for Ctl<'_> {
-    fn new_subchannel(&mut self, address: &Address) -> Result<Subchannel, Error> {
+    fn new_subchannel(
+        &mut self,
+        address: &Address,
+    ) -> Result<(Subchannel, SubchannelState), Error> {
         self.inner.new_subchannel(address)
     }
 
@@ -114,8 +117,13 @@ impl Wrapped {
 }
 
 impl Balancer for Wrapped {
-    fn resolver_update(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
-        self.with(ctl, |b, ctl| b.resolver_update(update, ctl));
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    ) {
+        self.with(ctl, |b, ctl| b.resolver_update(update, config, ctl));
     }
 
     fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {

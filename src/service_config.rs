@@ -1,0 +1,205 @@
+//! gRPC service config as data (gRPC's `service_config.md`).
+//!
+//! A [`ServiceConfig`] comes from a resolver (with its update) or from the
+//! channel builder. This module only parses and checks it: which
+//! load-balancing policy it selects is the balancer registry's business
+//! ([`BalancerRegistry::select`](crate::balancer::BalancerRegistry::select)),
+//! so resolvers and balancers both import this module and not each other.
+//!
+//! Fields kept:
+//! - `loadBalancingConfig` (a list of `{"policy_name": {config}}`, the first
+//!   policy the channel knows wins) and the older `loadBalancingPolicy`
+//!   (a name);
+//! - `methodConfig`, `healthCheckConfig` and `retryThrottling` as checked
+//!   JSON, for the features that will read them (they change nothing yet).
+//!
+//! Bad input is an [`ErrorKind::Config`] error that names the bad part.
+
+use serde_json::Value;
+
+use crate::{Error, ErrorKind};
+
+/// A parsed gRPC service config.
+///
+/// ```
+/// use tonic_balance::ServiceConfig;
+///
+/// let sc = ServiceConfig::from_json(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#).unwrap();
+/// assert_eq!(sc.policies()[0].0, "round_robin");
+/// assert!(ServiceConfig::from_json(r#"{"loadBalancingConfig":{}}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceConfig {
+    policies: Vec<(String, Value)>,
+    method_config: Vec<Value>,
+    health_check_config: Option<Value>,
+    retry_throttling: Option<Value>,
+}
+
+impl ServiceConfig {
+    /// Parses service-config JSON; the error says which part is wrong.
+    pub fn from_json(json: &str) -> Result<Self, Error> {
+        let value: Value = serde_json::from_str(json)
+            .map_err(|e| Error::with_source(ErrorKind::Config, "service config is not JSON", e))?;
+        Self::from_value(&value)
+    }
+
+    /// Builds from an already parsed JSON value.
+    pub fn from_value(value: &Value) -> Result<Self, Error> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| config_error("service config must be a JSON object"))?;
+        let mut policies = Vec::new();
+        if let Some(list) = obj.get("loadBalancingConfig") {
+            let list = list
+                .as_array()
+                .ok_or_else(|| config_error("\"loadBalancingConfig\" must be an array"))?;
+            for entry in list {
+                policies.push(policy_entry(entry)?);
+            }
+        }
+        if let Some(name) = obj.get("loadBalancingPolicy") {
+            let name = name
+                .as_str()
+                .ok_or_else(|| config_error("\"loadBalancingPolicy\" must be a string"))?;
+            policies.push((name.to_ascii_lowercase(), Value::Object(Default::default())));
+        }
+        let method_config = match obj.get("methodConfig") {
+            None => Vec::new(),
+            Some(Value::Array(list)) if list.iter().all(Value::is_object) => list.clone(),
+            Some(_) => return Err(config_error("\"methodConfig\" must be an array of objects")),
+        };
+        Ok(ServiceConfig {
+            policies,
+            method_config,
+            health_check_config: object_field(obj, "healthCheckConfig")?,
+            retry_throttling: retry_throttling(obj)?,
+        })
+    }
+
+    /// A config that selects one policy with an empty policy config.
+    pub fn policy(name: &str) -> Self {
+        ServiceConfig {
+            policies: vec![(name.to_owned(), Value::Object(Default::default()))],
+            ..ServiceConfig::default()
+        }
+    }
+
+    /// The policies in order of preference, each with its JSON config.
+    pub fn policies(&self) -> &[(String, Value)] {
+        &self.policies
+    }
+
+    /// The `methodConfig` entries, as JSON objects (not applied yet).
+    pub fn method_config(&self) -> &[Value] {
+        &self.method_config
+    }
+
+    /// The `healthCheckConfig` object (client-side health checking, not
+    /// applied yet).
+    pub fn health_check_config(&self) -> Option<&Value> {
+        self.health_check_config.as_ref()
+    }
+
+    /// The `retryThrottling` object, checked as gRFC A6 says (`maxTokens`
+    /// in (0, 1000], `tokenRatio` > 0; not applied yet).
+    pub fn retry_throttling(&self) -> Option<&Value> {
+        self.retry_throttling.as_ref()
+    }
+}
+
+fn policy_entry(entry: &Value) -> Result<(String, Value), Error> {
+    match entry.as_object().map(|o| (o.len(), o.iter().next())) {
+        Some((1, Some((name, config)))) if config.is_object() => Ok((name.clone(), config.clone())),
+        Some((1, Some((name, _)))) => Err(config_error(format!(
+            "loadBalancingConfig: the config of {name:?} must be a JSON object"
+        ))),
+        _ => Err(config_error(format!(
+            "loadBalancingConfig entry {entry} must be an object with one policy name"
+        ))),
+    }
+}
+
+fn object_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<Value>, Error> {
+    match obj.get(name) {
+        None => Ok(None),
+        Some(value) if value.is_object() => Ok(Some(value.clone())),
+        Some(_) => Err(config_error(format!("{name:?} must be a JSON object"))),
+    }
+}
+
+fn retry_throttling(obj: &serde_json::Map<String, Value>) -> Result<Option<Value>, Error> {
+    let Some(value) = object_field(obj, "retryThrottling")? else {
+        return Ok(None);
+    };
+    let number = |field: &str| value.get(field).and_then(Value::as_f64);
+    match (number("maxTokens"), number("tokenRatio")) {
+        (Some(max), Some(ratio)) if max > 0.0 && max <= 1000.0 && ratio > 0.0 => Ok(Some(value)),
+        _ => Err(config_error(
+            "\"retryThrottling\" needs \"maxTokens\" in (0, 1000] and \"tokenRatio\" > 0",
+        )),
+    }
+}
+
+fn config_error(message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_policy_name_is_accepted() {
+        let sc = ServiceConfig::from_json(r#"{"loadBalancingPolicy":"ROUND_ROBIN"}"#).unwrap();
+        assert_eq!(sc.policies()[0].0, "round_robin");
+    }
+
+    #[test]
+    fn malformed_configs_say_what_is_wrong() {
+        for (json, part) in [
+            ("[]", "JSON object"),
+            ("not json", "not JSON"),
+            (r#"{"loadBalancingConfig":{}}"#, "must be an array"),
+            (
+                r#"{"loadBalancingConfig":[{"a":{},"b":{}}]}"#,
+                "one policy name",
+            ),
+            (
+                r#"{"loadBalancingConfig":[{"a":3}]}"#,
+                "config of \"a\" must be a JSON object",
+            ),
+            (r#"{"loadBalancingPolicy":3}"#, "must be a string"),
+            (
+                r#"{"methodConfig":{}}"#,
+                "\"methodConfig\" must be an array",
+            ),
+            (
+                r#"{"healthCheckConfig":[]}"#,
+                "\"healthCheckConfig\" must be",
+            ),
+            (
+                r#"{"retryThrottling":{"maxTokens":0,"tokenRatio":1}}"#,
+                "maxTokens",
+            ),
+        ] {
+            let err = ServiceConfig::from_json(json).unwrap_err();
+            assert!(err.is_config(), "{json}: {err}");
+            assert!(err.to_string().contains(part), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn other_fields_are_kept_as_data() {
+        let sc = ServiceConfig::from_json(
+            r#"{"methodConfig":[{"name":[{"service":"s"}],"timeout":"1s"}],
+                "healthCheckConfig":{"serviceName":"s"},
+                "retryThrottling":{"maxTokens":10,"tokenRatio":0.1}}"#,
+        )
+        .unwrap();
+        assert!(sc.policies().is_empty());
+        assert_eq!(sc.method_config()[0]["timeout"], "1s");
+        assert_eq!(sc.health_check_config().unwrap()["serviceName"], "s");
+        assert_eq!(sc.retry_throttling().unwrap()["maxTokens"], 10);
+    }
+}
