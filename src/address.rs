@@ -288,6 +288,7 @@ pub(crate) fn join_host_port(host: &str, port: u16) -> String {
 }
 
 /// A host name: labels of letters, digits, '-' and '_', at most 253 bytes.
+#[cfg_attr(not(feature = "dns"), allow(dead_code))]
 pub(crate) fn check_host_name(host: &str) -> Result<(), String> {
     let name = host.strip_suffix('.').unwrap_or(host);
     let label_ok = |label: &str| {

@@ -248,3 +248,70 @@ async fn connections_leave_from_the_local_address_asked_for() {
     .await
     .expect("bounded");
 }
+
+/// A TCP server that answers every connection with `reply` (after reading
+/// what the client sent first) and closes it; returns its address and a
+/// count of the connections it accepted.
+async fn not_http2_server(
+    reply: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket.write_all(reply).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_an_http2_server_fails_calls_with_what_it_said_on_the_backoff_schedule()
+{
+    tokio::time::timeout(TEST_LIMIT, async {
+        // A TLS server reached without TLS (it answers with an alert), and
+        // an HTTP/1 server.
+        let cases: [(&'static [u8], &str); 2] = [
+            (
+                &[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46],
+                "answered with TLS",
+            ),
+            (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+                "HTTP/1",
+            ),
+        ];
+        for (reply, said) in cases {
+            let (addr, accepted) = not_http2_server(reply).await;
+            let channel = BalancedChannel::builder(format!("static:///{addr}"))
+                .build()
+                .unwrap();
+            // 20 fail-fast calls well within the first backoff delay (1 s):
+            // each fails at once with what the server said, and the
+            // connection is not retried in a loop.
+            for _ in 0..20 {
+                let status = call(&channel, "x").await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(status.message().contains(said), "{status:?}");
+            }
+            let seen = accepted.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                seen <= 2,
+                "{seen} connections to a server that is not HTTP/2"
+            );
+        }
+    })
+    .await
+    .expect("bounded");
+}

@@ -239,7 +239,6 @@ mod registry;
 pub mod round_robin;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
-#[cfg(any(test, feature = "test-util"))]
 pub use child_manager::{ChildManager, ChildPickers, ReadyChild, RoundRobinPickers};
 pub use config::{LbConfig, LbPolicy};
 pub use graceful_switch::GracefulSwitch;

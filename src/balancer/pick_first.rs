@@ -180,9 +180,14 @@ struct PickFirst {
 
 /// What the policy is doing, with the subchannels it holds for it.
 enum Phase {
-    /// No subchannels: no addresses yet, an empty list, or IDLE after a
-    /// lost connection (the next call starts a pass).
+    /// No subchannels: no addresses yet, or an empty list.
     Waiting,
+    /// IDLE after the selected connection was lost: the next call starts a
+    /// pass. The lost subchannel is kept until then, so the pass takes it
+    /// back with its reconnect backoff: a server that drops every
+    /// connection at once is retried on the backoff schedule, not by a new
+    /// subchannel (with a fresh backoff) per call.
+    Lost(#[allow(dead_code)] Subchannel),
     /// The happy-eyeballs pass over the list.
     Pass(Pass),
     /// The pass failed: every subchannel reconnects on its own backoff.
@@ -420,7 +425,10 @@ impl PickFirst {
 
     /// The selected connection is gone: IDLE until the next call.
     fn lost(&mut self, ctl: &mut dyn Controller) {
-        self.phase = Phase::Waiting;
+        let phase = std::mem::replace(&mut self.phase, Phase::Waiting);
+        if let Phase::Selected(subchannel) = phase {
+            self.phase = Phase::Lost(subchannel);
+        }
         self.publish(ConnectivityState::Idle, Arc::new(QueuePicker), ctl);
         ctl.request_resolution();
     }
@@ -645,6 +653,23 @@ mod tests {
         assert_eq!(ctl.last_state(), Idle);
         pf.exit_idle(&mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
+        assert_eq!(ctl.connects("a:1"), 2);
+    }
+
+    #[test]
+    fn a_lost_connection_is_retried_on_the_same_subchannel_keeping_its_backoff() {
+        // A server that sends its preface and drops the connection: the
+        // next call must reconnect the subchannel that holds the backoff,
+        // not a fresh one that would connect at once (a reconnect storm).
+        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
+        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
+        ctl.deliver(&mut *pf, "a:1", Ready);
+        let id = ctl.subchannel("a:1").id();
+        ctl.deliver(&mut *pf, "a:1", Idle);
+        // The channel holds only the newest picker; the fake keeps them all.
+        ctl.pickers.clear();
+        pf.exit_idle(&mut ctl);
+        assert_eq!(ctl.subchannel("a:1").id(), id, "the same subchannel");
         assert_eq!(ctl.connects("a:1"), 2);
     }
 

@@ -302,7 +302,8 @@ impl BalancedChannelBuilder {
 
     /// Your own `user-agent` string: calls send
     /// `<yours> grpc-rust-tonic-balance/<version>` (gRPC's user-agent
-    /// convention), or only the latter without one. A request that already
+    /// convention), or only the latter without one (an empty or blank
+    /// string counts as none). A request that already
     /// carries a `user-agent` (set by a layer) keeps it.
     pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
         self.user_agent = Some(user_agent.into());
@@ -340,7 +341,12 @@ impl BalancedChannelBuilder {
         let seed = self.rng_seed.unwrap_or_else(rand::random);
         let balancer = GracefulSwitch::new(BuildOptions::new(target.clone(), seed));
         let mut defaults = self.defaults.clone();
-        if let Some(yours) = &self.user_agent {
+        if let Some(yours) = self
+            .user_agent
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             defaults.user_agent = format!("{yours} {USER_AGENT}").parse().map_err(|e| {
                 Error::with_source(
                     ErrorKind::Config,

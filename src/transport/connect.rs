@@ -153,7 +153,14 @@ where
     ));
     // READY only once the server has sent its preface (see `preface`). The
     // socket is dropped, failing `spoke`, when the connection ends first.
-    if spoke.await.is_err() {
+    let spoke = spoke.await;
+    if let Ok(Err(not_http2)) = spoke {
+        return Err(Error::new(
+            ErrorKind::Connect,
+            format!("{address}: {not_http2}"),
+        ));
+    }
+    if spoke.is_err() {
         // The drive task reported why the connection ended before it
         // dropped the socket.
         let why = match lost.try_recv() {
