@@ -109,6 +109,7 @@ pub async fn measure(
 
     let (cpu0, switches0) = usage();
     let allocations0 = crate::process::allocations();
+    crate::process::callgrind::zero();
     let start = Instant::now();
     let _ = control.start.set(start);
     control.recording.store(true, Ordering::Release);
@@ -121,6 +122,7 @@ pub async fn measure(
         None => tokio::time::sleep(duration).await,
     }
     control.recording.store(false, Ordering::Release);
+    crate::process::callgrind::dump();
     let elapsed = start.elapsed();
     let (cpu1, switches1) = usage();
     let allocations1 = crate::process::allocations();
