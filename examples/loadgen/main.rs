@@ -15,7 +15,8 @@
 //! `--scenario connections`: every call on one connection to one backend
 //! (tonic-direct, ours-pick_first, ours-round_robin, hyper and h2 over one
 //! connection), by default at concurrency 1,16,64,256: how a client's cost
-//! per call grows with the streams in flight on one HTTP/2 connection.
+//! per call grows with the streams in flight on one HTTP/2 connection. The
+//! raw h2 client is left out above 200 calls in flight (it stalls there).
 //!
 //! Clients beyond the default set: `ours-round_robin-pool4` (a pool of 4
 //! connections per address, `connections_per_address(4)`).
@@ -49,6 +50,11 @@ use run::Midway;
 use server::Backends;
 
 const BACKENDS: usize = 3;
+
+/// The raw `h2` client stalls with more calls than this on one
+/// connection to the tonic backend (seen at 256; not investigated), so the
+/// connections scenario leaves it out above it.
+const H2_MAX_STREAMS: usize = 200;
 
 #[global_allocator]
 static ALLOCATOR: process::Counting = process::Counting;
@@ -138,6 +144,9 @@ async fn throughput(options: &Options, count: usize, kinds: &[Kind]) -> Result<(
         let mut result = Throughput::new(concurrency, count);
         for round in 0..options.rounds {
             for &kind in kinds {
+                if kind == Kind::H2RoundRobin && count == 1 && concurrency > H2_MAX_STREAMS {
+                    continue;
+                }
                 let client = Client::connect(kind, &backends.addrs).await?;
                 let window =
                     run::measure(&client, concurrency, options.warmup, options.duration, None)
