@@ -22,6 +22,7 @@ struct Summary {
     p999: u32,
     cpu_us: f64,
     switches: f64,
+    allocations: f64,
     errors: usize,
     per_backend: Vec<usize>,
 }
@@ -52,6 +53,7 @@ impl Throughput {
             p999: w.percentile(99.9),
             cpu_us: w.cpu_us_per_request(),
             switches: w.switches_per_request(),
+            allocations: w.allocations_per_request(),
             errors: w.errors.len(),
             per_backend: w.per_backend(self.backends, Duration::ZERO),
         });
@@ -68,7 +70,7 @@ impl Throughput {
     pub fn print(&self) {
         println!("\n## concurrency {}", self.concurrency);
         println!(
-            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>7} {:>6}  calls per backend",
+            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>7} {:>10} {:>6}  calls per backend",
             "client",
             "req/s",
             "vs direct",
@@ -80,6 +82,7 @@ impl Throughput {
             "p999 µs",
             "CPU µs/req",
             "csw/req",
+            "allocs/req",
             "errors"
         );
         let lines: Vec<serde_json::Value> = Kind::ALL
@@ -119,6 +122,7 @@ impl Throughput {
             "p999_us": med(&|r| r.p999.into()),
             "cpu_us_per_request": round1(med(&|r| r.cpu_us)),
             "context_switches_per_request": round3(med(&|r| r.switches)),
+            "allocations_per_request": round1(med(&|r| r.allocations)),
             "errors": errors,
             "calls_per_backend": per_backend,
         });
@@ -138,7 +142,7 @@ impl Throughput {
                 json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
         }
         println!(
-            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>7.2} {:>6}  {:?}",
+            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>7.2} {:>10.1} {:>6}  {:?}",
             kind.name(),
             median(rps),
             cells[0],
@@ -150,6 +154,7 @@ impl Throughput {
             med(&|r| r.p999.into()),
             med(&|r| r.cpu_us),
             med(&|r| r.switches),
+            med(&|r| r.allocations),
             errors,
             per_backend
         );

@@ -1,7 +1,8 @@
 //! Drives one client: `concurrency` tasks call in a closed loop; after the
 //! warm-up a measurement window opens, and every call that completes inside
 //! it is recorded (latency, backend or error, completion time), together
-//! with the process's CPU time (getrusage user + sys) over the window.
+//! with the process's CPU time (getrusage user + sys) and heap allocations
+//! over the window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,6 +23,8 @@ pub struct Window {
     pub cpu: Duration,
     /// Context switches (voluntary + involuntary) of this process.
     pub switches: u64,
+    /// Heap allocations made by this process.
+    pub allocations: u64,
     /// Latency of every completed call, µs, sorted.
     pub latencies_us: Vec<u32>,
     /// (completion time into the window, backend index or `None` = error).
@@ -47,6 +50,11 @@ impl Window {
     /// Context switches of this (client) process per completed call.
     pub fn switches_per_request(&self) -> f64 {
         self.switches as f64 / self.requests().max(1) as f64
+    }
+
+    /// Heap allocations of this (client) process per completed call.
+    pub fn allocations_per_request(&self) -> f64 {
+        self.allocations as f64 / self.requests().max(1) as f64
     }
 
     /// Latency percentile `p` (0..=100) in µs.
@@ -100,6 +108,8 @@ pub async fn measure(
     tokio::time::sleep(warmup).await;
 
     let (cpu0, switches0) = usage();
+    let allocations0 = crate::process::allocations();
+    crate::process::callgrind::zero();
     let start = Instant::now();
     let _ = control.start.set(start);
     control.recording.store(true, Ordering::Release);
@@ -112,14 +122,17 @@ pub async fn measure(
         None => tokio::time::sleep(duration).await,
     }
     control.recording.store(false, Ordering::Release);
+    crate::process::callgrind::dump();
     let elapsed = start.elapsed();
     let (cpu1, switches1) = usage();
+    let allocations1 = crate::process::allocations();
     control.stop.store(true, Ordering::Release);
 
     let mut window = Window {
         elapsed,
         cpu: cpu1.saturating_sub(cpu0),
         switches: switches1.saturating_sub(switches0),
+        allocations: allocations1.saturating_sub(allocations0),
         ..Window::default()
     };
     for worker in workers {

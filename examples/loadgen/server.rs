@@ -31,11 +31,19 @@ impl Simple for Backend {
     }
 }
 
-/// The `--serve` mode: serves `count` backends numbered from `first`.
-pub fn serve(count: usize, first: usize) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+/// The `--serve` mode: serves `count` backends numbered from `first`; with
+/// `cpu`, on that CPU alone with one tokio worker.
+pub fn serve(
+    count: usize,
+    first: usize,
+    cpu: Option<usize>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(cpu) = cpu {
+        crate::process::pin_to(cpu)?;
+        runtime.worker_threads(1);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         for index in first..first + count {
             // serve_with_incoming ignores the builder's TCP_NODELAY: set
@@ -72,31 +80,35 @@ pub fn serve(count: usize, first: usize) -> Result<(), Box<dyn std::error::Error
 /// Backend processes started by this load generator. Dropping it kills them.
 pub struct Backends {
     procs: Vec<(Child, Vec<usize>)>,
+    /// The CPU the backends' processes are pinned to, if any.
+    cpu: Option<usize>,
     /// The backends' addresses, by index.
     pub addrs: Vec<SocketAddr>,
 }
 
 impl Backends {
-    /// `n` backends in one process (for throughput runs).
-    pub fn shared(n: usize) -> std::io::Result<Backends> {
-        let mut backends = Backends::empty(n);
+    /// `n` backends in one process (for throughput runs), pinned to `cpu`.
+    pub fn shared(n: usize, cpu: Option<usize>) -> std::io::Result<Backends> {
+        let mut backends = Backends::empty(n, cpu);
         backends.spawn(n, 0)?;
         Ok(backends)
     }
 
-    /// `n` backends, each in its own process (so that one can be killed).
-    pub fn separate(n: usize) -> std::io::Result<Backends> {
-        let mut backends = Backends::empty(n);
+    /// `n` backends, each in its own process (so that one can be killed),
+    /// pinned to `cpu`.
+    pub fn separate(n: usize, cpu: Option<usize>) -> std::io::Result<Backends> {
+        let mut backends = Backends::empty(n, cpu);
         for i in 0..n {
             backends.spawn(1, i)?;
         }
         Ok(backends)
     }
 
-    fn empty(n: usize) -> Backends {
+    fn empty(n: usize, cpu: Option<usize>) -> Backends {
         let unset = SocketAddr::from(([0, 0, 0, 0], 0));
         Backends {
             procs: Vec::new(),
+            cpu,
             addrs: vec![unset; n],
         }
     }
@@ -107,6 +119,9 @@ impl Backends {
             command
                 .env("LOADGEN_TLS_CERT", &tls.cert_pem)
                 .env("LOADGEN_TLS_KEY", &tls.key_pem);
+        }
+        if let Some(cpu) = self.cpu {
+            command.args(["--pin-cpu", &cpu.to_string()]);
         }
         let mut child = command
             .args([

@@ -79,6 +79,8 @@ pub(crate) struct Opened {
     response: Response<RecvStream>,
     pipe: Option<RequestPipe>,
     in_flight: InFlight,
+    /// The request's extensions, emptied: the response's extensions map.
+    extensions: http::Extensions,
 }
 
 impl Opened {
@@ -98,7 +100,10 @@ impl Opened {
         deadline: Option<Deadline>,
     ) -> Response<Body> {
         let stop_pipe = self.pipe.map(RequestPipe::spawn);
-        let (parts, stream) = self.response.into_parts();
+        let (mut parts, stream) = self.response.into_parts();
+        let mut extensions = self.extensions;
+        extensions.extend(std::mem::take(&mut parts.extensions));
+        parts.extensions = extensions;
         let body = ResponseBody::new(
             stream,
             address,
@@ -157,12 +162,14 @@ pub(crate) async fn send(
                 response,
                 pipe,
                 in_flight,
+                extensions: outgoing.take_extensions(),
             })
         }
         (Ok(response), _) => Ok(Opened {
             response,
             pipe: None,
             in_flight,
+            extensions: outgoing.take_extensions(),
         }),
         (Err(e), pipe) => Err(pipe.failed(&e, address)),
     }

@@ -14,14 +14,26 @@
 //! at most that much per call beyond what `h2` already buffers, whatever
 //! the body's size. Once the response headers arrive the call is committed
 //! (the server is processing it) and nothing more is kept.
+//!
+//! **The head.** `h2` takes each attempt's request head by value, so the
+//! head is copied once per attempt: the original goes to `h2`, the copy
+//! stays for the next attempt. The copy is made into a header map kept
+//! from an earlier call (a few per thread, see [`SPARE_MAPS`]), so a call
+//! allocates no header map of its own once the thread has served one.
+//! The request's extensions, which HTTP/2 does not send, become the
+//! response's (see [`Outgoing::take_extensions`]): the map tonic allocated
+//! for its own request extension holds the response's [`Peer`] too.
+//!
+//! [`Peer`]: crate::Peer
 
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, TE};
 use http::request::Parts;
-use http::{HeaderMap, Request, Uri};
+use http::{Extensions, HeaderMap, Request, Uri};
 use http_body::{Body as _, Frame};
 use tonic::body::Body;
 use tonic::Status;
@@ -63,14 +75,31 @@ impl Outgoing {
         &self.head.headers
     }
 
-    /// The head to send for one attempt (a clone: `h2` consumes it).
-    pub(crate) fn request(&self) -> Request<()> {
+    /// The head to send for one attempt (`h2` consumes it): the headers
+    /// themselves; a copy, in a recycled map, stays for the next attempt.
+    pub(crate) fn request(&mut self) -> Request<()> {
+        let mut copy = spare_map();
+        copy.extend(
+            self.head
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
         let mut request = Request::new(());
         *request.method_mut() = self.head.method.clone();
         *request.uri_mut() = self.head.uri.clone();
         *request.version_mut() = self.head.version;
-        *request.headers_mut() = self.head.headers.clone();
+        *request.headers_mut() = std::mem::replace(&mut self.head.headers, copy);
         request
+    }
+
+    /// The request's extensions, emptied (their allocation kept), for the
+    /// response: HTTP/2 does not send them, and the call needs them no
+    /// more once its response headers arrived.
+    pub(crate) fn take_extensions(&mut self) -> Extensions {
+        let mut extensions = std::mem::take(&mut self.head.extensions);
+        extensions.clear();
+        extensions
     }
 
     pub(crate) fn body_mut(&mut self) -> &mut BodySource {
@@ -89,6 +118,47 @@ impl Outgoing {
     pub(crate) fn rewind(&mut self) -> bool {
         self.body.rewind()
     }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.head.headers));
+    }
+}
+
+/// How many emptied header maps a thread keeps for the next calls' head
+/// copies. A call takes one and gives one back, so a thread needs about
+/// as many as it has calls starting at once between two of its calls
+/// ending; a thread with none to spare allocates one.
+const SPARE_MAPS: usize = 32;
+/// A map that grew beyond this many headers is not kept.
+const SPARE_MAP_CAPACITY: usize = 64;
+
+thread_local! {
+    static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map, recycled if this thread has one.
+fn spare_map() -> HeaderMap {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps `map`'s allocation for a later call on this thread.
+fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_MAPS {
+            spare.push(map);
+        }
+    });
 }
 
 /// Removes the headers HTTP/2 forbids in a request (RFC 9113, section
@@ -359,6 +429,30 @@ mod tests {
             stripped.headers().keys().collect::<Vec<_>>(),
             ["user-agent"]
         );
+    }
+
+    #[test]
+    fn every_attempt_sends_the_same_head_and_extensions_go_to_the_response() {
+        let mut request = Request::new(Body::empty());
+        *request.uri_mut() = Uri::from_static("http://a:1/p.S/M");
+        let headers = request.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static("application/grpc"));
+        headers.append("x-multi", HeaderValue::from_static("1"));
+        headers.append("x-multi", HeaderValue::from_static("2"));
+        request.extensions_mut().insert(7u32);
+        let mut outgoing = Outgoing::new(request, &HeaderValue::from_static("ua"));
+        let first = outgoing.request();
+        let second = outgoing.request();
+        for sent in [&first, &second] {
+            assert_eq!(sent.uri(), "http://a:1/p.S/M");
+            assert_eq!(sent.headers(), outgoing.headers());
+            let multi: Vec<_> = sent.headers().get_all("x-multi").iter().collect();
+            assert_eq!(multi, ["1", "2"]);
+            assert_eq!(sent.headers()["user-agent"], "ua");
+        }
+        let extensions = outgoing.take_extensions();
+        assert!(extensions.is_empty());
+        assert!(outgoing.take_extensions().is_empty());
     }
 
     #[test]
