@@ -85,7 +85,15 @@ impl Throughput {
             "allocs/req",
             "errors"
         );
-        let lines: Vec<serde_json::Value> = Kind::ALL
+        // Every client that ran, in the order it first ran (the default
+        // set and any extra one asked for with --clients).
+        let mut kinds: Vec<Kind> = Vec::new();
+        for run in &self.runs {
+            if !kinds.contains(&run.kind) {
+                kinds.push(run.kind);
+            }
+        }
+        let lines: Vec<serde_json::Value> = kinds
             .into_iter()
             .filter_map(|kind| self.row(kind))
             .collect();
