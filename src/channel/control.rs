@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::balancer::{
-    failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy,
+    failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy, PICK_FIRST,
 };
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
@@ -56,6 +56,9 @@ pub(crate) struct Control {
     /// The channel builder's policy, used when the resolver gives no
     /// service config (or one that selects no policy).
     pub(crate) default_policy: LbPolicy,
+    /// The health service name of the builder's service config, used when
+    /// the resolver gives no service config.
+    pub(crate) default_health: Option<Arc<str>>,
     pub(crate) balancers: BalancerRegistry,
     pub(crate) table: SubchannelTable,
     pub(crate) events_rx: mpsc::UnboundedReceiver<StateEvent>,
@@ -145,6 +148,14 @@ impl SubchannelTable {
             next_id: 0,
             kept: 0,
             spawn: None,
+        }
+    }
+
+    /// Turns client-side health checking of every subchannel on (for the
+    /// service `name`) or off (`None`).
+    pub(crate) fn set_health_service(&self, name: Option<Arc<str>>) {
+        if let Some((_, config)) = &self.spawn {
+            config.health.set(name);
         }
     }
 
@@ -397,6 +408,12 @@ impl Control {
         if let Some(update) = events.update {
             self.failure.resolved(&update);
             let policy = self.select_policy(&update);
+            let health = match update.service_config() {
+                Some(config) => config.health_check_service_name().map(Arc::from),
+                None => self.default_health.clone(),
+            };
+            self.table
+                .set_health_service(health_service(health, &policy));
             let config = GracefulSwitch::config(policy.clone());
             self.policy = Some(policy);
             self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
@@ -433,6 +450,13 @@ impl Control {
             }
         }
     }
+}
+
+/// The health service the subchannels check under `policy`: `name`, unless
+/// the policy is `pick_first` at the top, which does no health checking in
+/// gRPC (gRFC A17; as a child of a policy such as round_robin it does).
+pub(crate) fn health_service(name: Option<Arc<str>>, policy: &LbPolicy) -> Option<Arc<str>> {
+    name.filter(|_| policy.name() != PICK_FIRST)
 }
 
 /// Sleeps until `at`; never completes for `None` (the caller guards it).
@@ -583,6 +607,7 @@ mod tests {
             requests,
             policy: None,
             default_policy: policy,
+            default_health: None,
             balancers,
             table,
             events_rx,

@@ -159,6 +159,11 @@ impl tokio::io::AsyncWrite for Piped {
     }
 }
 
+/// No health service (a type for `start_full`'s `None`).
+const NO_HEALTH: Option<
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+> = None;
+
 /// A running backend. Dropping it kills it.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -193,18 +198,45 @@ impl Backend {
     /// after `delay`.
     pub fn start_with_stream_limit(limit: u32, delay: Duration) -> Backend {
         let addr = "127.0.0.1:0".parse().unwrap();
-        Backend::start_full(addr, delay, None, Some(limit))
+        Backend::start_full(addr, delay, None, Some(limit), NO_HEALTH)
+    }
+
+    /// Starts a backend that also serves `grpc.health.v1.Health` from
+    /// `tonic-health`, with `service` SERVING; the reporter changes it.
+    pub fn start_with_health(service: &str) -> (Backend, tonic_health::server::HealthReporter) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let status = tonic_health::ServingStatus::Serving;
+        futures_util::FutureExt::now_or_never(reporter.set_service_status(service, status))
+            .expect("setting a status does not wait");
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let backend = Backend::start_full(addr, Duration::ZERO, None, None, Some(health));
+        (backend, reporter)
+    }
+
+    /// Starts a backend that serves `health` as its `grpc.health.v1.Health`.
+    pub fn start_with_health_service<H: tonic_health::pb::health_server::Health>(
+        health: H,
+    ) -> Backend {
+        let health = tonic_health::pb::health_server::HealthServer::new(health);
+        Backend::start_full(
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::ZERO,
+            None,
+            None,
+            Some(health),
+        )
     }
 
     fn start_configured(addr: SocketAddr, delay: Duration, max_age: Option<Duration>) -> Backend {
-        Backend::start_full(addr, delay, max_age, None)
+        Backend::start_full(addr, delay, max_age, None, NO_HEALTH)
     }
 
-    fn start_full(
+    fn start_full<H: tonic_health::pb::health_server::Health>(
         addr: SocketAddr,
         delay: Duration,
         max_age: Option<Duration>,
         stream_limit: Option<u32>,
+        health: Option<tonic_health::pb::health_server::HealthServer<H>>,
     ) -> Backend {
         let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
         std_listener.set_nonblocking(true).unwrap();
@@ -235,6 +267,7 @@ impl Backend {
                 }
                 builder
                     .add_service(SimpleServer::new(service))
+                    .add_optional_service(health)
                     .serve_with_incoming(incoming)
                     .await
                     .ok();
