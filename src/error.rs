@@ -32,9 +32,10 @@ pub enum ErrorKind {
     Timeout,
     /// Registering an address in a naming service failed.
     Registration,
-    /// A backend's connection is up but its health service (gRPC
-    /// `health-checking.md`, gRFC A17) reports it unhealthy, or the health
-    /// stream failed.
+    /// A backend's connection is up but it is not fit for calls: its
+    /// health service (gRPC `health-checking.md`, gRFC A17) reports it
+    /// unhealthy or the health stream failed, or outlier detection (gRFC
+    /// A50) ejected it.
     Health,
 }
 
@@ -133,7 +134,8 @@ impl Error {
         self.kind() == ErrorKind::Registration
     }
 
-    /// True if a backend was found unhealthy by client-side health checking.
+    /// True if a backend was found unhealthy by client-side health checking
+    /// or ejected by outlier detection.
     pub fn is_health(&self) -> bool {
         self.kind() == ErrorKind::Health
     }

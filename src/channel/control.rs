@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::balancer::outlier_detection::OutlierDetectionConfig;
 use crate::balancer::{
     failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy, PICK_FIRST,
 };
@@ -453,10 +454,15 @@ impl Control {
 }
 
 /// The health service the subchannels check under `policy`: `name`, unless
-/// the policy is `pick_first` at the top, which does no health checking in
-/// gRPC (gRFC A17; as a child of a policy such as round_robin it does).
+/// the policy is `pick_first` at the top (or under outlier detection only),
+/// which does no health checking in gRPC (gRFC A17; as a child of a policy
+/// such as round_robin it does).
 pub(crate) fn health_service(name: Option<Arc<str>>, policy: &LbPolicy) -> Option<Arc<str>> {
-    name.filter(|_| policy.name() != PICK_FIRST)
+    let mut top = policy;
+    while let Some(od) = top.config().get::<OutlierDetectionConfig>() {
+        top = &od.child_policy;
+    }
+    name.filter(|_| top.name() != PICK_FIRST)
 }
 
 /// Sleeps until `at`; never completes for `None` (the caller guards it).
@@ -1111,5 +1117,24 @@ mod tests {
             Subchannel::upgrade(&made[0]).is_none(),
             "subchannel shut down"
         );
+    }
+
+    #[test]
+    fn health_checking_is_off_for_pick_first_at_the_top_also_under_outlier_detection() {
+        use crate::balancer::OutlierDetectionBuilder;
+        let registry = BalancerRegistry::new();
+        let empty = serde_json::json!({});
+        let name: Option<Arc<str>> = Some("s".into());
+        let pick_first = registry.policy("pick_first", &empty).unwrap();
+        let round_robin = registry.policy("round_robin", &empty).unwrap();
+        let over = |child: &str| {
+            let json = serde_json::json!({ "childPolicy": [{ child: {} }] });
+            LbPolicy::parse(Arc::new(OutlierDetectionBuilder), &json).unwrap()
+        };
+        assert_eq!(health_service(name.clone(), &pick_first), None);
+        assert_eq!(health_service(name.clone(), &over("pick_first")), None);
+        assert_eq!(health_service(name.clone(), &round_robin), name);
+        assert_eq!(health_service(name.clone(), &over("round_robin")), name);
+        assert_eq!(health_service(None, &round_robin), None);
     }
 }

@@ -142,6 +142,17 @@ impl SubchannelState {
         }
     }
 
+    /// `connectivity` with `error` shown to a policy in place of this
+    /// state, keeping the connection's own state (a parent policy's
+    /// filter, such as outlier detection's ejection).
+    pub(crate) fn shown_as(&self, connectivity: ConnectivityState, error: Error) -> Self {
+        SubchannelState {
+            connectivity,
+            error: Some(error),
+            raw: self.raw,
+        }
+    }
+
     /// The connection's own state, before health checking: it differs from
     /// [`connectivity`](Self::connectivity) only when health checking is on
     /// and the connection is READY (then this is READY while
