@@ -52,7 +52,8 @@ use tonic_health::pb::HealthCheckRequest;
 use super::connect::{ConnectConfig, StateEvent};
 use super::{Link, SubchannelState};
 use crate::backoff::Backoff;
-use crate::transport::{Completion, Connection, Outgoing, SendError};
+use crate::picker::Completion;
+use crate::transport::{Connection, Outgoing, SendError};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
 
 /// The `user-agent` of health streams.
@@ -280,7 +281,7 @@ impl tower::Service<http::Request<Body>> for OnConnection {
             let user_agent = http::HeaderValue::from_static(USER_AGENT);
             let mut outgoing = Outgoing::new(request, &user_agent);
             match this.connection.send(&mut outgoing, &this.address).await {
-                Ok(opened) => Ok(opened.into_response(this.address, Completion::new(None), None)),
+                Ok(opened) => Ok(opened.into_response(this.address, Completion::NONE, None)),
                 Err(SendError::Unsent) => Err(Status::unavailable(format!(
                     "{}: the connection stopped taking streams",
                     this.address

@@ -70,12 +70,20 @@ pub struct Service {
     addr: SocketAddr,
     stats: Arc<Stats>,
     delay: Duration,
+    /// Answers 9 calls in 10 UNAVAILABLE (all but every tenth).
+    failing: bool,
 }
 
 #[tonic::async_trait]
 impl Simple for Service {
     async fn route(&self, req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
-        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        let n = self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing && !n.is_multiple_of(10) {
+            return Err(Status::unavailable(format!(
+                "{}: failing on purpose",
+                self.addr
+            )));
+        }
         let _in_flight = InFlight::enter(&self.stats);
         let data = req.into_inner().data;
         if let Some(code) = data
@@ -107,6 +115,7 @@ pub fn simple_server(addr: SocketAddr) -> SimpleServer<Service> {
         addr,
         stats: Arc::default(),
         delay: Duration::ZERO,
+        failing: false,
     })
 }
 
@@ -122,6 +131,7 @@ where
         addr: "0.0.0.0:0".parse().unwrap(),
         stats: stats.clone(),
         delay: Duration::ZERO,
+        failing: false,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -250,6 +260,24 @@ impl Backend {
         stream_limit: Option<u32>,
         health: Option<tonic_health::pb::health_server::HealthServer<H>>,
     ) -> Backend {
+        Backend::start_full_failing(addr, delay, max_age, stream_limit, health, false)
+    }
+
+    /// Starts a backend that answers 9 calls in 10 UNAVAILABLE (every
+    /// tenth succeeds); `calls()` counts them all.
+    pub fn start_failing_nine_in_ten() -> Backend {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Backend::start_full_failing(addr, Duration::ZERO, None, None, NO_HEALTH, true)
+    }
+
+    fn start_full_failing<H: tonic_health::pb::health_server::Health>(
+        addr: SocketAddr,
+        delay: Duration,
+        max_age: Option<Duration>,
+        stream_limit: Option<u32>,
+        health: Option<tonic_health::pb::health_server::HealthServer<H>>,
+        failing: bool,
+    ) -> Backend {
         let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
@@ -259,6 +287,7 @@ impl Backend {
             addr,
             stats: stats.clone(),
             delay,
+            failing,
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

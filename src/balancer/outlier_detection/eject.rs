@@ -7,6 +7,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::picker::{CallObserver, DoneInfo};
+
 use super::config::{FailurePercentageEjection, OutlierDetectionConfig, SuccessRateEjection};
 
 /// One address's calls in the current interval, lock-free: successes in
@@ -27,7 +29,6 @@ pub(crate) struct Calls {
 
 impl CallCounter {
     /// Counts one call that ended.
-    #[allow(dead_code)] // Called by the picker once call outcomes reach it.
     pub(crate) fn record(&self, success: bool) {
         let one = if success { 1 << 32 } else { 1 };
         self.0.fetch_add(one, Ordering::Relaxed);
@@ -39,6 +40,16 @@ impl CallCounter {
         Calls {
             successes: (both >> 32) as u32,
             failures: both as u32,
+        }
+    }
+}
+
+impl CallObserver for CallCounter {
+    /// OK is a success, any other status a failure; an attempt that never
+    /// reached the server is not the backend's doing and is not counted.
+    fn done(&self, info: &DoneInfo<'_>) {
+        if info.bytes_sent() {
+            self.record(info.code() == tonic::Code::Ok);
         }
     }
 }

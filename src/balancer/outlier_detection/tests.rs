@@ -38,13 +38,25 @@ fn failure_percentage() -> serde_json::Value {
     })
 }
 
-/// Plays an interval's calls: 20 per address, `failing` ones 90 % failed.
-fn play_calls(od: &OutlierDetection, failing: &[&str]) {
-    for a in ADDRS {
-        let counter = od.counter(a);
-        for i in 0..20 {
-            counter.record(!failing.contains(&a) || i % 10 == 0);
-        }
+/// Plays an interval's calls through the published picker: 100 picks
+/// (round robin: 20 per address), 90 % of `failing` ones UNAVAILABLE.
+fn play_calls(ctl: &FakeController, failing: &[&str]) {
+    let picker = ctl.picker().expect("a picker");
+    let headers = http::HeaderMap::new();
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..100 {
+        let PickResult::Pick(pick) = picker.pick(&PickInfo::new("/s/m", &headers)) else {
+            panic!("READY picks");
+        };
+        let address = pick.subchannel().address().addr().to_owned();
+        let n = seen.entry(address.clone()).or_default();
+        *n += 1;
+        let code = if failing.contains(&address.as_str()) && !n.is_multiple_of(10) {
+            tonic::Code::Unavailable
+        } else {
+            tonic::Code::Ok
+        };
+        pick.complete(&crate::picker::DoneInfo::new(code, true, true, &headers));
     }
 }
 
@@ -56,7 +68,7 @@ fn picked(ctl: &FakeController, n: usize) -> std::collections::HashSet<String> {
 async fn a_failing_address_is_ejected_at_the_interval_and_returns_after_the_ejection_time() {
     let (mut od, mut ctl, _) = started(failure_percentage());
     assert_eq!(picked(&ctl, 10).len(), 5);
-    play_calls(&od, &["c:1"]);
+    play_calls(&ctl, &["c:1"]);
     advance(Duration::from_secs(1)).await;
     assert!(ctl.run_due_work(&mut od));
     let picks = picked(&ctl, 20);
@@ -79,7 +91,7 @@ async fn a_failing_address_is_ejected_at_the_interval_and_returns_after_the_ejec
 #[tokio::test(start_paused = true)]
 async fn never_more_than_max_ejection_percent_are_ejected() {
     let (mut od, mut ctl, _) = started(failure_percentage());
-    play_calls(&od, &["a:1", "b:1", "c:1"]);
+    play_calls(&ctl, &["a:1", "b:1", "c:1"]);
     advance(Duration::from_secs(1)).await;
     ctl.run_due_work(&mut od);
     let picks = picked(&ctl, 20);
@@ -89,7 +101,7 @@ async fn never_more_than_max_ejection_percent_are_ejected() {
 #[tokio::test(start_paused = true)]
 async fn a_state_change_while_ejected_is_shown_when_the_ejection_ends() {
     let (mut od, mut ctl, _) = started(failure_percentage());
-    play_calls(&od, &["c:1"]);
+    play_calls(&ctl, &["c:1"]);
     advance(Duration::from_secs(1)).await;
     ctl.run_due_work(&mut od);
     // The connection is lost and comes back while c is ejected: the child
@@ -107,7 +119,7 @@ async fn a_state_change_while_ejected_is_shown_when_the_ejection_ends() {
 #[tokio::test(start_paused = true)]
 async fn a_config_without_algorithms_passes_everything_through_and_un_ejects() {
     let (mut od, mut ctl, _) = started(failure_percentage());
-    play_calls(&od, &["c:1"]);
+    play_calls(&ctl, &["c:1"]);
     advance(Duration::from_secs(1)).await;
     ctl.run_due_work(&mut od);
     assert!(!picked(&ctl, 20).contains("c:1"));
@@ -115,6 +127,30 @@ async fn a_config_without_algorithms_passes_everything_through_and_un_ejects() {
     let update = ResolverUpdate::new(ADDRS.iter().map(|a| Address::from(*a)).collect());
     od.resolver_update(&update, &plain, &mut ctl);
     assert_eq!(picked(&ctl, 20).len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn picks_count_their_outcome_and_calls_that_never_left_are_not_counted() {
+    let (od, ctl, _) = started(failure_percentage());
+    let picker = ctl.picker().unwrap();
+    let headers = http::HeaderMap::new();
+    for (code, sent) in [
+        (tonic::Code::Ok, true),
+        (tonic::Code::Internal, true),
+        (tonic::Code::Unavailable, false),
+    ] {
+        for _ in 0..5 {
+            let PickResult::Pick(pick) = picker.pick(&PickInfo::new("/s/m", &headers)) else {
+                panic!("READY picks");
+            };
+            pick.complete(&crate::picker::DoneInfo::new(code, sent, sent, &headers));
+        }
+    }
+    let counted = ADDRS.map(|a| od.counter(a).take());
+    let (ok, failed): (u32, u32) = counted
+        .iter()
+        .fold((0, 0), |(s, f), c| (s + c.successes, f + c.failures));
+    assert_eq!((ok, failed), (5, 5));
 }
 
 #[test]
