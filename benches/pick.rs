@@ -14,6 +14,12 @@
 //!   connect (pick_first keeps its selected first address, so for it the
 //!   update is a check that the selection is still listed).
 //!
+//! - `pick_done/<policy>/<threads>/<n>`: one pick and its completion with
+//!   status OK (`Pick::complete`, what the channel does when a call ends),
+//!   for round_robin alone and under `outlier_detection_experimental`
+//!   (failure-percentage ejection on), whose picker adds the address's
+//!   call counter to each pick and counts the outcome.
+//!
 //! - `event/round_robin/<n>`: one subchannel event (a failed child going
 //!   IDLE, CONNECTING, failing again) in a READY round_robin channel of `n`
 //!   subchannels, with the end-of-burst work the channel runs after it.
@@ -35,11 +41,12 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tonic_balance::balancer::testing::FakeController;
 use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BuildOptions, LbConfig, PickFirstBuilder, RoundRobinBuilder,
+    Balancer, BalancerBuilder, BuildOptions, LbConfig, OutlierDetectionBuilder, PickFirstBuilder,
+    RoundRobinBuilder,
 };
-use tonic_balance::picker::PickInfo;
+use tonic_balance::picker::{DoneInfo, PickInfo};
 use tonic_balance::resolver::ResolverUpdate;
-use tonic_balance::{Address, ConnectivityState, Picker};
+use tonic_balance::{Address, ConnectivityState, PickResult, Picker};
 
 const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
 
@@ -61,10 +68,18 @@ fn ready_balancer(
     policy: &dyn BalancerBuilder,
     addrs: &[String],
 ) -> (Box<dyn Balancer>, FakeController) {
+    ready_balancer_with(policy, addrs, &LbConfig::empty())
+}
+
+fn ready_balancer_with(
+    policy: &dyn BalancerBuilder,
+    addrs: &[String],
+    config: &LbConfig,
+) -> (Box<dyn Balancer>, FakeController) {
     let mut balancer = build(policy);
     let mut ctl = FakeController::new();
     ctl.set_recording(false);
-    balancer.resolver_update(&update(addrs), &LbConfig::empty(), &mut ctl);
+    balancer.resolver_update(&update(addrs), config, &mut ctl);
     for a in addrs {
         // round_robin connects every address; pick_first only its first,
         // and drops the rest once that one is READY.
@@ -88,9 +103,63 @@ fn ready_picker(policy: &dyn BalancerBuilder, n: usize) -> Arc<dyn Picker> {
     ctl.picker().expect("a READY picker was published")
 }
 
+/// One pick, completed with status OK as the channel completes a call.
+fn pick_done(picker: &dyn Picker, info: &PickInfo<'_>, headers: &http::HeaderMap) {
+    if let PickResult::Pick(pick) = picker.pick(black_box(info)) {
+        pick.complete(&DoneInfo::new(tonic::Code::Ok, true, true, headers));
+    }
+}
+
+fn bench_pick_done(c: &mut Criterion) {
+    let od = OutlierDetectionBuilder
+        .parse_config(&serde_json::json!({
+            "failurePercentageEjection": {},
+            "childPolicy": [{"round_robin": {}}]
+        }))
+        .expect("a valid config");
+    let policies: [(&str, &dyn BalancerBuilder, LbConfig); 2] = [
+        ("round_robin", &RoundRobinBuilder, LbConfig::empty()),
+        (
+            "outlier_detection+round_robin",
+            &OutlierDetectionBuilder,
+            od,
+        ),
+    ];
+    let headers = http::HeaderMap::new();
+    let info = PickInfo::new("/proto.Simple/Route", &headers);
+    for (name, policy, config) in &policies {
+        let mut group = c.benchmark_group(format!("pick_done/{name}"));
+        group
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for n in [10, 1_000] {
+            let addrs: Vec<String> = (0..n).map(addr).collect();
+            let (_balancer, ctl) = ready_balancer_with(*policy, &addrs, config);
+            let picker = ctl.picker().expect("a READY picker");
+            group.bench_with_input(BenchmarkId::new("1thread", n), &n, |b, _| {
+                b.iter(|| pick_done(&*picker, &info, &headers))
+            });
+            group.bench_with_input(BenchmarkId::new("2threads", n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    on_two_threads(iters, |info, headers| pick_done(&*picker, info, headers))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
 /// Picks `iters` times on each of two threads started together; returns the
 /// mean time per thread.
 fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
+    on_two_threads(iters, |info, _| {
+        black_box(picker.pick(black_box(info)));
+    })
+}
+
+/// Runs `step` `iters` times on each of two threads started together;
+/// returns the mean time per thread.
+fn on_two_threads(iters: u64, step: impl Fn(&PickInfo<'_>, &http::HeaderMap) + Sync) -> Duration {
     let barrier = Barrier::new(2);
     let elapsed: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
@@ -101,7 +170,7 @@ fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
                     barrier.wait();
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(picker.pick(black_box(&info)));
+                        step(&info, &headers);
                     }
                     start.elapsed()
                 })
@@ -229,5 +298,11 @@ fn bench_event(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_picks, bench_update, bench_event);
+criterion_group!(
+    benches,
+    bench_picks,
+    bench_pick_done,
+    bench_update,
+    bench_event
+);
 criterion_main!(benches);

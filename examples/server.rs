@@ -24,18 +24,37 @@
 //! tonic's `tcp_nodelay` does not apply, and without it a small response
 //! can wait for Nagle's algorithm (a fresh client's first call sometimes
 //! took 40 ms).
+//!
+//! `--health-service NAME` serves `grpc.health.v1.Health` (tonic-health)
+//! with NAME SERVING; SIGUSR1 toggles it between SERVING and NOT_SERVING,
+//! for clients with client-side health checking (gRFC A17).
+//! `--fail-rate P` answers a fraction P (0 to 1) of calls UNAVAILABLE, for
+//! outlier detection (gRFC A50):
+//!
+//! ```text
+//! cargo run --example server -- --addr 127.0.0.1:8000 --health-service proto.Simple
+//! cargo run --example server -- --addr 127.0.0.1:8001 --fail-rate 0.9
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --service-config '{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckConfig":{"serviceName":"proto.Simple"}}'
+//! kill -USR1 <pid of the first server>   # NOT_SERVING: its calls stop; again: they resume
+//! ```
 
 mod common;
 
 use std::net::SocketAddr;
 
-use common::proto::simple_server::SimpleServer;
+use common::proto::simple_server::{Simple, SimpleServer};
+use common::proto::{SimpleRequest, SimpleResponse};
 use common::Greeter;
 use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
 
 const USAGE: &str = "usage: server --addr HOST:PORT|unix:PATH [--etcd HOST:PORT[,HOST:PORT...]] \
 [--prefix PREFIX (default /grpclb/simple_grpc/)] [--ttl SECONDS (default 10)] [--metadata JSON] \
-[--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]";
+[--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--health-service NAME] [--fail-rate P]";
 
 #[tokio::main]
 async fn main() {
@@ -75,6 +94,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         args.value("--tls-key")?,
         args.value("--tls-client-ca")?,
     )?;
+    let health = match args.value("--health-service")? {
+        Some(name) => Some(health_service(name).await?),
+        None => None,
+    };
+    let fail_rate: f64 = args.parsed("--fail-rate", 0.0)?;
+    if !(0.0..=1.0).contains(&fail_rate) {
+        return Err(format!("--fail-rate {fail_rate}: must be between 0 and 1").into());
+    }
     args.finish()?;
 
     let mut server = tonic::transport::Server::builder();
@@ -85,7 +112,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         if etcd.is_some() {
             return Err("--etcd registers a TCP address; not with --addr unix:PATH".into());
         }
-        return serve_unix(server, path).await;
+        let service = Flaky::new("0.0.0.0:0".parse()?, fail_rate);
+        return serve_unix(server, path, service, health).await;
     }
     let addr: SocketAddr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -104,7 +132,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
     });
     server
-        .add_service(SimpleServer::new(Greeter { addr, log: true }))
+        .add_service(SimpleServer::new(Flaky::new(addr, fail_rate)))
+        .add_optional_service(health)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown_signal().await;
             // Leave discovery first, so clients stop sending new calls.
@@ -122,14 +151,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 async fn serve_unix(
     mut server: tonic::transport::Server,
     path: &str,
+    service: Flaky,
+    health: Option<HealthServer<HealthService>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on unix:{path}: {e}"))?;
     println!("serving Simple on unix:{path}");
-    let addr: SocketAddr = "0.0.0.0:0".parse()?;
     server
-        .add_service(SimpleServer::new(Greeter { addr, log: true }))
+        .add_service(SimpleServer::new(service))
+        .add_optional_service(health)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown_signal(),
@@ -144,8 +175,81 @@ async fn serve_unix(
 async fn serve_unix(
     _server: tonic::transport::Server,
     _path: &str,
+    _service: Flaky,
+    _health: Option<HealthServer<HealthService>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     Err("unix sockets need a unix system".into())
+}
+
+/// The `Simple` service, answering a fraction `fail_rate` of calls
+/// UNAVAILABLE (`--fail-rate`).
+#[derive(Debug)]
+struct Flaky {
+    greeter: Greeter,
+    fail_rate: f64,
+}
+
+impl Flaky {
+    fn new(addr: SocketAddr, fail_rate: f64) -> Flaky {
+        let greeter = Greeter { addr, log: true };
+        Flaky { greeter, fail_rate }
+    }
+}
+
+#[tonic::async_trait]
+impl Simple for Flaky {
+    async fn route(&self, req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
+        if self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate {
+            println!(
+                "{}: Route failed on purpose (--fail-rate)",
+                self.greeter.addr
+            );
+            return Err(Status::unavailable(format!(
+                "{}: failing {}% of calls (--fail-rate)",
+                self.greeter.addr,
+                self.fail_rate * 100.0
+            )));
+        }
+        self.greeter.route(req).await
+    }
+}
+
+/// `grpc.health.v1.Health` with `name` SERVING; SIGUSR1 toggles it.
+async fn health_service(name: String) -> Result<HealthServer<HealthService>, String> {
+    let reporter = HealthReporter::new();
+    reporter
+        .set_service_status(&name, ServingStatus::Serving)
+        .await;
+    println!("health: {name:?} SERVING (SIGUSR1 toggles SERVING / NOT_SERVING)");
+    toggle_on_sigusr1(reporter.clone(), name)?;
+    Ok(HealthServer::new(HealthService::from_health_reporter(
+        reporter,
+    )))
+}
+
+#[cfg(unix)]
+fn toggle_on_sigusr1(reporter: HealthReporter, name: String) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| format!("SIGUSR1: {e}"))?;
+    tokio::spawn(async move {
+        let mut serving = true;
+        while usr1.recv().await.is_some() {
+            serving = !serving;
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(&name, status).await;
+            println!("health: {name:?} {status}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn toggle_on_sigusr1(_: HealthReporter, _: String) -> Result<(), String> {
+    Err("--health-service toggles on SIGUSR1, which needs a unix system".into())
 }
 
 /// `--tls-cert`, `--tls-key`, `--tls-client-ca` as tonic's TLS config.

@@ -23,6 +23,12 @@ if ! python3 -c 'import grpc' >/dev/null 2>&1; then
   python3 -m pip install --quiet grpcio \
     || python3 -m pip install --quiet --break-system-packages grpcio
 fi
+# grpcio's health service, for the health-checking tests.
+if ! python3 -c 'import grpc_health.v1.health' >/dev/null 2>&1; then
+  echo "== installing grpcio-health-checking (pip) for the health tests"
+  python3 -m pip install --quiet grpcio-health-checking \
+    || python3 -m pip install --quiet --break-system-packages grpcio-health-checking
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

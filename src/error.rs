@@ -32,6 +32,11 @@ pub enum ErrorKind {
     Timeout,
     /// Registering an address in a naming service failed.
     Registration,
+    /// A backend's connection is up but it is not fit for calls: its
+    /// health service (gRPC `health-checking.md`, gRFC A17) reports it
+    /// unhealthy or the health stream failed, or outlier detection (gRFC
+    /// A50) ejected it.
+    Health,
 }
 
 /// The error type of tonic-balance: a kind, a message naming what failed, and
@@ -127,6 +132,12 @@ impl Error {
     /// True if registering an address failed.
     pub fn is_registration(&self) -> bool {
         self.kind() == ErrorKind::Registration
+    }
+
+    /// True if a backend was found unhealthy by client-side health checking
+    /// or ejected by outlier detection.
+    pub fn is_health(&self) -> bool {
+        self.kind() == ErrorKind::Health
     }
 }
 

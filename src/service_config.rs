@@ -10,8 +10,10 @@
 //! - `loadBalancingConfig` (a list of `{"policy_name": {config}}`, the first
 //!   policy the channel knows wins) and the older `loadBalancingPolicy`
 //!   (a name);
-//! - `methodConfig`, `healthCheckConfig` and `retryThrottling` as checked
-//!   JSON, for the features that will read them (they change nothing yet).
+//! - `healthCheckConfig` (`{"serviceName": "..."}`): client-side health
+//!   checking (gRFC A17, see [`ServiceConfig::health_check_service_name`]);
+//! - `methodConfig` and `retryThrottling` as checked JSON, for the
+//!   features that will read them (they change nothing yet).
 //!
 //! Bad input is an [`ErrorKind::Config`] error that names the bad part.
 
@@ -72,7 +74,7 @@ impl ServiceConfig {
         Ok(ServiceConfig {
             policies,
             method_config,
-            health_check_config: object_field(obj, "healthCheckConfig")?,
+            health_check_config: health_check_config(obj)?,
             retry_throttling: retry_throttling(obj)?,
         })
     }
@@ -95,10 +97,23 @@ impl ServiceConfig {
         &self.method_config
     }
 
-    /// The `healthCheckConfig` object (client-side health checking, not
-    /// applied yet).
+    /// The `healthCheckConfig` object (client-side health checking).
     pub fn health_check_config(&self) -> Option<&Value> {
         self.health_check_config.as_ref()
+    }
+
+    /// The service name client-side health checking watches (gRFC A17):
+    /// `healthCheckConfig.serviceName`, `""` (the whole server) when the
+    /// object has none; `None` when there is no `healthCheckConfig` (health
+    /// checking off).
+    pub fn health_check_service_name(&self) -> Option<&str> {
+        let config = self.health_check_config.as_ref()?;
+        Some(
+            config
+                .get("serviceName")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+        )
     }
 
     /// The `retryThrottling` object, checked as gRFC A6 says (`maxTokens`
@@ -125,6 +140,16 @@ fn object_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Opti
         None => Ok(None),
         Some(value) if value.is_object() => Ok(Some(value.clone())),
         Some(_) => Err(config_error(format!("{name:?} must be a JSON object"))),
+    }
+}
+
+fn health_check_config(obj: &serde_json::Map<String, Value>) -> Result<Option<Value>, Error> {
+    let config = object_field(obj, "healthCheckConfig")?;
+    match config.as_ref().and_then(|c| c.get("serviceName")) {
+        Some(name) if !name.is_string() => Err(config_error(format!(
+            "\"healthCheckConfig\": \"serviceName\" must be a string, not {name}"
+        ))),
+        _ => Ok(config),
     }
 }
 
@@ -179,6 +204,10 @@ mod tests {
                 "\"healthCheckConfig\" must be",
             ),
             (
+                r#"{"healthCheckConfig":{"serviceName":3}}"#,
+                "\"serviceName\" must be a string",
+            ),
+            (
                 r#"{"retryThrottling":{"maxTokens":0,"tokenRatio":1}}"#,
                 "maxTokens",
             ),
@@ -200,6 +229,10 @@ mod tests {
         assert!(sc.policies().is_empty());
         assert_eq!(sc.method_config()[0]["timeout"], "1s");
         assert_eq!(sc.health_check_config().unwrap()["serviceName"], "s");
+        assert_eq!(sc.health_check_service_name(), Some("s"));
+        let whole_server = ServiceConfig::from_json(r#"{"healthCheckConfig":{}}"#).unwrap();
+        assert_eq!(whole_server.health_check_service_name(), Some(""));
+        assert_eq!(ServiceConfig::default().health_check_service_name(), None);
         assert_eq!(sc.retry_throttling().unwrap()["maxTokens"], 10);
     }
 }

@@ -58,6 +58,14 @@
 //!                                                                subchannels
 //! ```
 //!
+//! **Health checking** (gRFC A17) is off for a top-level pick_first, as
+//! in gRPC. As a child (round_robin's leaves) it sees the health state of
+//! a connected subchannel ([`SubchannelState::connection_state`] READY):
+//! such a subchannel is selected whatever its health, as grpc-go's leaf
+//! does, and the policy shows its health (READY, CONNECTING until the
+//! first answer, TRANSIENT_FAILURE with the health error) without
+//! dropping the connection.
+//!
 //! **The timer** is the channel's: the policy asks for
 //! [`work`](Balancer::work) at the attempt's start + 250 ms with
 //! [`Controller::schedule_work`]. A timer that fires after the pass moved
@@ -423,6 +431,30 @@ impl PickFirst {
         }
     }
 
+    /// The selected subchannel's connection is up and health checking
+    /// (gRFC A17) says `state`: READY takes calls, CONNECTING (no answer
+    /// yet) queues them, TRANSIENT_FAILURE fails them with the health
+    /// error. The subchannel stays selected.
+    fn show_health(&mut self, state: &SubchannelState, ctl: &mut dyn Controller) {
+        let Phase::Selected(subchannel) = &self.phase else {
+            return;
+        };
+        match state.connectivity {
+            ConnectivityState::Ready => {
+                let picker = Arc::new(OnePicker(subchannel.clone()));
+                self.publish(ConnectivityState::Ready, picker, ctl);
+            }
+            ConnectivityState::TransientFailure => {
+                let error = state
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| Error::new(ErrorKind::Health, "the backend is not healthy"));
+                self.publish_failure(error, ctl);
+            }
+            _ => self.publish(ConnectivityState::Connecting, Arc::new(QueuePicker), ctl),
+        }
+    }
+
     /// The selected connection is gone: IDLE until the next call.
     fn lost(&mut self, ctl: &mut dyn Controller) {
         let phase = std::mem::replace(&mut self.phase, Phase::Waiting);
@@ -489,7 +521,9 @@ impl Balancer for PickFirst {
     ) {
         let position = match &self.phase {
             Phase::Selected(selected) if selected == subchannel => {
-                if state.connectivity != ConnectivityState::Ready {
+                if state.connection_state() == ConnectivityState::Ready {
+                    self.show_health(state, ctl);
+                } else if state.connectivity != ConnectivityState::Ready {
                     self.lost(ctl);
                 }
                 return;
@@ -507,6 +541,12 @@ impl Balancer for PickFirst {
         };
         if let Some(error) = &state.error {
             self.last_error = Some(error.clone());
+        }
+        if state.connection_state() == ConnectivityState::Ready {
+            // Connected: selected even while health checking does not show
+            // it READY, as grpc-go's pick_first leaf does.
+            self.select(subchannel.clone(), ctl);
+            return self.show_health(state, ctl);
         }
         if matches!(self.phase, Phase::Pass(_)) {
             self.pass_update(position, state, ctl);
@@ -1070,5 +1110,32 @@ mod tests {
         assert_eq!(ctl.connects("[::2]:1"), 0);
         ctl.deliver_error(&mut *pf, "10.0.0.1:1", TransientFailure, "refused");
         assert_eq!(ctl.connects("[::2]:1"), 1);
+    }
+
+    #[test]
+    fn an_unhealthy_selected_connection_stays_selected_and_fails_calls_with_the_health_error() {
+        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        // Connected; the health service has not answered yet: selected,
+        // calls wait.
+        ctl.deliver_only(&mut *pf, "a:1", SubchannelState::health(Connecting));
+        assert_eq!(ctl.last_state(), Connecting);
+        ctl.deliver_only(&mut *pf, "a:1", SubchannelState::health(Ready));
+        assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+        let error = Error::new(
+            ErrorKind::Health,
+            "a:1: health check of service \"s\": NOT_SERVING",
+        );
+        let unhealthy = SubchannelState::health(TransientFailure).with_error(error);
+        ctl.deliver_only(&mut *pf, "a:1", unhealthy);
+        assert_eq!(ctl.last_state(), TransientFailure);
+        let status = ctl.pick_status().unwrap();
+        assert!(status.message().contains("NOT_SERVING"), "{status:?}");
+        // The connection was kept: SERVING again takes calls, no reconnect,
+        // and the next address was never tried.
+        ctl.deliver_only(&mut *pf, "a:1", SubchannelState::health(Ready));
+        assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+        assert_eq!((ctl.connects("a:1"), ctl.connects("b:1")), (1, 0));
+        assert_eq!(ctl.resolutions, 0);
     }
 }

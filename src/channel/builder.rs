@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::control::{Control, SubchannelTable};
+use super::control::{health_service, Control, SubchannelTable};
 use super::{BalancedChannel, CallDefaults, Shared};
 use crate::balancer::{
     BalancerBuilder, BalancerRegistry, BuildOptions, GracefulSwitch, LbPolicy, PICK_FIRST,
@@ -355,8 +355,13 @@ impl BalancedChannelBuilder {
                 )
             })?;
         }
+        let default_health = self.default_health()?;
         let mut connect = self.connect.clone();
         connect.rng_seed = seed;
+        connect.health = Default::default();
+        connect
+            .health
+            .set(health_service(default_health.clone(), &default_policy));
         connect.transport.authority = self.parse_authority()?;
         connect.transport.target_host = TargetHost::from_target(&target);
         #[cfg(feature = "tls")]
@@ -380,6 +385,7 @@ impl BalancedChannelBuilder {
             balancer,
             policy: None,
             default_policy,
+            default_health,
             balancers,
             table: SubchannelTable::new(Arc::new(connect), events_tx),
             events_rx,
@@ -421,6 +427,15 @@ impl BalancedChannelBuilder {
                 }
             }
         }
+    }
+
+    /// The health service name of the builder's service config, if any.
+    fn default_health(&self) -> Result<Option<Arc<str>>, Error> {
+        let PolicyChoice::ServiceConfig(json) = &self.policy else {
+            return Ok(None);
+        };
+        let config = ServiceConfig::from_json(json)?;
+        Ok(config.health_check_service_name().map(Arc::from))
     }
 
     fn parse_authority(&self) -> Result<Option<http::uri::Authority>, Error> {

@@ -28,8 +28,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::balancer::outlier_detection::OutlierDetectionConfig;
 use crate::balancer::{
-    failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy,
+    failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy, PICK_FIRST,
 };
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
@@ -56,6 +57,9 @@ pub(crate) struct Control {
     /// The channel builder's policy, used when the resolver gives no
     /// service config (or one that selects no policy).
     pub(crate) default_policy: LbPolicy,
+    /// The health service name of the builder's service config, used when
+    /// the resolver gives no service config.
+    pub(crate) default_health: Option<Arc<str>>,
     pub(crate) balancers: BalancerRegistry,
     pub(crate) table: SubchannelTable,
     pub(crate) events_rx: mpsc::UnboundedReceiver<StateEvent>,
@@ -145,6 +149,14 @@ impl SubchannelTable {
             next_id: 0,
             kept: 0,
             spawn: None,
+        }
+    }
+
+    /// Turns client-side health checking of every subchannel on (for the
+    /// service `name`) or off (`None`).
+    pub(crate) fn set_health_service(&self, name: Option<Arc<str>>) {
+        if let Some((_, config)) = &self.spawn {
+            config.health.set(name);
         }
     }
 
@@ -397,6 +409,12 @@ impl Control {
         if let Some(update) = events.update {
             self.failure.resolved(&update);
             let policy = self.select_policy(&update);
+            let health = match update.service_config() {
+                Some(config) => config.health_check_service_name().map(Arc::from),
+                None => self.default_health.clone(),
+            };
+            self.table
+                .set_health_service(health_service(health, &policy));
             let config = GracefulSwitch::config(policy.clone());
             self.policy = Some(policy);
             self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
@@ -433,6 +451,18 @@ impl Control {
             }
         }
     }
+}
+
+/// The health service the subchannels check under `policy`: `name`, unless
+/// the policy is `pick_first` at the top (or under outlier detection only),
+/// which does no health checking in gRPC (gRFC A17; as a child of a policy
+/// such as round_robin it does).
+pub(crate) fn health_service(name: Option<Arc<str>>, policy: &LbPolicy) -> Option<Arc<str>> {
+    let mut top = policy;
+    while let Some(od) = top.config().get::<OutlierDetectionConfig>() {
+        top = &od.child_policy;
+    }
+    name.filter(|_| top.name() != PICK_FIRST)
 }
 
 /// Sleeps until `at`; never completes for `None` (the caller guards it).
@@ -583,6 +613,7 @@ mod tests {
             requests,
             policy: None,
             default_policy: policy,
+            default_health: None,
             balancers,
             table,
             events_rx,
@@ -1086,5 +1117,24 @@ mod tests {
             Subchannel::upgrade(&made[0]).is_none(),
             "subchannel shut down"
         );
+    }
+
+    #[test]
+    fn health_checking_is_off_for_pick_first_at_the_top_also_under_outlier_detection() {
+        use crate::balancer::OutlierDetectionBuilder;
+        let registry = BalancerRegistry::new();
+        let empty = serde_json::json!({});
+        let name: Option<Arc<str>> = Some("s".into());
+        let pick_first = registry.policy("pick_first", &empty).unwrap();
+        let round_robin = registry.policy("round_robin", &empty).unwrap();
+        let over = |child: &str| {
+            let json = serde_json::json!({ "childPolicy": [{ child: {} }] });
+            LbPolicy::parse(Arc::new(OutlierDetectionBuilder), &json).unwrap()
+        };
+        assert_eq!(health_service(name.clone(), &pick_first), None);
+        assert_eq!(health_service(name.clone(), &over("pick_first")), None);
+        assert_eq!(health_service(name.clone(), &round_robin), name);
+        assert_eq!(health_service(name.clone(), &over("round_robin")), name);
+        assert_eq!(health_service(None, &round_robin), None);
     }
 }

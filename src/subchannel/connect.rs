@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Link, SubchannelState};
+use super::{health, Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::transport::{self, Lost};
 use crate::{ConnectivityState, Error, ErrorKind};
@@ -23,6 +23,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) rng_seed: u64,
     /// HTTP/2 connections per subchannel (see `pool`); 0 or 1: one.
     pub(crate) connections_per_address: usize,
+    /// The health service READY connections watch (see `health`).
+    pub(crate) health: super::HealthService,
 }
 
 /// A state change of subchannel `id`, for the control task.
@@ -40,8 +42,8 @@ pub(crate) async fn run(
 ) {
     let report = |connectivity, error| {
         let state = SubchannelState {
-            connectivity,
             error,
+            ..SubchannelState::new(connectivity)
         };
         let _ = events.send(StateEvent { id: link.id, state });
     };
@@ -79,11 +81,16 @@ pub(crate) async fn run(
             Ok(mut established) => {
                 link.connection
                     .store(Some(Arc::new(established.connection.clone())));
-                report(ConnectivityState::Ready, None);
                 let ready_at = Instant::now();
+                // READY, as health checking shows it (READY at once when
+                // it is off), for as long as the connection is.
+                // (Health first: its first poll reports READY, or
+                // CONNECTING until the health service answers, before a
+                // loss is looked at.)
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
+                    never = health::watch(&link, &config, &events) => match never {},
                     r = established.lost() => Some(r),
                 };
                 link.connection.store(None);

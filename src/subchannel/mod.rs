@@ -23,6 +23,14 @@
 //! CONNECTING, READY or TRANSIENT_FAILURE, IDLE — are ever queued per
 //! subchannel, however slowly the control task reads them.
 //!
+//! **Health checking** (gRFC A17, module `health`): with a
+//! `healthCheckConfig` in the service config, a READY connection's state
+//! as the balancer sees it follows the server's `grpc.health.v1` answers
+//! (READY only while SERVING, TRANSIENT_FAILURE with the health status
+//! otherwise, the connection kept); each answer that changes it is one
+//! more event. [`SubchannelState::connection_state`] keeps the
+//! connection's own state.
+//!
 //! **Backoff** follows gRPC's `connection-backoff.md` ([`BackoffConfig`]):
 //! a failed attempt waits until its start plus the current delay, which
 //! then grows. A connection counts as a success, resetting the delay, only
@@ -48,10 +56,12 @@
 //! resolver's set keeps its connection across updates and policy changes.
 
 mod connect;
+mod health;
 mod pool;
 
 pub use crate::backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
+pub(crate) use health::HealthService;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -73,6 +83,8 @@ pub struct SubchannelState {
     /// Why the subchannel is in TRANSIENT_FAILURE, or why a READY connection
     /// went back to IDLE.
     pub error: Option<Error>,
+    /// The connection's own state, before health checking.
+    raw: ConnectivityState,
 }
 
 /// A handle to one connection to one address. Cheap to clone; equal handles
@@ -104,6 +116,8 @@ pub(crate) struct Link {
     connect_requested: AtomicBool,
     /// How many times a balancer asked for a connection while IDLE.
     connect_requests: AtomicU32,
+    /// The server answered a health stream UNIMPLEMENTED (warned once).
+    health_unimplemented: AtomicBool,
 }
 
 impl SubchannelState {
@@ -112,7 +126,41 @@ impl SubchannelState {
         SubchannelState {
             connectivity,
             error: None,
+            raw: connectivity,
         }
+    }
+
+    /// The state health checking (gRFC A17) shows for a READY connection:
+    /// READY while the server reports SERVING, CONNECTING until its first
+    /// answer, TRANSIENT_FAILURE (with the reason) otherwise; the
+    /// connection stays up ([`connection_state`](Self::connection_state)
+    /// is READY).
+    pub fn health(connectivity: ConnectivityState) -> Self {
+        SubchannelState {
+            raw: ConnectivityState::Ready,
+            ..SubchannelState::new(connectivity)
+        }
+    }
+
+    /// `connectivity` with `error` shown to a policy in place of this
+    /// state, keeping the connection's own state (a parent policy's
+    /// filter, such as outlier detection's ejection).
+    pub(crate) fn shown_as(&self, connectivity: ConnectivityState, error: Error) -> Self {
+        SubchannelState {
+            connectivity,
+            error: Some(error),
+            raw: self.raw,
+        }
+    }
+
+    /// The connection's own state, before health checking: it differs from
+    /// [`connectivity`](Self::connectivity) only when health checking is on
+    /// and the connection is READY (then this is READY while
+    /// `connectivity` says what the health service reports). A leaf policy
+    /// such as `pick_first` keeps a subchannel whose connection is READY,
+    /// as grpc-go's does, and only shows its health.
+    pub fn connection_state(&self) -> ConnectivityState {
+        self.raw
     }
 
     /// The same state with the error that caused it.
@@ -154,6 +202,7 @@ impl Subchannel {
             connect: Notify::new(),
             connect_requested: AtomicBool::new(false),
             connect_requests: AtomicU32::new(0),
+            health_unimplemented: AtomicBool::new(false),
         });
         let (tx, rx) = oneshot::channel();
         let inner = Arc::new(Inner {
@@ -222,22 +271,28 @@ impl Subchannel {
     /// pool, the one with the fewest calls in flight among those below the
     /// server's stream limit (else the least loaded).
     pub(crate) fn connection(&self) -> Option<Connection> {
-        let link = &self.inner.link;
-        if let Some(connection) = link.connection.load().as_deref() {
+        self.inner.link.ready_connection()
+    }
+
+    /// The scheme, `:authority` and TLS server name of calls to it.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.inner.link.origin
+    }
+}
+
+impl Link {
+    /// See [`Subchannel::connection`].
+    fn ready_connection(&self) -> Option<Connection> {
+        if let Some(connection) = self.connection.load().as_deref() {
             return Some(connection.clone());
         }
-        let pool = link.pool.load();
+        let pool = self.pool.load();
         let pool = pool.as_deref()?;
         let load = |c: &&Connection| {
             let in_flight = c.in_flight();
             (in_flight >= c.max_concurrent_streams(), in_flight)
         };
         pool.iter().min_by_key(load).cloned()
-    }
-
-    /// The scheme, `:authority` and TLS server name of calls to it.
-    pub(crate) fn origin(&self) -> &Origin {
-        &self.inner.link.origin
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::connect::{connection_lost, timed_out, ConnectConfig, StateEvent};
-use super::{Link, SubchannelState};
+use super::{health, Link, SubchannelState};
 use crate::backoff::Backoff;
 use crate::transport::{self, Connection, Lost};
 use crate::{ConnectivityState, Error};
@@ -48,8 +48,8 @@ pub(crate) async fn run(
 ) {
     let report = |connectivity, error| {
         let state = SubchannelState {
-            connectivity,
             error,
+            ..SubchannelState::new(connectivity)
         };
         let _ = events.send(StateEvent { id: link.id, state });
     };
@@ -81,10 +81,14 @@ pub(crate) async fn run(
         let mut ready: Vec<Option<Connection>> = vec![None; n];
         let mut failed = vec![false; n];
         let mut ready_at: Option<Instant> = None;
+        // READY as health checking shows it, from the first READY slot on.
+        let health = health::watch(&link, &config, &events);
+        tokio::pin!(health);
         let outcome = loop {
             let event = tokio::select! {
                 biased;
                 _ = &mut shutdown => return,
+                never = &mut health, if ready_at.is_some() => match never {},
                 event = rx.recv() => event,
             };
             match event {
@@ -93,7 +97,6 @@ pub(crate) async fn run(
                     publish(&link, &ready);
                     if ready_at.is_none() {
                         ready_at = Some(Instant::now());
-                        report(ConnectivityState::Ready, None);
                     }
                 }
                 Some(SlotEvent::Lost(i, reason)) => {

@@ -50,6 +50,16 @@ impl GrpcioServer {
         }
     }
 
+    /// Sends the server a command line (`SERVING` / `NOT_SERVING` with
+    /// `--health-service`).
+    pub fn command(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self._stdin, "{line}").expect("the grpcio server reads its commands");
+        self._stdin
+            .flush()
+            .expect("the grpcio server reads its commands");
+    }
+
     /// The server process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -9,6 +9,9 @@ Options:
   --max-concurrent-streams N   the server's SETTINGS_MAX_CONCURRENT_STREAMS
   --delay-ms MS                each call takes MS milliseconds
   --stall                      answer the response headers, then go silent
+  --health-service NAME        serve grpc.health.v1.Health (the package
+                               grpcio-health-checking) with NAME SERVING;
+                               the stdin lines SERVING / NOT_SERVING set it
 """
 
 import argparse
@@ -71,6 +74,9 @@ def main():
     parser.add_argument("--max-concurrent-streams", type=int, default=0)
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--stall", action="store_true")
+    # Serves grpc.health.v1.Health (grpcio-health-checking) with this
+    # service SERVING; the lines SERVING / NOT_SERVING on stdin change it.
+    parser.add_argument("--health-service", default=None)
     args = parser.parse_args()
 
     options = []
@@ -93,13 +99,28 @@ def main():
         {"Route": grpc.unary_unary_rpc_method_handler(route)},
     )
     server.add_generic_rpc_handlers((handler,))
+    health = None
+    if args.health_service is not None:
+        from grpc_health.v1 import health as health_lib
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        health = health_lib.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        health.set(args.health_service, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port("127.0.0.1:0")
     port_holder["port"] = port
     server.start()
     print("PORT %d" % port, flush=True)
 
     def watch_stdin():
-        sys.stdin.read()
+        # Commands, one a line, until EOF (the test dropped us): stop.
+        for line in sys.stdin:
+            command = line.strip()
+            if health is not None and command in ("SERVING", "NOT_SERVING"):
+                from grpc_health.v1 import health_pb2
+
+                status = health_pb2.HealthCheckResponse.ServingStatus.Value(command)
+                health.set(args.health_service, status)
         server.stop(0)
 
     threading.Thread(target=watch_stdin, daemon=True).start()

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 pub mod counting;
 pub mod dns;
+pub mod echo;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod grpcio;
@@ -69,14 +70,33 @@ pub struct Service {
     addr: SocketAddr,
     stats: Arc<Stats>,
     delay: Duration,
+    /// Answers 9 calls in 10 UNAVAILABLE (all but every tenth).
+    failing: bool,
 }
 
 #[tonic::async_trait]
 impl Simple for Service {
     async fn route(&self, req: Request<SimpleRequest>) -> Result<Response<SimpleResponse>, Status> {
-        self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        let n = self.stats.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing && !n.is_multiple_of(10) {
+            return Err(Status::unavailable(format!(
+                "{}: failing on purpose",
+                self.addr
+            )));
+        }
         let _in_flight = InFlight::enter(&self.stats);
         let data = req.into_inner().data;
+        if let Some(code) = data
+            .strip_prefix("fail:")
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            // A trailers-only answer carrying `x-failed-by`.
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            let by = self.addr.to_string().parse().expect("an ASCII address");
+            metadata.insert("x-failed-by", by);
+            let message = format!("failed on request by {}", self.addr);
+            return Err(Status::with_metadata(code.into(), message, metadata));
+        }
         if let Some(ms) = data.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         } else if !self.delay.is_zero() {
@@ -95,6 +115,7 @@ pub fn simple_server(addr: SocketAddr) -> SimpleServer<Service> {
         addr,
         stats: Arc::default(),
         delay: Duration::ZERO,
+        failing: false,
     })
 }
 
@@ -110,6 +131,7 @@ where
         addr: "0.0.0.0:0".parse().unwrap(),
         stats: stats.clone(),
         delay: Duration::ZERO,
+        failing: false,
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -159,6 +181,11 @@ impl tokio::io::AsyncWrite for Piped {
     }
 }
 
+/// No health service (a type for `start_full`'s `None`).
+const NO_HEALTH: Option<
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+> = None;
+
 /// A running backend. Dropping it kills it.
 pub struct Backend {
     pub addr: SocketAddr,
@@ -193,18 +220,63 @@ impl Backend {
     /// after `delay`.
     pub fn start_with_stream_limit(limit: u32, delay: Duration) -> Backend {
         let addr = "127.0.0.1:0".parse().unwrap();
-        Backend::start_full(addr, delay, None, Some(limit))
+        Backend::start_full(addr, delay, None, Some(limit), NO_HEALTH)
+    }
+
+    /// Starts a backend that also serves `grpc.health.v1.Health` from
+    /// `tonic-health`, with `service` SERVING; the reporter changes it.
+    pub fn start_with_health(service: &str) -> (Backend, tonic_health::server::HealthReporter) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let status = tonic_health::ServingStatus::Serving;
+        futures_util::FutureExt::now_or_never(reporter.set_service_status(service, status))
+            .expect("setting a status does not wait");
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let backend = Backend::start_full(addr, Duration::ZERO, None, None, Some(health));
+        (backend, reporter)
+    }
+
+    /// Starts a backend that serves `health` as its `grpc.health.v1.Health`.
+    pub fn start_with_health_service<H: tonic_health::pb::health_server::Health>(
+        health: H,
+    ) -> Backend {
+        let health = tonic_health::pb::health_server::HealthServer::new(health);
+        Backend::start_full(
+            "127.0.0.1:0".parse().unwrap(),
+            Duration::ZERO,
+            None,
+            None,
+            Some(health),
+        )
     }
 
     fn start_configured(addr: SocketAddr, delay: Duration, max_age: Option<Duration>) -> Backend {
-        Backend::start_full(addr, delay, max_age, None)
+        Backend::start_full(addr, delay, max_age, None, NO_HEALTH)
     }
 
-    fn start_full(
+    fn start_full<H: tonic_health::pb::health_server::Health>(
         addr: SocketAddr,
         delay: Duration,
         max_age: Option<Duration>,
         stream_limit: Option<u32>,
+        health: Option<tonic_health::pb::health_server::HealthServer<H>>,
+    ) -> Backend {
+        Backend::start_full_failing(addr, delay, max_age, stream_limit, health, false)
+    }
+
+    /// Starts a backend that answers 9 calls in 10 UNAVAILABLE (every
+    /// tenth succeeds); `calls()` counts them all.
+    pub fn start_failing_nine_in_ten() -> Backend {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Backend::start_full_failing(addr, Duration::ZERO, None, None, NO_HEALTH, true)
+    }
+
+    fn start_full_failing<H: tonic_health::pb::health_server::Health>(
+        addr: SocketAddr,
+        delay: Duration,
+        max_age: Option<Duration>,
+        stream_limit: Option<u32>,
+        health: Option<tonic_health::pb::health_server::HealthServer<H>>,
+        failing: bool,
     ) -> Backend {
         let std_listener = std::net::TcpListener::bind(addr).expect("bind backend");
         std_listener.set_nonblocking(true).unwrap();
@@ -215,6 +287,7 @@ impl Backend {
             addr,
             stats: stats.clone(),
             delay,
+            failing,
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -235,6 +308,7 @@ impl Backend {
                 }
                 builder
                     .add_service(SimpleServer::new(service))
+                    .add_optional_service(health)
                     .serve_with_incoming(incoming)
                     .await
                     .ok();

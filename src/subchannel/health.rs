@@ -1,0 +1,293 @@
+//! Client-side health checking (gRPC's `health-checking.md`, gRFC A17): the
+//! health producer of a subchannel.
+//!
+//! When the channel's service config has a `healthCheckConfig` (and the
+//! policy is not a top-level `pick_first`, which does no health checking in
+//! gRPC), every READY connection opens one `grpc.health.v1.Health/Watch`
+//! stream for the configured `serviceName` on that same connection, and the
+//! state the policy sees follows the server's answers:
+//!
+//! ```text
+//!   connection READY --stream opens--> CONNECTING (no answer yet)
+//!     SERVING                              -> READY
+//!     NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN -> TRANSIENT_FAILURE "... NOT_SERVING"
+//!     the stream fails or ends              -> TRANSIENT_FAILURE "... failed: ...",
+//!                                              then CONNECTING again after backoff
+//!     UNIMPLEMENTED (no health service)     -> READY, a warning logged once
+//!   connection lost                         -> IDLE, as without health checking
+//! ```
+//!
+//! The connection stays up whatever the health service says; only the
+//! state shown to the policy changes ([`SubchannelState::health`], whose
+//! [`connection_state`](SubchannelState::connection_state) stays READY),
+//! so no policy needs to know about health checking.
+//!
+//! **Restarts** use the subchannel's backoff settings (gRPC's connection
+//! backoff, [`crate::backoff`]): a stream that received an answer and
+//! lasted at least the initial delay counts as a success and is reopened
+//! at once; any other is reopened after the next backoff delay. So a server
+//! that resets every stream at once is asked on the backoff schedule, not
+//! in a loop.
+//!
+//! **Events.** Health answers are reported as they come, one state change
+//! each (repeats of the same state are not sent), on the subchannel's event
+//! queue; a server that flips its status faster than the control task reads
+//! queues one event per flip.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::connect::{ConnectConfig, StateEvent};
+use super::{Link, SubchannelState};
+use crate::backoff::Backoff;
+use crate::picker::Completion;
+use crate::transport::{Connection, Outgoing, SendError};
+use crate::{Address, ConnectivityState, Error, ErrorKind};
+
+/// The `user-agent` of health streams.
+const USER_AGENT: &str = concat!("grpc-rust-tonic-balance/", env!("CARGO_PKG_VERSION"));
+
+/// The health service name every subchannel of a channel checks (`None`:
+/// health checking off). Set by the control task from the service config;
+/// connection tasks follow changes at once.
+#[derive(Debug, Clone)]
+pub(crate) struct HealthService(Arc<watch::Sender<Option<Arc<str>>>>);
+
+impl Default for HealthService {
+    fn default() -> Self {
+        HealthService(Arc::new(watch::channel(None).0))
+    }
+}
+
+impl HealthService {
+    /// Turns health checking on for `name`, or off for `None`.
+    pub(crate) fn set(&self, name: Option<Arc<str>>) {
+        self.0.send_if_modified(|current| {
+            let changed = *current != name;
+            *current = name;
+            changed
+        });
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.0.subscribe()
+    }
+}
+
+/// Sends the states health checking shows, skipping repeats.
+struct Reporter<'a> {
+    link: &'a Link,
+    events: &'a mpsc::UnboundedSender<StateEvent>,
+    last: Option<(ConnectivityState, Option<String>)>,
+}
+
+impl Reporter<'_> {
+    fn send(&mut self, connectivity: ConnectivityState, error: Option<Error>) {
+        let key = (connectivity, error.as_ref().map(Error::to_string));
+        if self.last.as_ref() == Some(&key) {
+            return;
+        }
+        self.last = Some(key);
+        let state = SubchannelState {
+            error,
+            ..SubchannelState::health(connectivity)
+        };
+        let _ = self.events.send(StateEvent {
+            id: self.link.id,
+            state,
+        });
+    }
+}
+
+/// Reports the state of the subchannel's READY connection for as long as
+/// it is READY (the caller drops this future when the connection goes):
+/// READY at once without health checking, else what the health service
+/// says. Follows changes of the channel's health service name.
+pub(super) async fn watch(
+    link: &Link,
+    config: &ConnectConfig,
+    events: &mpsc::UnboundedSender<StateEvent>,
+) -> Infallible {
+    let mut names = config.health.subscribe();
+    let mut reporter = Reporter {
+        link,
+        events,
+        last: None,
+    };
+    loop {
+        let name = names.borrow_and_update().clone();
+        let serve = serve(link, config, name, &mut reporter);
+        tokio::pin!(serve);
+        tokio::select! {
+            changed = names.changed() => {
+                if changed.is_err() {
+                    // The channel is gone; the task is about to stop.
+                    match serve.await {}
+                }
+            }
+            never = &mut serve => match never {},
+        }
+    }
+}
+
+async fn serve(
+    link: &Link,
+    config: &ConnectConfig,
+    name: Option<Arc<str>>,
+    reporter: &mut Reporter<'_>,
+) -> Infallible {
+    let Some(name) = name else {
+        reporter.send(ConnectivityState::Ready, None);
+        return std::future::pending().await;
+    };
+    let seed = config.rng_seed ^ link.id.wrapping_mul(0xA24B_AED4_963E_E407);
+    let mut backoff = Backoff::new(config.backoff, seed);
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        if let Some(at) = retry_at.take() {
+            tokio::time::sleep_until(at).await;
+        }
+        let started = Instant::now();
+        reporter.send(ConnectivityState::Connecting, None);
+        match stream(link, &name, reporter).await {
+            Ended::Unimplemented => {
+                if !link.health_unimplemented.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        address = %link.address,
+                        service = %name,
+                        "the server has no health service (UNIMPLEMENTED): \
+                         health checking is off for this backend (gRFC A17)"
+                    );
+                }
+                reporter.send(ConnectivityState::Ready, None);
+                return std::future::pending().await;
+            }
+            Ended::Failed { error, answered } => {
+                tracing::debug!(address = %link.address, %error, "health stream ended");
+                reporter.send(ConnectivityState::TransientFailure, Some(error));
+                if answered && Instant::now() - started >= backoff.min_success() {
+                    backoff.reset();
+                } else {
+                    retry_at = Some(started + backoff.next_delay());
+                }
+            }
+        }
+    }
+}
+
+/// How one health stream ended.
+enum Ended {
+    /// The server has no health service.
+    Unimplemented,
+    /// The stream failed or ended; `answered`: after at least one answer.
+    Failed { error: Error, answered: bool },
+}
+
+/// Opens one `Watch` stream for `name` and reports each answer.
+async fn stream(link: &Link, name: &str, reporter: &mut Reporter<'_>) -> Ended {
+    let failed = |why: String, answered| Ended::Failed {
+        error: health_error(&link.address, name, &why),
+        answered,
+    };
+    let Some(connection) = link.ready_connection() else {
+        return failed("no READY connection".into(), false);
+    };
+    let service = OnConnection {
+        connection,
+        address: link.address.clone(),
+        origin: (link.origin.scheme.clone(), link.origin.authority.clone()),
+    };
+    let request = HealthCheckRequest {
+        service: name.to_owned(),
+    };
+    let mut answers = match HealthClient::new(service).watch(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => return Ended::Unimplemented,
+        Err(status) => return failed(describe(&status), false),
+    };
+    let mut answered = false;
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => {
+                answered = true;
+                match answer.status() {
+                    ServingStatus::Serving => reporter.send(ConnectivityState::Ready, None),
+                    other => {
+                        let error = health_error(&link.address, name, other.as_str_name());
+                        reporter.send(ConnectivityState::TransientFailure, Some(error));
+                    }
+                }
+            }
+            Ok(None) => return failed("the server ended the stream".into(), answered),
+            Err(status) if status.code() == Code::Unimplemented && !answered => {
+                return Ended::Unimplemented
+            }
+            Err(status) => return failed(describe(&status), answered),
+        }
+    }
+}
+
+fn describe(status: &Status) -> String {
+    format!("stream failed: {:?}: {}", status.code(), status.message())
+}
+
+fn health_error(address: &Address, name: &str, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Health,
+        format!("{address}: health check of service {name:?}: {why}"),
+    )
+}
+
+/// A gRPC client transport that sends on one connection: the subchannel's
+/// own, so the health stream shares the connection it judges.
+#[derive(Clone)]
+struct OnConnection {
+    connection: Connection,
+    address: Address,
+    origin: (http::uri::Scheme, http::uri::Authority),
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status>> + Send>>;
+
+impl tower::Service<http::Request<Body>> for OnConnection {
+    type Response = http::Response<Body>;
+    type Error = Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> ResponseFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut parts = request.uri().clone().into_parts();
+            parts.scheme = Some(this.origin.0);
+            parts.authority = Some(this.origin.1);
+            *request.uri_mut() = http::Uri::from_parts(parts)
+                .map_err(|e| Status::internal(format!("health stream URI: {e}")))?;
+            let user_agent = http::HeaderValue::from_static(USER_AGENT);
+            let mut outgoing = Outgoing::new(request, &user_agent);
+            match this.connection.send(&mut outgoing, &this.address).await {
+                Ok(opened) => Ok(opened.into_response(this.address, Completion::NONE, None)),
+                Err(SendError::Unsent) => Err(Status::unavailable(format!(
+                    "{}: the connection stopped taking streams",
+                    this.address
+                ))),
+                Err(SendError::Unprocessed(status) | SendError::Failed(status)) => Err(status),
+            }
+        })
+    }
+}
