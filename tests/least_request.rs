@@ -1,5 +1,6 @@
 //! `least_request` (gRFC A48) against real tonic backends: a slow backend
-//! next to fast ones gets far fewer calls, and the calls in flight it
+//! next to fast ones gets far fewer calls (checked with a wide margin, no
+//! timing asserted), and the calls in flight it
 //! counts return to zero after every shape of call (unary, streaming,
 //! failed, cancelled, past its deadline).
 
@@ -32,7 +33,16 @@ async fn channel(target: String, total: &Arc<AtomicUsize>) -> BalancedChannel {
 async fn a_slow_backend_gets_far_fewer_calls_at_concurrency_16() {
     tokio::time::timeout(TEST_LIMIT, async {
         let fast = [Backend::start(), Backend::start()];
-        let slow = Backend::start_with("127.0.0.1:0".parse().unwrap(), Duration::from_millis(50));
+        // With two choices among three endpoints, both samples are the
+        // slow one for 1 call in 9, which it then gets whatever its load
+        // (A48 samples with replacement, as Envoy does): a floor of 11 %.
+        // Beyond that it gets a call only while it has fewer in flight
+        // than a fast one, which its latency makes rare. 1 s, not the 50
+        // ms of the issue: on a loaded 2-core machine a "fast" call can
+        // take 50 to 100 ms, and the test is about the policy, not the
+        // machine. A fair share would be a third; it must stay under a
+        // sixth (measured: 84 of 800 with the machine at load 17).
+        let slow = Backend::start_with("127.0.0.1:0".parse().unwrap(), Duration::from_secs(1));
         let target = format!("static:///{},{},{}", fast[0].addr, fast[1].addr, slow.addr);
         let channel = BalancedChannel::builder(target)
             .service_config(
@@ -70,6 +80,7 @@ async fn a_slow_backend_gets_far_fewer_calls_at_concurrency_16() {
         let slow_calls = slow.calls();
         let fast_calls: usize = fast.iter().map(Backend::calls).sum();
         assert_eq!(slow_calls + fast_calls, total);
+        println!("the slow backend got {slow_calls} of {total} calls");
         // A fair share would be a third; least request gives it far less.
         assert!(
             slow_calls * 6 < total,
