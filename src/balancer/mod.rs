@@ -42,7 +42,7 @@
 //! picker in [`work`](Balancer::work), which runs after the burst.
 //!
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC),
-//! [`round_robin`](ROUND_ROBIN) and [`least_request`](least_request)
+//! [`round_robin`](ROUND_ROBIN) and [`least_request`]
 //! (gRFC A48's `least_request_experimental`, also named `least_request`)
 //! are built in. A policy is chosen by name on
 //! the channel builder or by a service config
