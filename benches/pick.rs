@@ -7,6 +7,10 @@
 //! - `pick/<policy>/2threads/<n>`: the same while two threads pick from the
 //!   same picker at once; the figure is the time per pick seen by each
 //!   thread (the mean of the two threads' elapsed time / picks).
+//!   For `least_request` a pick is the whole accounting of a call: the
+//!   random choices, the in-flight increment and the observer's `Arc`
+//!   clone at pick, and the decrement when the dropped pick reports
+//!   (as a call's completion does when it ends).
 //! - `update/<policy>/10000_addresses_1pct_changed`: one
 //!   `Balancer::resolver_update` with 10,000 addresses of which 100 differ
 //!   from the previous update: the 9,900 kept subchannels are READY, the
@@ -41,8 +45,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tonic_balance::balancer::testing::FakeController;
 use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BuildOptions, LbConfig, OutlierDetectionBuilder, PickFirstBuilder,
-    RoundRobinBuilder,
+    Balancer, BalancerBuilder, BuildOptions, LbConfig, LeastRequestBuilder,
+    OutlierDetectionBuilder, PickFirstBuilder, RoundRobinBuilder,
 };
 use tonic_balance::picker::{DoneInfo, PickInfo};
 use tonic_balance::resolver::ResolverUpdate;
@@ -81,8 +85,8 @@ fn ready_balancer_with(
     ctl.set_recording(false);
     balancer.resolver_update(&update(addrs), config, &mut ctl);
     for a in addrs {
-        // round_robin connects every address; pick_first only its first,
-        // and drops the rest once that one is READY.
+        // round_robin and least_request connect every address; pick_first
+        // only its first, and drops the rest once that one is READY.
         if ctl.connects(a) == 0 {
             continue;
         }
@@ -185,9 +189,11 @@ fn on_two_threads(iters: u64, step: impl Fn(&PickInfo<'_>, &http::HeaderMap) + S
 }
 
 fn bench_picks(c: &mut Criterion) {
-    let policies: [(&str, &dyn BalancerBuilder); 2] = [
+    let least_request = LeastRequestBuilder::new();
+    let policies: [(&str, &dyn BalancerBuilder); 3] = [
         ("round_robin", &RoundRobinBuilder),
         ("pick_first", &PickFirstBuilder),
+        ("least_request", &least_request),
     ];
     let headers = http::HeaderMap::new();
     let info = PickInfo::new("/proto.Simple/Route", &headers);

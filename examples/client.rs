@@ -12,6 +12,10 @@
 //!     --tls-ca ca.pem [--tls-cert client.pem --tls-key client.key] [--tls-server-name NAME]
 //! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
 //!     --service-config '{"loadBalancingConfig":[{"round_robin":{}}]}'
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --policy least_request --concurrency 16 --requests 1000
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --service-config '{"loadBalancingConfig":[{"least_request_experimental":{"choiceCount":2}}]}'
 //! ```
 //!
 //! It exits with status 1 when any call failed (2 for bad flags), so a
@@ -32,7 +36,7 @@ use common::proto::simple_client::SimpleClient;
 use common::proto::SimpleRequest;
 use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
-const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin] \
+const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin|least_request] \
 [--service-config JSON] [--requests N] \
 [--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] \
 [--connections-per-address N] [--user-agent S] \

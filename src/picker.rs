@@ -153,11 +153,12 @@ impl PickResult<'_> {
 /// the call ended, and a pick dropped without being used (a parent policy
 /// that discards a child's pick) reports `CANCELLED` with nothing sent.
 pub struct Pick<'a> {
-    subchannel: Chosen<'a>,
+    subchannel: PickedSubchannel<'a>,
     completion: Completion,
 }
 
-enum Chosen<'a> {
+/// The picked subchannel: lent by the picker, or a handle of its own.
+enum PickedSubchannel<'a> {
     Borrowed(&'a Subchannel),
     Owned(Subchannel),
 }
@@ -168,7 +169,7 @@ impl Pick<'static> {
     /// [`borrowed`](Pick::borrowed)).
     pub fn new(subchannel: Subchannel) -> Self {
         Pick {
-            subchannel: Chosen::Owned(subchannel),
+            subchannel: PickedSubchannel::Owned(subchannel),
             completion: Completion::NONE,
         }
     }
@@ -179,7 +180,7 @@ impl<'a> Pick<'a> {
     /// written, so picks from many threads share no written cache line.
     pub fn borrowed(subchannel: &'a Subchannel) -> Self {
         Pick {
-            subchannel: Chosen::Borrowed(subchannel),
+            subchannel: PickedSubchannel::Borrowed(subchannel),
             completion: Completion::NONE,
         }
     }
@@ -210,8 +211,8 @@ impl<'a> Pick<'a> {
     /// The chosen subchannel.
     pub fn subchannel(&self) -> &Subchannel {
         match &self.subchannel {
-            Chosen::Borrowed(subchannel) => subchannel,
-            Chosen::Owned(subchannel) => subchannel,
+            PickedSubchannel::Borrowed(subchannel) => subchannel,
+            PickedSubchannel::Owned(subchannel) => subchannel,
         }
     }
 
@@ -219,11 +220,11 @@ impl<'a> Pick<'a> {
     /// borrowed).
     pub fn into_owned(self) -> Pick<'static> {
         let subchannel = match self.subchannel {
-            Chosen::Borrowed(subchannel) => subchannel.clone(),
-            Chosen::Owned(subchannel) => subchannel,
+            PickedSubchannel::Borrowed(subchannel) => subchannel.clone(),
+            PickedSubchannel::Owned(subchannel) => subchannel,
         };
         Pick {
-            subchannel: Chosen::Owned(subchannel),
+            subchannel: PickedSubchannel::Owned(subchannel),
             completion: self.completion,
         }
     }
@@ -249,7 +250,10 @@ impl fmt::Debug for Pick<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pick")
             .field("subchannel", self.subchannel())
-            .field("borrowed", &matches!(self.subchannel, Chosen::Borrowed(_)))
+            .field(
+                "borrowed",
+                &matches!(self.subchannel, PickedSubchannel::Borrowed(_)),
+            )
             .field("observed", &self.completion.has_observer())
             .finish()
     }

@@ -372,3 +372,108 @@ async fn picks_of_unconnected_subchannels_are_repicked_and_the_observer_counts_e
     .await
     .unwrap();
 }
+
+/// The backend a caller asks for, in the request's extensions.
+#[derive(Clone, Copy)]
+struct RouteTo(usize);
+
+/// Sends each call to the subchannel its `RouteTo` extension names (the
+/// first without one): a routing hint from the caller through
+/// `PickInfo::extensions`.
+struct ByHint;
+
+struct ByHintBalancer(Vec<Subchannel>);
+
+struct ByHintPicker(Vec<Subchannel>);
+
+impl BalancerBuilder for ByHint {
+    fn name(&self) -> &str {
+        "by_hint"
+    }
+
+    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(ByHintBalancer(Vec::new()))
+    }
+}
+
+/// A new picker at every READY, so calls that found their backend not yet
+/// connected pick again.
+impl Balancer for ByHintBalancer {
+    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
+        self.0 = update
+            .addresses()
+            .iter()
+            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
+            .collect();
+        for sc in &self.0 {
+            sc.connect();
+        }
+        ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
+    }
+
+    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
+
+    fn subchannel_update(
+        &mut self,
+        sc: &Subchannel,
+        state: &SubchannelState,
+        ctl: &mut dyn Controller,
+    ) {
+        match state.connectivity {
+            ConnectivityState::Idle => sc.connect(),
+            ConnectivityState::Ready => ctl.update_picker(
+                ConnectivityState::Ready,
+                Arc::new(ByHintPicker(self.0.clone())),
+            ),
+            _ => {}
+        }
+    }
+}
+
+impl Picker for ByHintPicker {
+    fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
+        let i = info.extensions().get::<RouteTo>().map_or(0, |r| r.0);
+        match self.0.get(i) {
+            Some(sc) => PickResult::Pick(Pick::borrowed(sc)),
+            None => PickResult::Drop(tonic::Status::invalid_argument(format!("no backend {i}"))),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_picker_reads_a_routing_hint_from_the_request_extensions() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (a, b) = (Backend::start(), Backend::start());
+        let channel = BalancedChannel::builder(format!("static:///{},{}", a.addr, b.addr))
+            .balancer_builder(ByHint)
+            .build()
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                a.open_connections() == 1 && b.open_connections() == 1
+            })
+            .await
+        );
+        let mut client = SimpleClient::new(channel);
+        for (hint, expected) in [
+            (Some(1), b.addr),
+            (None, a.addr),
+            (Some(0), a.addr),
+            (Some(1), b.addr),
+        ] {
+            let mut request =
+                tonic::Request::new(support::proto::SimpleRequest { data: "x".into() });
+            if let Some(i) = hint {
+                request.extensions_mut().insert(RouteTo(i));
+            }
+            let response = client.route(request).await.expect("a call");
+            let peer = response
+                .extensions()
+                .get::<tonic_balance::Peer>()
+                .map(|p| p.address().to_string());
+            assert_eq!(peer, Some(expected.to_string()), "hint {hint:?}");
+        }
+    })
+    .await
+    .unwrap();
+}

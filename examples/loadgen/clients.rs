@@ -6,6 +6,8 @@
 //!   `static:///a,b,c`;
 //! - `ours-round_robin-pool4` (only when asked for): the same with 4
 //!   connections per backend (`connections_per_address(4)`);
+//! - `ours-least_request` (only when asked for): a `BalancedChannel` with
+//!   `least_request` (gRFC A48, two random choices);
 //! - `hyper-round_robin`: one raw hyper HTTP/2 connection per backend and a
 //!   shared counter that rotates over them: no balancer, no tower, no tonic
 //!   codec; the gRPC frame is encoded once with prost. The ceiling for a
@@ -43,6 +45,7 @@ pub enum Kind {
     HyperRoundRobin,
     H2RoundRobin,
     OursPool,
+    OursLeastRequest,
 }
 
 /// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
@@ -86,13 +89,14 @@ impl Kind {
             Kind::HyperRoundRobin => "hyper-round_robin",
             Kind::H2RoundRobin => "h2-round_robin",
             Kind::OursPool => "ours-round_robin-pool4",
+            Kind::OursLeastRequest => "ours-least_request",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL
             .into_iter()
-            .chain([Kind::OursPool])
+            .chain([Kind::OursPool, Kind::OursLeastRequest])
             .find(|k| k.name() == name)
     }
 }
@@ -139,11 +143,14 @@ impl Client {
                 let list = addrs.iter().map(endpoint).collect::<Result<Vec<_>, _>>()?;
                 Client::Tonic(SimpleClient::new(Channel::balance_list(list.into_iter())))
             }
-            Kind::OursRoundRobin | Kind::OursPickFirst | Kind::OursPool => {
-                let policy = if kind == Kind::OursPickFirst {
-                    "pick_first"
-                } else {
-                    "round_robin"
+            Kind::OursRoundRobin
+            | Kind::OursPickFirst
+            | Kind::OursPool
+            | Kind::OursLeastRequest => {
+                let policy = match kind {
+                    Kind::OursPickFirst => "pick_first",
+                    Kind::OursLeastRequest => "least_request",
+                    _ => "round_robin",
                 };
                 let pool = if kind == Kind::OursPool { 4 } else { 1 };
                 let builder = BalancedChannel::builder(static_target())

@@ -19,7 +19,8 @@
 //! raw h2 client is left out above 200 calls in flight (it stalls there).
 //!
 //! Clients beyond the default set: `ours-round_robin-pool4` (a pool of 4
-//! connections per address, `connections_per_address(4)`).
+//! connections per address, `connections_per_address(4)`) and
+//! `ours-least_request` (the `least_request` policy, gRFC A48).
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with

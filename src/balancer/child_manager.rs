@@ -218,7 +218,7 @@ impl Counts {
 }
 
 /// An endpoint's identity: its addresses, sorted.
-fn key(endpoint: &Endpoint) -> Box<str> {
+pub(crate) fn endpoint_key(endpoint: &Endpoint) -> Box<str> {
     let mut addrs: Vec<&str> = endpoint.addresses().iter().map(|a| a.addr()).collect();
     addrs.sort_unstable();
     addrs.join(",").into_boxed_str()
@@ -258,6 +258,12 @@ impl ChildManager {
     /// True with no children.
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+
+    /// Builds and publishes a new picker at the next rebuild even if the
+    /// READY set did not change (the parent's picker config changed).
+    pub fn invalidate_picker(&mut self) {
+        self.published = None;
     }
 
     /// Calls `f` on the child in `slot` and acts on what it asked for.
@@ -382,7 +388,7 @@ impl ChildManager {
         let mut wanted: HashMap<Box<str>, &Endpoint> = HashMap::with_capacity(endpoints.len());
         let mut order = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints.iter().filter(|e| !e.addresses().is_empty()) {
-            let key = key(endpoint);
+            let key = endpoint_key(endpoint);
             if !wanted.contains_key(&key) {
                 wanted.insert(key.clone(), endpoint);
                 order.push(key);

@@ -41,8 +41,10 @@
 //! [`schedule_work`](Controller::schedule_work) for now, and build the
 //! picker in [`work`](Balancer::work), which runs after the burst.
 //!
-//! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
-//! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
+//! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC),
+//! [`round_robin`](ROUND_ROBIN) and [`least_request`]
+//! (gRFC A48's `least_request_experimental`, also named `least_request`)
+//! are built in. A policy is chosen by name on
 //! the channel builder or by a service config
 //! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see
 //! [`ServiceConfig`](crate::ServiceConfig) and
@@ -274,6 +276,7 @@ mod child;
 pub mod child_manager;
 mod config;
 pub mod graceful_switch;
+pub mod least_request;
 pub mod outlier_detection;
 pub mod pick_first;
 mod registry;
@@ -283,6 +286,9 @@ pub mod testing;
 pub use child_manager::{ChildManager, ChildPickers, ReadyChild, RoundRobinPickers};
 pub use config::{LbConfig, LbPolicy};
 pub use graceful_switch::GracefulSwitch;
+pub use least_request::{
+    LeastRequestBuilder, LeastRequestConfig, LEAST_REQUEST, LEAST_REQUEST_EXPERIMENTAL,
+};
 pub use outlier_detection::{OutlierDetectionBuilder, OUTLIER_DETECTION};
 pub use pick_first::{PickFirstBuilder, PickFirstConfig, PICK_FIRST};
 pub use registry::{register, BalancerRegistry};

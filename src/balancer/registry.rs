@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use serde_json::Value;
 
 use super::{
-    BalancerBuilder, LbPolicy, OutlierDetectionBuilder, PickFirstBuilder, RoundRobinBuilder,
+    BalancerBuilder, LbPolicy, LeastRequestBuilder, OutlierDetectionBuilder, PickFirstBuilder,
+    RoundRobinBuilder,
 };
 use crate::service_config::ServiceConfig;
 use crate::{Error, ErrorKind};
@@ -24,12 +25,15 @@ pub struct BalancerRegistry {
 
 impl BalancerRegistry {
     /// A registry with the built-in policies (`pick_first`, `round_robin`,
-    /// `outlier_detection_experimental`).
+    /// `outlier_detection_experimental`, `least_request_experimental` and its
+    /// short name `least_request`).
     pub fn new() -> Self {
         let mut registry = BalancerRegistry::empty();
         registry.register(Arc::new(PickFirstBuilder));
         registry.register(Arc::new(RoundRobinBuilder));
         registry.register(Arc::new(OutlierDetectionBuilder));
+        registry.register(Arc::new(LeastRequestBuilder::new()));
+        registry.register(Arc::new(LeastRequestBuilder::short_name()));
         registry
     }
 

@@ -42,7 +42,7 @@ use tonic::{Code, Status};
 use super::{ControlRequest, Peer, Shared, WaitForReady};
 use crate::picker::{Completion, PickInfo, PickResult};
 use crate::transport::{Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT};
-use crate::{Address, ConnectivityState};
+use crate::{Address, ConnectivityState, Target};
 
 /// How many times a call is re-picked on the same picker when its
 /// subchannel turns out not to be connected, before waiting for a new one.
@@ -152,86 +152,116 @@ impl Drop for Progress {
 }
 
 /// Picks and sends until an attempt gets its response headers, waiting for
-/// a new picker where the current one cannot serve the call.
+/// a new picker where the current one cannot serve the call. What to do
+/// after each pick is [`next_step`]'s (synchronous) decision.
 async fn pick_and_send(
     shared: &Shared,
     wait_for_ready: bool,
     queue_deadline: Option<Instant>,
     progress: &mut Progress,
 ) -> Result<Opened, Status> {
-    let mut repicks = 0;
+    let mut repicks = Repicks::default();
     loop {
-        let (generation, decision) = pick(shared, progress)?;
-        match decision {
-            Decision::Send(ready) => {
-                if let Some((connection, address)) = ready {
-                    if let Some(opened) = attempt(connection, address, progress).await? {
-                        return Ok(opened);
-                    }
-                } else {
-                    // Never sent: the pick hears it, and the call is
-                    // picked again.
-                    progress.end_attempt(Code::Unavailable);
-                }
-                repicks += 1;
-                if repicks > REPICKS_PER_PICKER {
-                    repicks = 0;
-                    wait_for_picker(
-                        shared,
-                        generation,
-                        queue_deadline,
-                        &progress.last_pick_error,
-                    )
-                    .await?;
+        let (generation, outcome) = pick(shared, progress)?;
+        let wait = match next_step(outcome, wait_for_ready, &mut repicks, &shared.target) {
+            Step::Send((connection, address)) => {
+                match attempt(connection, address, progress).await? {
+                    Some(opened) => return Ok(opened),
+                    None => repicks.unsent(),
                 }
             }
-            Decision::Queue => {
-                wait_for_picker(
-                    shared,
-                    generation,
-                    queue_deadline,
-                    &progress.last_pick_error,
-                )
-                .await?
-            }
-            Decision::Fail(status) if wait_for_ready && status.code() == Code::Unavailable => {
+            Step::Repick => false,
+            Step::Wait => true,
+            Step::WaitAfter(status) => {
                 progress.last_pick_error = Some(status);
-                wait_for_picker(
-                    shared,
-                    generation,
-                    queue_deadline,
-                    &progress.last_pick_error,
-                )
-                .await?
+                true
             }
-            Decision::Fail(status) => {
-                return Err(Status::new(
-                    status.code(),
-                    format!(
-                        "no ready endpoint for {}: {}",
-                        shared.target,
-                        status.message()
-                    ),
-                ))
-            }
-            Decision::Drop(status) => return Err(status),
+            Step::Fail(status) => return Err(status),
+        };
+        if wait {
+            let last_error = &progress.last_pick_error;
+            wait_for_picker(shared, generation, queue_deadline, last_error).await?;
         }
     }
 }
 
-/// A pick's outcome, owning what the call needs once the picker snapshot
-/// is released (the pick's completion is in [`Progress`]).
-enum Decision {
-    /// The chosen subchannel's connection and address if it is connected.
-    Send(Option<(Connection, Address)>),
+/// What one pick gave the call, owning what the call needs once the
+/// picker snapshot is released (the pick's completion is in
+/// [`Progress`]). `C` is the chosen connection and its address.
+enum PickOutcome<C> {
+    /// The chosen subchannel's connection if it is connected.
+    Send(Option<C>),
     Queue,
     Fail(Status),
     Drop(Status),
 }
 
+/// What the call does next.
+#[derive(Debug)]
+enum Step<C> {
+    /// Send on this connection.
+    Send(C),
+    /// Pick again at once, on the same picker.
+    Repick,
+    /// Wait for a new picker.
+    Wait,
+    /// Wait for a new picker, remembering the pick's failure for the
+    /// messages (a wait-for-ready call in TRANSIENT_FAILURE).
+    WaitAfter(Status),
+    /// End the call.
+    Fail(Status),
+}
+
+/// How many picks in a row chose a subchannel that could not take the
+/// call, on one picker.
+#[derive(Debug, Default)]
+struct Repicks(u32);
+
+impl Repicks {
+    /// One more unsent attempt: true when the call should wait for a new
+    /// picker (then it starts counting again).
+    fn unsent(&mut self) -> bool {
+        self.0 += 1;
+        if self.0 > REPICKS_PER_PICKER {
+            self.0 = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// gRPC's pick rules (wait-for-ready semantics, A6's re-pick of calls
+/// never sent) as a table: what a call does after a pick.
+fn next_step<C>(
+    outcome: PickOutcome<C>,
+    wait_for_ready: bool,
+    repicks: &mut Repicks,
+    target: &Target,
+) -> Step<C> {
+    match outcome {
+        PickOutcome::Send(Some(connection)) => Step::Send(connection),
+        PickOutcome::Send(None) if repicks.unsent() => Step::Wait,
+        PickOutcome::Send(None) => Step::Repick,
+        PickOutcome::Queue => Step::Wait,
+        PickOutcome::Fail(status) if wait_for_ready && status.code() == Code::Unavailable => {
+            Step::WaitAfter(status)
+        }
+        PickOutcome::Fail(status) => Step::Fail(Status::new(
+            status.code(),
+            format!("no ready endpoint for {target}: {}", status.message()),
+        )),
+        PickOutcome::Drop(status) => Step::Fail(status),
+    }
+}
+
 /// One pick on the current picker, with its generation. A pick's
-/// completion from here on reports once, however its attempt ends.
-fn pick(shared: &Shared, progress: &mut Progress) -> Result<(u64, Decision), Status> {
+/// completion from here on reports once, however its attempt ends: one
+/// whose subchannel is not connected reports `UNAVAILABLE` (nothing sent)
+/// at once.
+fn pick(
+    shared: &Shared,
+    progress: &mut Progress,
+) -> Result<(u64, PickOutcome<(Connection, Address)>), Status> {
     let snapshot = shared.picker.load();
     if snapshot.state == ConnectivityState::Idle
         && !snapshot
@@ -245,7 +275,7 @@ fn pick(shared: &Shared, progress: &mut Progress) -> Result<(u64, Decision), Sta
         .with_extensions(outgoing.extensions());
     // The pick borrows from the snapshot: take what the call needs from the
     // subchannel while the snapshot is held.
-    let decision = match snapshot.picker.pick(&info) {
+    let outcome = match snapshot.picker.pick(&info) {
         PickResult::Pick(pick) => {
             let subchannel = pick.subchannel();
             let ready = match subchannel.connection() {
@@ -255,13 +285,16 @@ fn pick(shared: &Shared, progress: &mut Progress) -> Result<(u64, Decision), Sta
             };
             // Even a call that ends here (a bad URI) completes its pick.
             progress.start_attempt(pick.into_completion());
-            Decision::Send(ready?)
+            if !matches!(ready, Ok(Some(_))) {
+                progress.end_attempt(Code::Unavailable);
+            }
+            PickOutcome::Send(ready?)
         }
-        PickResult::Queue => Decision::Queue,
-        PickResult::Fail(status) => Decision::Fail(status),
-        PickResult::Drop(status) => Decision::Drop(status),
+        PickResult::Queue => PickOutcome::Queue,
+        PickResult::Fail(status) => PickOutcome::Fail(status),
+        PickResult::Drop(status) => PickOutcome::Drop(status),
     };
-    Ok((snapshot.generation, decision))
+    Ok((snapshot.generation, outcome))
 }
 
 /// One attempt on a connected subchannel; `Ok(None)` means pick again.
@@ -427,6 +460,72 @@ fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn step(outcome: PickOutcome<&'static str>, wait_for_ready: bool) -> Step<&'static str> {
+        let target: Target = "static:///a:1".parse().unwrap();
+        next_step(outcome, wait_for_ready, &mut Repicks::default(), &target)
+    }
+
+    #[test]
+    fn the_pick_decision_table() {
+        use PickOutcome as P;
+        let unavailable = || Status::unavailable("a:1: refused");
+        for wait_for_ready in [false, true] {
+            assert!(matches!(
+                step(P::Send(Some("c")), wait_for_ready),
+                Step::Send("c")
+            ));
+            assert!(matches!(step(P::Send(None), wait_for_ready), Step::Repick));
+            assert!(matches!(step(P::Queue, wait_for_ready), Step::Wait));
+            // Drop fails even wait-for-ready calls, with its own status.
+            match step(P::Drop(Status::resource_exhausted("shed")), wait_for_ready) {
+                Step::Fail(s) => {
+                    assert_eq!((s.code(), s.message()), (Code::ResourceExhausted, "shed"))
+                }
+                other => panic!("{other:?}"),
+            }
+            // A failure other than UNAVAILABLE fails the call either way.
+            match step(P::Fail(Status::internal("bad")), wait_for_ready) {
+                Step::Fail(s) => {
+                    assert_eq!(s.code(), Code::Internal);
+                    assert_eq!(s.message(), "no ready endpoint for static:///a:1: bad");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // UNAVAILABLE: fail fast, or wait for ready remembering why.
+        match step(P::Fail(unavailable()), false) {
+            Step::Fail(s) => {
+                assert_eq!(s.code(), Code::Unavailable);
+                assert_eq!(
+                    s.message(),
+                    "no ready endpoint for static:///a:1: a:1: refused"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match step(P::Fail(unavailable()), true) {
+            Step::WaitAfter(s) => assert_eq!(s.message(), "a:1: refused"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unconnected_picks_repick_twice_then_wait_for_a_new_picker() {
+        let target: Target = "static:///a:1".parse().unwrap();
+        let mut repicks = Repicks::default();
+        let mut steps = Vec::new();
+        for _ in 0..6 {
+            let step = next_step(PickOutcome::<()>::Send(None), false, &mut repicks, &target);
+            steps.push(matches!(step, Step::Wait));
+        }
+        assert_eq!(steps, [false, false, true, false, false, true]);
+        // Failed attempts count the same way.
+        assert_eq!(
+            [repicks.unsent(), repicks.unsent(), repicks.unsent()],
+            [false, false, true]
+        );
+    }
 
     #[test]
     fn grpc_timeout_units() {
