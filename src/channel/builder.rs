@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::control::{Control, SubchannelTable};
 use super::{BalancedChannel, CallDefaults, Shared};
@@ -366,6 +366,7 @@ impl BalancedChannelBuilder {
         ));
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let states = Arc::new(watch::channel(ConnectivityState::Connecting).0);
         let control = Control {
             target: target.clone(),
             resolver,
@@ -380,6 +381,8 @@ impl BalancedChannelBuilder {
             picker: picker.clone(),
             effects: Default::default(),
             failure: Default::default(),
+            states: states.clone(),
+            resolved: Default::default(),
         };
         tokio::spawn(control.run());
         Ok(BalancedChannel {
@@ -388,6 +391,7 @@ impl BalancedChannelBuilder {
                 picker,
                 requests: requests_tx,
                 defaults,
+                states,
             }),
         })
     }

@@ -61,6 +61,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::stats::SubchannelStats;
 use crate::transport::{Connection, Origin};
 use crate::{Address, ConnectivityState, Error};
 
@@ -104,6 +105,8 @@ pub(crate) struct Link {
     connect_requested: AtomicBool,
     /// How many times a balancer asked for a connection while IDLE.
     connect_requests: AtomicU32,
+    /// Calls and connection attempts, for `BalancedChannel::snapshot`.
+    stats: Arc<SubchannelStats>,
 }
 
 impl SubchannelState {
@@ -154,6 +157,7 @@ impl Subchannel {
             connect: Notify::new(),
             connect_requested: AtomicBool::new(false),
             connect_requests: AtomicU32::new(0),
+            stats: Arc::default(),
         });
         let (tx, rx) = oneshot::channel();
         let inner = Arc::new(Inner {
@@ -233,6 +237,11 @@ impl Subchannel {
             (in_flight >= c.max_concurrent_streams(), in_flight)
         };
         pool.iter().min_by_key(load).cloned()
+    }
+
+    /// Its counters (calls, connection attempts, last change).
+    pub(crate) fn stats(&self) -> &Arc<SubchannelStats> {
+        &self.inner.link.stats
     }
 
     /// The scheme, `:authority` and TLS server name of calls to it.

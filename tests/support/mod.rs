@@ -77,6 +77,10 @@ impl Simple for Service {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight::enter(&self.stats);
         let data = req.into_inner().data;
+        // `fail:N` answers with gRPC status code N.
+        if let Some(code) = data.strip_prefix("fail:").and_then(|c| c.parse().ok()) {
+            return Err(Status::new(tonic::Code::from_i32(code), "asked to fail"));
+        }
         if let Some(ms) = data.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         } else if !self.delay.is_zero() {

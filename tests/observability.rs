@@ -1,0 +1,143 @@
+//! The state API (`BalancedChannel::state_changes`, `snapshot`) against
+//! real tonic backends on 127.0.0.1 and a refused port.
+
+mod support;
+
+use std::time::Duration;
+
+use support::proto::simple_client::SimpleClient;
+use support::{fast_backoff, route, Backend, ClosedPort};
+use tonic_balance::stats::SubchannelSnapshot;
+use tonic_balance::{BalancedChannel, ConnectivityState};
+
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+fn subchannel<'a>(subchannels: &'a [SubchannelSnapshot], addr: &str) -> &'a SubchannelSnapshot {
+    subchannels
+        .iter()
+        .find(|s| s.address == addr)
+        .unwrap_or_else(|| panic!("no subchannel for {addr} in {subchannels:?}"))
+}
+
+#[tokio::test]
+async fn state_changes_follow_the_channel_from_connecting_to_ready_idle_failure_and_shutdown() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut backend = Backend::start();
+        let channel = BalancedChannel::builder(format!("static:///{}", backend.addr))
+            .backoff(fast_backoff())
+            .build()
+            .unwrap();
+        let mut states = channel.state_changes();
+        assert_eq!(*states.borrow_and_update(), ConnectivityState::Connecting);
+        channel
+            .wait_until_ready(Duration::from_secs(10))
+            .await
+            .unwrap();
+        states
+            .wait_for(|s| *s == ConnectivityState::Ready)
+            .await
+            .unwrap();
+        // pick_first: a lost connection is IDLE; the next call reconnects
+        // and the refused connection is TRANSIENT_FAILURE.
+        backend.kill();
+        states
+            .wait_for(|s| *s == ConnectivityState::Idle)
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        let _ = route(&mut client, "after the kill").await;
+        states
+            .wait_for(|s| *s == ConnectivityState::TransientFailure)
+            .await
+            .unwrap();
+        drop((client, channel));
+        states
+            .wait_for(|s| *s == ConnectivityState::Shutdown)
+            .await
+            .unwrap();
+        assert!(states.changed().await.is_err(), "closed after SHUTDOWN");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_counts_each_subchannels_connection_attempts_and_failures() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let refused = ClosedPort::new();
+        let target = format!("static:///{},{}", backend.addr, refused.addr);
+        let channel = BalancedChannel::builder(&target)
+            .balancer("round_robin")
+            .backoff(fast_backoff())
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        // Wait until the refused address failed a few times.
+        let snapshot = loop {
+            let snapshot = channel.snapshot().await;
+            let bad = subchannel(&snapshot.subchannels, &refused.addr.to_string());
+            if bad.connection_failures >= 3 {
+                break snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(snapshot.target, target);
+        assert_eq!(snapshot.policy, "round_robin");
+        assert_eq!(snapshot.state, ConnectivityState::Ready);
+        assert_eq!(snapshot.resolver.endpoints, 2);
+        assert!(snapshot.resolver.updated.is_some() && snapshot.resolver.error.is_none());
+        assert_eq!(snapshot.subchannels.len(), 2);
+
+        let good = subchannel(&snapshot.subchannels, &backend.addr.to_string());
+        assert_eq!(good.state, ConnectivityState::Ready);
+        assert_eq!((good.connection_attempts, good.connection_failures), (1, 0));
+        assert_eq!(good.last_error, None);
+        assert!(good.last_change.is_some());
+
+        let bad = subchannel(&snapshot.subchannels, &refused.addr.to_string());
+        // Every failure was an attempt; one more may be under way.
+        let (attempts, failures) = (bad.connection_attempts, bad.connection_failures);
+        assert!(attempts == failures || attempts == failures + 1, "{bad:?}");
+        assert_eq!(bad.calls_started, 0);
+        let error = bad.last_error.as_deref().expect("the refusal is kept");
+        assert!(
+            error.contains(&refused.addr.to_string()) && error.contains("refused"),
+            "{error}"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_serializes_to_the_snake_case_shape_with_grpc_state_names() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let channel = BalancedChannel::builder(format!("static:///{}", backend.addr))
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let json = serde_json::to_value(channel.snapshot().await).unwrap();
+        assert_eq!(json["policy"], "pick_first");
+        assert_eq!(json["state"], "READY");
+        assert_eq!(json["resolver"]["endpoints"], 1);
+        let sc = &json["subchannels"][0];
+        assert_eq!(sc["address"], backend.addr.to_string());
+        assert_eq!(sc["state"], "READY");
+        for key in [
+            "last_error",
+            "last_change_unix_ms",
+            "calls_started",
+            "calls_succeeded",
+            "calls_failed",
+            "calls_in_flight",
+            "connection_attempts",
+            "connection_failures",
+        ] {
+            assert!(sc.get(key).is_some(), "{key} missing in {sc}");
+        }
+    })
+    .await
+    .unwrap();
+}
