@@ -141,3 +141,86 @@ async fn snapshot_serializes_to_the_snake_case_shape_with_grpc_state_names() {
     .await
     .unwrap();
 }
+
+/// Every line a `fmt` subscriber with `filter` (`RUST_LOG` syntax) writes on this thread while
+/// the returned guard lives.
+fn capture_logs(
+    filter: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = {
+        let buffer = buffer.clone();
+        move || Captured(buffer.clone())
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(writer)
+        .finish();
+    (buffer, tracing::subscriber::set_default(subscriber))
+}
+
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn text(buffer: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+// The channel's tasks run on this (current-thread) runtime, so the
+// thread's subscriber sees them; the backends run on their own threads.
+#[tokio::test]
+async fn state_changes_are_debug_events_in_the_channels_span_and_calls_log_nothing_above_trace() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let target = format!("static:///{}", backend.addr);
+        let (logs, _guard) = capture_logs("tonic_balance=debug");
+        let channel = BalancedChannel::builder(&target)
+            .balancer("round_robin")
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut states = channel.state_changes();
+        states
+            .wait_for(|s| *s == ConnectivityState::Ready)
+            .await
+            .unwrap();
+        let setup = text(&logs);
+        let span = format!("channel{{target={target} policy=\"round_robin\"}}");
+        for wanted in [
+            "resolver update endpoints=1",
+            "channel state changed from=CONNECTING to=READY",
+            "subchannel state address=",
+        ] {
+            let line = setup
+                .lines()
+                .find(|l| l.contains(wanted))
+                .unwrap_or_else(|| panic!("no {wanted:?} in:\n{setup}"));
+            assert!(line.contains("DEBUG") && line.contains(&span), "{line}");
+        }
+
+        logs.lock().unwrap().clear();
+        let mut client = SimpleClient::new(channel.clone());
+        for i in 0..50 {
+            route(&mut client, &format!("call {i}")).await.unwrap();
+        }
+        let _ = route(&mut client, "fail:13").await;
+        let calls = text(&logs);
+        assert!(calls.is_empty(), "calls logged above trace:\n{calls}");
+    })
+    .await
+    .unwrap();
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::control::{Control, SubchannelTable};
 use super::{BalancedChannel, CallDefaults, Shared};
@@ -384,7 +385,15 @@ impl BalancedChannelBuilder {
             states: states.clone(),
             resolved: Default::default(),
         };
-        tokio::spawn(control.run());
+        // One span per channel: every event of its control task and its
+        // subchannels' connection tasks carries the target and the policy.
+        let span = tracing::info_span!(
+            target: "tonic_balance::channel",
+            "channel",
+            target = %target,
+            policy = control.default_policy.name()
+        );
+        tokio::spawn(control.run().instrument(span));
         Ok(BalancedChannel {
             shared: Arc::new(Shared {
                 target,

@@ -313,7 +313,7 @@ impl Control {
             // Never hog the runtime, whatever keeps arriving.
             tokio::task::coop::consume_budget().await;
         }
-        tracing::debug!(target = %self.target, "channel closed; control task stops");
+        tracing::debug!("channel closed; control task stops");
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
         self.publish(ConnectivityState::Shutdown, Arc::new(closed), None);
     }
@@ -327,9 +327,12 @@ impl Control {
     ) {
         self.picker.publish(state, picker, failure);
         self.states.send_if_modified(|current| {
-            let changed = *current != state;
+            if *current == state {
+                return false;
+            }
+            tracing::debug!(from = %current, to = %state, "channel state changed");
             *current = state;
-            changed
+            true
         });
     }
 
@@ -426,6 +429,14 @@ impl Control {
             return;
         };
         sc.set_state(event.state.connectivity);
+        match &event.state.error {
+            Some(error) => {
+                tracing::debug!(address = %sc.address(), state = %event.state.connectivity, %error, "subchannel state")
+            }
+            None => {
+                tracing::debug!(address = %sc.address(), state = %event.state.connectivity, "subchannel state")
+            }
+        }
         sc.stats()
             .state_delivered(event.state.connectivity, event.state.error.as_ref());
         if let Some(error) = &event.state.error {
@@ -443,13 +454,18 @@ impl Control {
         if let Some(update) = events.update {
             self.failure.resolved(&update);
             self.resolved.updated(update.endpoints().len());
+            tracing::debug!(endpoints = update.endpoints().len(), "resolver update");
             let policy = self.select_policy(&update);
+            let running = self.policy.as_ref().unwrap_or(&self.default_policy);
+            if running.name() != policy.name() {
+                tracing::Span::current().record("policy", policy.name());
+            }
             let config = GracefulSwitch::config(policy.clone());
             self.policy = Some(policy);
             self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
         }
         if let Some(error) = events.error {
-            tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
+            tracing::warn!(%error, "resolver error; keeping known addresses");
             self.failure.resolver_failed(&error);
             self.resolved.failed(&error);
             if self.policy.is_none() {
@@ -474,7 +490,7 @@ impl Control {
             Ok(Some(policy)) => policy,
             Ok(None) => self.default_policy.clone(),
             Err(error) => {
-                tracing::warn!(target = %self.target, %error, "ignoring the resolver's service config");
+                tracing::warn!(%error, "ignoring the resolver's service config");
                 self.policy
                     .clone()
                     .unwrap_or_else(|| self.default_policy.clone())

@@ -60,6 +60,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::Instrument;
 
 use crate::stats::SubchannelStats;
 use crate::transport::{Connection, Origin};
@@ -134,10 +135,12 @@ impl Subchannel {
         events: mpsc::UnboundedSender<StateEvent>,
     ) -> Result<Subchannel, Error> {
         let origin = config.transport.origin_for(&address)?;
+        // Inside the channel's span (the control task makes subchannels).
+        let span = tracing::debug_span!("subchannel", address = %address);
         let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
         match config.connections_per_address {
-            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown)),
-            n => tokio::spawn(pool::run(link, config, events, shutdown, n)),
+            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown).instrument(span)),
+            n => tokio::spawn(pool::run(link, config, events, shutdown, n).instrument(span)),
         };
         Ok(subchannel)
     }
