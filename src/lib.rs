@@ -48,6 +48,7 @@ pub mod balancer;
 pub mod channel;
 mod connectivity;
 mod error;
+mod metrics;
 pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;

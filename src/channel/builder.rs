@@ -54,6 +54,8 @@ pub struct BalancedChannelBuilder {
     rng_seed: Option<u64>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::ClientTlsConfig>,
+    #[cfg(feature = "otel")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 enum PolicyChoice {
@@ -83,7 +85,20 @@ impl BalancedChannelBuilder {
             rng_seed: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "otel")]
+            meter: None,
         }
+    }
+
+    /// Records gRPC's OpenTelemetry metrics (gRFC A66 per call, A94 per
+    /// subchannel, A78 for pick_first) with a meter named `tonic-balance`
+    /// from `provider` (feature `otel`). Without it the channel records
+    /// nothing. The instruments are listed in the README's
+    /// "Observability" section.
+    #[cfg(feature = "otel")]
+    pub fn meter_provider(mut self, provider: &dyn opentelemetry::metrics::MeterProvider) -> Self {
+        self.meter = Some(provider.meter("tonic-balance"));
+        self
     }
 
     /// Resolves the target with this builder when its scheme matches,
@@ -354,6 +369,10 @@ impl BalancedChannelBuilder {
         connect.rng_seed = seed;
         connect.transport.authority = self.parse_authority()?;
         connect.transport.target_host = TargetHost::from_target(&target);
+        #[cfg(feature = "otel")]
+        if let Some(meter) = &self.meter {
+            connect.metrics = crate::metrics::SubchannelMetrics::new(meter, &target);
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             connect.transport.tls = Some(tls.build()?);

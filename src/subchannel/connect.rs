@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::metrics::SubchannelMetrics;
 use crate::transport::{self, Lost};
 use crate::{ConnectivityState, Error, ErrorKind};
 
@@ -23,6 +24,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) rng_seed: u64,
     /// HTTP/2 connections per subchannel (see `pool`); 0 or 1: one.
     pub(crate) connections_per_address: usize,
+    /// gRFC A94's instruments (feature `otel`; empty otherwise).
+    pub(crate) metrics: SubchannelMetrics,
 }
 
 /// A state change of subchannel `id`, for the control task.
@@ -77,6 +80,7 @@ pub(crate) async fn run(
         };
         match result {
             Ok(mut established) => {
+                let open = config.metrics.connected();
                 link.connection
                     .store(Some(Arc::new(established.connection.clone())));
                 report(ConnectivityState::Ready, None);
@@ -89,6 +93,7 @@ pub(crate) async fn run(
                 link.connection.store(None);
                 drop(established);
                 let Some(reason) = lost else { return };
+                open.lost(reason.as_ref());
                 if Instant::now() - ready_at >= backoff.min_success() {
                     backoff.reset();
                     tracing::debug!(address = %link.address, "connection lost");
@@ -103,6 +108,7 @@ pub(crate) async fn run(
                 );
             }
             Err(error) => {
+                config.metrics.attempt_failed();
                 tracing::debug!(address = %link.address, %error, "connect failed");
                 report(ConnectivityState::TransientFailure, Some(error));
                 let wake = started + backoff.next_delay();
