@@ -37,7 +37,7 @@ use crate::Target;
 use std::sync::Arc;
 
 #[cfg(feature = "otel")]
-use opentelemetry::metrics::{Counter, Meter, UpDownCounter};
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 #[cfg(feature = "otel")]
 use opentelemetry::KeyValue;
 
@@ -158,6 +158,187 @@ impl Instruments {
         self.disconnections.add(1, &labels);
         self.open.add(-1, &self.labels);
     }
+}
+
+/// gRFC A66's latency buckets, in seconds.
+#[cfg(feature = "otel")]
+const LATENCY_BUCKETS: [f64; 41] = [
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13,
+    0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+
+/// The per-call instruments of one channel (gRFC A66); empty (and free)
+/// without a meter provider or the `otel` feature.
+#[derive(Clone, Default)]
+pub(crate) struct CallMetrics {
+    #[cfg(feature = "otel")]
+    otel: Option<Arc<CallInstruments>>,
+}
+
+#[cfg(feature = "otel")]
+struct CallInstruments {
+    attempt_started: Counter<u64>,
+    attempt_duration: Histogram<f64>,
+    call_duration: Histogram<f64>,
+    target: KeyValue,
+    /// Methods recorded by name; every other is `other` (A66).
+    methods: std::collections::HashSet<String>,
+}
+
+/// One call being recorded: its method label and start.
+pub(crate) struct CallRecord {
+    #[cfg(feature = "otel")]
+    otel: Option<(Arc<CallInstruments>, KeyValue, tokio::time::Instant)>,
+}
+
+/// One attempt being recorded (gRFC A66 `grpc.client.attempt.*`).
+pub(crate) struct AttemptRecord {
+    #[cfg(feature = "otel")]
+    otel: Option<(Arc<CallInstruments>, KeyValue, tokio::time::Instant)>,
+}
+
+impl CallMetrics {
+    /// Instruments from `meter` for the channel to `target`; `methods`
+    /// (`package.Service/Method`) are recorded by name.
+    #[cfg(feature = "otel")]
+    pub(crate) fn new(meter: &Meter, target: &Target, methods: &[String]) -> Self {
+        let latency = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build()
+        };
+        let instruments = CallInstruments {
+            attempt_started: meter
+                .u64_counter("grpc.client.attempt.started")
+                .with_unit("{attempt}")
+                .with_description("Number of client call attempts started.")
+                .build(),
+            attempt_duration: latency(
+                "grpc.client.attempt.duration",
+                "End-to-end time taken to complete a client call attempt.",
+            ),
+            call_duration: latency(
+                "grpc.client.call.duration",
+                "Time taken by gRPC to complete an RPC from application's perspective.",
+            ),
+            target: KeyValue::new("grpc.target", canonical_target(target)),
+            methods: methods
+                .iter()
+                .map(|m| m.trim_start_matches('/').to_owned())
+                .collect(),
+        };
+        CallMetrics {
+            otel: Some(Arc::new(instruments)),
+        }
+    }
+
+    /// A call to `path` (`/package.Service/Method`) starts.
+    #[inline]
+    pub(crate) fn call(&self, path: &str) -> CallRecord {
+        #[cfg(feature = "otel")]
+        {
+            let otel = self.otel.as_ref().map(|m| {
+                let method = path.trim_start_matches('/');
+                let method = if m.methods.contains(method) {
+                    method.to_owned()
+                } else {
+                    "other".to_owned()
+                };
+                let method = KeyValue::new("grpc.method", method);
+                (m.clone(), method, tokio::time::Instant::now())
+            });
+            CallRecord { otel }
+        }
+        #[cfg(not(feature = "otel"))]
+        {
+            let _ = path;
+            CallRecord {}
+        }
+    }
+}
+
+impl CallRecord {
+    /// Whether anything is recorded (a meter provider was given).
+    #[inline]
+    pub(crate) fn is_on(&self) -> bool {
+        #[cfg(feature = "otel")]
+        return self.otel.is_some();
+        #[cfg(not(feature = "otel"))]
+        false
+    }
+
+    /// An attempt starts (its stream is about to open).
+    #[inline]
+    pub(crate) fn attempt(&self) -> AttemptRecord {
+        #[cfg(feature = "otel")]
+        {
+            let otel = self.otel.as_ref().map(|(m, method, _)| {
+                m.attempt_started.add(1, &[method.clone(), m.target.clone()]);
+                (m.clone(), method.clone(), tokio::time::Instant::now())
+            });
+            AttemptRecord { otel }
+        }
+        #[cfg(not(feature = "otel"))]
+        AttemptRecord {}
+    }
+
+    /// The call ended with `code`.
+    #[inline]
+    pub(crate) fn ended(&mut self, code: tonic::Code) {
+        #[cfg(feature = "otel")]
+        if let Some((m, method, start)) = self.otel.take() {
+            let labels = [method, m.target.clone(), status(code)];
+            m.call_duration
+                .record(start.elapsed().as_secs_f64(), &labels);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = code;
+    }
+}
+
+impl AttemptRecord {
+    /// The attempt ended with `code`.
+    #[inline]
+    pub(crate) fn ended(&mut self, code: tonic::Code) {
+        #[cfg(feature = "otel")]
+        if let Some((m, method, start)) = self.otel.take() {
+            let labels = [method, m.target.clone(), status(code)];
+            m.attempt_duration
+                .record(start.elapsed().as_secs_f64(), &labels);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = code;
+    }
+}
+
+/// `grpc.status` as A66 spells it: `OK`, `UNAVAILABLE`, ...
+#[cfg(feature = "otel")]
+fn status(code: tonic::Code) -> KeyValue {
+    use tonic::Code::*;
+    let name = match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    };
+    KeyValue::new("grpc.status", name)
 }
 
 /// gRFC A94's `grpc.disconnect_error` for a lost connection.

@@ -23,6 +23,8 @@ struct Point {
     unit: String,
     labels: BTreeMap<String, String>,
     value: f64,
+    /// A histogram's bucket boundaries.
+    bounds: Vec<f64>,
 }
 
 struct Recorder {
@@ -78,33 +80,34 @@ fn collect(metric: &opentelemetry_sdk::metrics::data::Metric, out: &mut Vec<Poin
             .map(|kv| (kv.key.to_string(), kv.value.to_string()))
             .collect::<BTreeMap<_, _>>()
     };
-    let mut push = |labels, value| {
+    let mut push = |labels, value, bounds| {
         out.push(Point {
             name: metric.name().to_owned(),
             unit: metric.unit().to_owned(),
             labels,
             value,
+            bounds,
         })
     };
     match metric.data() {
         AggregatedMetrics::U64(MetricData::Sum(s)) => {
             for p in s.data_points() {
-                push(labels(&mut p.attributes()), p.value() as f64);
+                push(labels(&mut p.attributes()), p.value() as f64, Vec::new());
             }
         }
         AggregatedMetrics::I64(MetricData::Sum(s)) => {
             for p in s.data_points() {
-                push(labels(&mut p.attributes()), p.value() as f64);
+                push(labels(&mut p.attributes()), p.value() as f64, Vec::new());
             }
         }
         AggregatedMetrics::F64(MetricData::Histogram(h)) => {
             for p in h.data_points() {
-                push(labels(&mut p.attributes()), p.count() as f64);
+                push(labels(&mut p.attributes()), p.count() as f64, p.bounds().collect());
             }
         }
         AggregatedMetrics::U64(MetricData::Histogram(h)) => {
             for p in h.data_points() {
-                push(labels(&mut p.attributes()), p.count() as f64);
+                push(labels(&mut p.attributes()), p.count() as f64, p.bounds().collect());
             }
         }
         _ => {}
@@ -201,6 +204,87 @@ async fn subchannel_instruments_count_attempts_goaway_disconnections_and_shutdow
                 && sum(p, "grpc.subchannel.open_connections", &labels) == 0.0
         })
         .await;
+    })
+    .await
+    .unwrap();
+}
+
+/// gRFC A66's latency buckets.
+const LATENCY_BUCKETS: [f64; 41] = [
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13,
+    0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+
+#[tokio::test]
+async fn per_call_instruments_record_attempts_and_durations_by_method_target_and_status() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = Recorder::new();
+        let backend = Backend::start();
+        let target = format!("static:///{}", backend.addr);
+        let channel = BalancedChannel::builder(&target)
+            .meter_provider(&recorder.provider)
+            .metrics_methods(["/proto.Simple/Route"])
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = support::proto::simple_client::SimpleClient::new(channel);
+        for i in 0..3 {
+            support::route(&mut client, &format!("ok {i}")).await.unwrap();
+        }
+        support::route(&mut client, "fail:13").await.unwrap_err();
+
+        let points = recorder.points();
+        let call = [("grpc.method", "proto.Simple/Route"), ("grpc.target", target.as_str())];
+        let with = |status: &'static str| {
+            let mut labels = call.to_vec();
+            labels.push(("grpc.status", status));
+            labels
+        };
+        assert_eq!(sum(&points, "grpc.client.attempt.started", &call), 4.0);
+        for name in ["grpc.client.attempt.duration", "grpc.client.call.duration"] {
+            assert_eq!(sum(&points, name, &with("OK")), 3.0, "{name} {points:#?}");
+            assert_eq!(sum(&points, name, &with("INTERNAL")), 1.0, "{name}");
+            let point = points.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(point.unit, "s");
+            assert_eq!(point.bounds, LATENCY_BUCKETS, "{name}: A66's buckets");
+        }
+        let started = points.iter().find(|p| p.name == "grpc.client.attempt.started").unwrap();
+        assert_eq!(started.unit, "{attempt}");
+        assert!(!started.labels.contains_key("grpc.status"));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn methods_not_registered_are_recorded_as_other_and_failed_picks_count_as_calls() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = Recorder::new();
+        let refused = ClosedPort::new();
+        let target = format!("static:///{}", refused.addr);
+        let channel = BalancedChannel::builder(&target)
+            .backoff(fast_backoff())
+            .meter_provider(&recorder.provider)
+            .build()
+            .unwrap();
+        let mut client = support::proto::simple_client::SimpleClient::new(channel.clone());
+        // Fail fast once the address is refused: no attempt, one call.
+        let mut states = channel.state_changes();
+        states
+            .wait_for(|s| *s == tonic_balance::ConnectivityState::TransientFailure)
+            .await
+            .unwrap();
+        let status = support::route(&mut client, "x").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let points = recorder.points();
+        let other = [
+            ("grpc.method", "other"),
+            ("grpc.target", target.as_str()),
+            ("grpc.status", "UNAVAILABLE"),
+        ];
+        assert_eq!(sum(&points, "grpc.client.call.duration", &other), 1.0, "{points:#?}");
+        assert_eq!(sum(&points, "grpc.client.attempt.started", &[]), 0.0);
     })
     .await
     .unwrap();

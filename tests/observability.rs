@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::{fast_backoff, route, Backend, ClosedPort};
+use tonic::Code;
 use tonic_balance::stats::SubchannelSnapshot;
 use tonic_balance::{BalancedChannel, ConnectivityState};
 
@@ -105,6 +106,50 @@ async fn snapshot_counts_each_subchannels_connection_attempts_and_failures() {
             error.contains(&refused.addr.to_string()) && error.contains("refused"),
             "{error}"
         );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn snapshot_counts_calls_started_succeeded_failed_and_in_flight_on_the_subchannel_that_served_them(
+) {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let channel = BalancedChannel::builder(format!("static:///{}", backend.addr))
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel.clone());
+        for i in 0..3 {
+            route(&mut client, &format!("ok {i}")).await.unwrap();
+        }
+        for _ in 0..2 {
+            let status = route(&mut client, "fail:13").await.unwrap_err();
+            assert_eq!(status.code(), Code::Internal);
+        }
+        // One call held by the server while the snapshot is taken.
+        let mut slow = client.clone();
+        let held = tokio::spawn(async move { route(&mut slow, "sleep:1000").await });
+        let counts = |s: &SubchannelSnapshot| {
+            (s.calls_started, s.calls_succeeded, s.calls_failed, s.calls_in_flight)
+        };
+        let addr = backend.addr.to_string();
+        let mut during = None;
+        for _ in 0..200 {
+            let snapshot = channel.snapshot().await;
+            let sc = subchannel(&snapshot.subchannels, &addr).clone();
+            if sc.calls_in_flight == 1 {
+                during = Some(sc);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let during = during.expect("the held call is in flight");
+        assert_eq!(counts(&during), (6, 3, 2, 1));
+        held.await.unwrap().unwrap();
+        let after = channel.snapshot().await;
+        assert_eq!(counts(subchannel(&after.subchannels, &addr)), (6, 4, 2, 0));
     })
     .await
     .unwrap();

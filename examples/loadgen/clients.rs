@@ -6,6 +6,9 @@
 //!   `static:///a,b,c`;
 //! - `ours-round_robin-pool4` (only when asked for): the same with 4
 //!   connections per backend (`connections_per_address(4)`);
+//! - `ours-round_robin-otel` (only when asked for; build with `--features
+//!   otel`): `ours-round_robin` recording gRPC's OpenTelemetry metrics into
+//!   an SDK meter provider (in memory, never exported during the run);
 //! - `hyper-round_robin`: one raw hyper HTTP/2 connection per backend and a
 //!   shared counter that rotates over them: no balancer, no tower, no tonic
 //!   codec; the gRPC frame is encoded once with prost. The ceiling for a
@@ -26,7 +29,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
-use tonic_balance::BalancedChannel;
+use tonic_balance::{BalancedChannel, BalancedChannelBuilder};
 
 use crate::proto::simple_client::SimpleClient;
 use crate::proto::{SimpleRequest, SimpleResponse};
@@ -43,6 +46,7 @@ pub enum Kind {
     HyperRoundRobin,
     H2RoundRobin,
     OursPool,
+    OursOtel,
 }
 
 /// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
@@ -86,15 +90,36 @@ impl Kind {
             Kind::HyperRoundRobin => "hyper-round_robin",
             Kind::H2RoundRobin => "h2-round_robin",
             Kind::OursPool => "ours-round_robin-pool4",
+            Kind::OursOtel => "ours-round_robin-otel",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL
             .into_iter()
-            .chain([Kind::OursPool])
+            .chain([Kind::OursPool, Kind::OursOtel])
             .find(|k| k.name() == name)
     }
+}
+
+/// Records the channel's metrics into an SDK meter provider that keeps
+/// them in memory (its reader exports once a minute, to memory).
+#[cfg(feature = "otel")]
+fn with_metrics(builder: BalancedChannelBuilder) -> Result<BalancedChannelBuilder, BoxError> {
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    static PROVIDER: OnceLock<SdkMeterProvider> = OnceLock::new();
+    let provider = PROVIDER.get_or_init(|| {
+        let reader = PeriodicReader::builder(InMemoryMetricExporter::default()).build();
+        SdkMeterProvider::builder().with_reader(reader).build()
+    });
+    Ok(builder
+        .meter_provider(provider)
+        .metrics_methods(["/proto.Simple/Route"]))
+}
+
+#[cfg(not(feature = "otel"))]
+fn with_metrics(_: BalancedChannelBuilder) -> Result<BalancedChannelBuilder, BoxError> {
+    Err("ours-round_robin-otel needs --features otel".into())
 }
 
 /// A connected client; clone one per worker.
@@ -139,7 +164,7 @@ impl Client {
                 let list = addrs.iter().map(endpoint).collect::<Result<Vec<_>, _>>()?;
                 Client::Tonic(SimpleClient::new(Channel::balance_list(list.into_iter())))
             }
-            Kind::OursRoundRobin | Kind::OursPickFirst | Kind::OursPool => {
+            Kind::OursRoundRobin | Kind::OursPickFirst | Kind::OursPool | Kind::OursOtel => {
                 let policy = if kind == Kind::OursPickFirst {
                     "pick_first"
                 } else {
@@ -149,6 +174,11 @@ impl Client {
                 let builder = BalancedChannel::builder(static_target())
                     .balancer(policy)
                     .connections_per_address(pool);
+                let builder = if kind == Kind::OursOtel {
+                    with_metrics(builder)?
+                } else {
+                    builder
+                };
                 let channel = with_tls(builder, tls)?.connect(wait).await?;
                 Client::Ours(SimpleClient::new(channel))
             }

@@ -56,6 +56,8 @@ pub struct BalancedChannelBuilder {
     tls: Option<crate::transport::ClientTlsConfig>,
     #[cfg(feature = "otel")]
     meter: Option<opentelemetry::metrics::Meter>,
+    #[cfg(feature = "otel")]
+    methods: Vec<String>,
 }
 
 enum PolicyChoice {
@@ -87,6 +89,8 @@ impl BalancedChannelBuilder {
             tls: None,
             #[cfg(feature = "otel")]
             meter: None,
+            #[cfg(feature = "otel")]
+            methods: Vec::new(),
         }
     }
 
@@ -98,6 +102,20 @@ impl BalancedChannelBuilder {
     #[cfg(feature = "otel")]
     pub fn meter_provider(mut self, provider: &dyn opentelemetry::metrics::MeterProvider) -> Self {
         self.meter = Some(provider.meter("tonic-balance"));
+        self
+    }
+
+    /// The methods whose name the per-call metrics record as `grpc.method`
+    /// (`/package.Service/Method` or `package.Service/Method`); every other
+    /// call is recorded as `other`, as gRFC A66 asks of methods the client
+    /// did not register (an unbounded label would explode the metrics).
+    #[cfg(feature = "otel")]
+    pub fn metrics_methods<I, S>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.methods.extend(methods.into_iter().map(Into::into));
         self
     }
 
@@ -369,9 +387,12 @@ impl BalancedChannelBuilder {
         connect.rng_seed = seed;
         connect.transport.authority = self.parse_authority()?;
         connect.transport.target_host = TargetHost::from_target(&target);
+        #[allow(unused_mut)]
+        let mut call_metrics = crate::metrics::CallMetrics::default();
         #[cfg(feature = "otel")]
         if let Some(meter) = &self.meter {
             connect.metrics = crate::metrics::SubchannelMetrics::new(meter, &target);
+            call_metrics = crate::metrics::CallMetrics::new(meter, &target, &self.methods);
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
@@ -420,6 +441,7 @@ impl BalancedChannelBuilder {
                 requests: requests_tx,
                 defaults,
                 states,
+                metrics: call_metrics,
             }),
         })
     }

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     defaults: CallDefaults,
     /// The control task sends every change of the channel's state.
     states: Arc<watch::Sender<ConnectivityState>>,
+    /// gRFC A66's per-call instruments (empty without `otel`).
+    metrics: crate::metrics::CallMetrics,
 }
 
 #[derive(Debug, Clone)]
