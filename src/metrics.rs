@@ -164,8 +164,8 @@ impl Instruments {
 #[cfg(feature = "otel")]
 const LATENCY_BUCKETS: [f64; 41] = [
     0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
-    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13,
-    0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
 ];
 
 /// The per-call instruments of one channel (gRFC A66); empty (and free)
@@ -262,22 +262,14 @@ impl CallMetrics {
 }
 
 impl CallRecord {
-    /// Whether anything is recorded (a meter provider was given).
-    #[inline]
-    pub(crate) fn is_on(&self) -> bool {
-        #[cfg(feature = "otel")]
-        return self.otel.is_some();
-        #[cfg(not(feature = "otel"))]
-        false
-    }
-
-    /// An attempt starts (its stream is about to open).
+    /// An attempt starts sending.
     #[inline]
     pub(crate) fn attempt(&self) -> AttemptRecord {
         #[cfg(feature = "otel")]
         {
             let otel = self.otel.as_ref().map(|(m, method, _)| {
-                m.attempt_started.add(1, &[method.clone(), m.target.clone()]);
+                m.attempt_started
+                    .add(1, &[method.clone(), m.target.clone()]);
                 (m.clone(), method.clone(), tokio::time::Instant::now())
             });
             AttemptRecord { otel }
@@ -300,7 +292,21 @@ impl CallRecord {
     }
 }
 
+impl CallRecord {
+    /// Records nothing.
+    pub(crate) const NONE: CallRecord = CallRecord {
+        #[cfg(feature = "otel")]
+        otel: None,
+    };
+}
+
 impl AttemptRecord {
+    /// Records nothing.
+    pub(crate) const NONE: AttemptRecord = AttemptRecord {
+        #[cfg(feature = "otel")]
+        otel: None,
+    };
+
     /// The attempt ended with `code`.
     #[inline]
     pub(crate) fn ended(&mut self, code: tonic::Code) {

@@ -12,9 +12,9 @@
 //!
 //! **Cost.** The control task counts connection attempts and failures and
 //! keeps each subchannel's last change as it delivers state changes, off
-//! the request path. A call counts once when its stream opens and once
-//! when it ends, on relaxed atomics of the subchannel it was sent to; the
-//! pick itself writes nothing shared. Calls in flight are `started -
+//! the request path. A call counts once when it is sent and once when it
+//! ends, on relaxed atomics of the subchannel it was sent to, through the
+//! pick's completion; the pick itself writes nothing shared. Calls in flight are `started -
 //! succeeded - failed`, so they cost no write of their own.
 //!
 //! **Consistency.** The control task builds the snapshot between two of
@@ -35,11 +35,12 @@
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
+use crate::metrics::{AttemptRecord, CallRecord};
 use crate::{Address, ConnectivityState, Error};
 
 /// A channel's state at one moment. See the [module docs](self).
@@ -87,8 +88,9 @@ pub struct SubchannelSnapshot {
     pub last_change: Option<SystemTime>,
     /// The error of the last failed attempt or lost connection.
     pub last_error: Option<String>,
-    /// Calls whose stream opened on this subchannel (every attempt of a
-    /// call that was sent again counts).
+    /// Calls sent on this subchannel: every attempt counts, also one that
+    /// was sent again elsewhere because its connection turned out to be
+    /// gone or the server refused its stream (it then counts as failed).
     pub calls_started: u64,
     /// Started calls that ended with status `OK`.
     pub calls_succeeded: u64,
@@ -123,7 +125,7 @@ struct LastChange {
 }
 
 impl SubchannelStats {
-    /// A call's stream opened on this subchannel.
+    /// A call (attempt) starts sending on this subchannel.
     pub(crate) fn call_started(&self) {
         self.calls_started.fetch_add(1, Ordering::Relaxed);
     }
@@ -178,6 +180,62 @@ impl SubchannelStats {
             calls_in_flight: started - succeeded - failed,
             connection_attempts: load(&self.connection_attempts),
             connection_failures: load(&self.connection_failures),
+        }
+    }
+}
+
+/// What the channel itself counts of one attempt, reported with the
+/// pick's completion (`picker::Completion`): the subchannel's call
+/// counters and, with `otel`, gRFC A66's attempt and call records.
+pub(crate) struct Tally {
+    /// The subchannel the attempt was picked on.
+    stats: Option<Arc<SubchannelStats>>,
+    /// Its stream opened: counted as started, so its end is counted too.
+    started: bool,
+    attempt: AttemptRecord,
+    /// The call's record, once this attempt's response is the call's.
+    call: Option<CallRecord>,
+}
+
+impl Tally {
+    pub(crate) const NONE: Tally = Tally {
+        stats: None,
+        started: false,
+        attempt: AttemptRecord::NONE,
+        call: None,
+    };
+
+    /// The attempt goes to the subchannel with these counters.
+    pub(crate) fn picked(&mut self, stats: Arc<SubchannelStats>) {
+        self.stats = Some(stats);
+    }
+
+    /// The attempt starts sending on the subchannel's connection: a call
+    /// started there, and gRFC A66's `attempt.started`.
+    pub(crate) fn sending(&mut self, attempt: AttemptRecord) {
+        if let Some(stats) = &self.stats {
+            stats.call_started();
+            self.started = true;
+        }
+        self.attempt = attempt;
+    }
+
+    /// The attempt's response is the call's: the call ends with it.
+    pub(crate) fn ends_call(&mut self, call: CallRecord) {
+        self.call = Some(call);
+    }
+
+    /// The attempt (and the call, if it is the call's) ended with `code`.
+    /// Later calls do nothing.
+    pub(crate) fn ended(&mut self, code: tonic::Code) {
+        if let Some(stats) = self.stats.take() {
+            if std::mem::take(&mut self.started) {
+                stats.call_ended(code == tonic::Code::Ok);
+            }
+        }
+        self.attempt.ended(code);
+        if let Some(mut call) = self.call.take() {
+            call.ended(code);
         }
     }
 }

@@ -102,12 +102,20 @@ fn collect(metric: &opentelemetry_sdk::metrics::data::Metric, out: &mut Vec<Poin
         }
         AggregatedMetrics::F64(MetricData::Histogram(h)) => {
             for p in h.data_points() {
-                push(labels(&mut p.attributes()), p.count() as f64, p.bounds().collect());
+                push(
+                    labels(&mut p.attributes()),
+                    p.count() as f64,
+                    p.bounds().collect(),
+                );
             }
         }
         AggregatedMetrics::U64(MetricData::Histogram(h)) => {
             for p in h.data_points() {
-                push(labels(&mut p.attributes()), p.count() as f64, p.bounds().collect());
+                push(
+                    labels(&mut p.attributes()),
+                    p.count() as f64,
+                    p.bounds().collect(),
+                );
             }
         }
         _ => {}
@@ -212,8 +220,8 @@ async fn subchannel_instruments_count_attempts_goaway_disconnections_and_shutdow
 /// gRFC A66's latency buckets.
 const LATENCY_BUCKETS: [f64; 41] = [
     0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
-    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13,
-    0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
 ];
 
 #[tokio::test]
@@ -230,12 +238,17 @@ async fn per_call_instruments_record_attempts_and_durations_by_method_target_and
             .unwrap();
         let mut client = support::proto::simple_client::SimpleClient::new(channel);
         for i in 0..3 {
-            support::route(&mut client, &format!("ok {i}")).await.unwrap();
+            support::route(&mut client, &format!("ok {i}"))
+                .await
+                .unwrap();
         }
         support::route(&mut client, "fail:13").await.unwrap_err();
 
         let points = recorder.points();
-        let call = [("grpc.method", "proto.Simple/Route"), ("grpc.target", target.as_str())];
+        let call = [
+            ("grpc.method", "proto.Simple/Route"),
+            ("grpc.target", target.as_str()),
+        ];
         let with = |status: &'static str| {
             let mut labels = call.to_vec();
             labels.push(("grpc.status", status));
@@ -249,7 +262,10 @@ async fn per_call_instruments_record_attempts_and_durations_by_method_target_and
             assert_eq!(point.unit, "s");
             assert_eq!(point.bounds, LATENCY_BUCKETS, "{name}: A66's buckets");
         }
-        let started = points.iter().find(|p| p.name == "grpc.client.attempt.started").unwrap();
+        let started = points
+            .iter()
+            .find(|p| p.name == "grpc.client.attempt.started")
+            .unwrap();
         assert_eq!(started.unit, "{attempt}");
         assert!(!started.labels.contains_key("grpc.status"));
     })
@@ -283,7 +299,11 @@ async fn methods_not_registered_are_recorded_as_other_and_failed_picks_count_as_
             ("grpc.target", target.as_str()),
             ("grpc.status", "UNAVAILABLE"),
         ];
-        assert_eq!(sum(&points, "grpc.client.call.duration", &other), 1.0, "{points:#?}");
+        assert_eq!(
+            sum(&points, "grpc.client.call.duration", &other),
+            1.0,
+            "{points:#?}"
+        );
         assert_eq!(sum(&points, "grpc.client.attempt.started", &[]), 0.0);
     })
     .await

@@ -132,7 +132,12 @@ async fn snapshot_counts_calls_started_succeeded_failed_and_in_flight_on_the_sub
         let mut slow = client.clone();
         let held = tokio::spawn(async move { route(&mut slow, "sleep:1000").await });
         let counts = |s: &SubchannelSnapshot| {
-            (s.calls_started, s.calls_succeeded, s.calls_failed, s.calls_in_flight)
+            (
+                s.calls_started,
+                s.calls_succeeded,
+                s.calls_failed,
+                s.calls_in_flight,
+            )
         };
         let addr = backend.addr.to_string();
         let mut during = None;
