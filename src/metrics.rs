@@ -27,6 +27,21 @@
 //! while connecting (happy eyeballs' losers, gRFC A61) are not recorded, as
 //! A94 asks.
 //!
+//! **Per-call instruments** (gRFC A66), recorded through the pick's
+//! completion (see `stats::Tally`):
+//!
+//! | instrument | kind | unit | labels |
+//! |---|---|---|---|
+//! | `grpc.client.attempt.started` | counter | `{attempt}` | `grpc.method`, `grpc.target` |
+//! | `grpc.client.attempt.duration` | histogram (A66's latency buckets) | `s` | `grpc.method`, `grpc.target`, `grpc.status` |
+//! | `grpc.client.call.duration` | histogram (same buckets) | `s` | same |
+//!
+//! An attempt starts when it is sent on a connection and ends with the
+//! call's status; a call's duration covers its picks, waits and retries.
+//! `grpc.method` is the method's name for those the channel was given
+//! (`metrics_methods`), else `other`, as A66 asks of methods a client did
+//! not register. The message-size histograms of A66 are not recorded yet.
+//!
 //! `grpc.target` is the channel's target with its scheme (a bare
 //! `host:port` is `dns:///host:port`), as gRFC A66 defines it.
 
@@ -186,16 +201,21 @@ struct CallInstruments {
     methods: std::collections::HashSet<String>,
 }
 
+/// A call or attempt being recorded: the instruments, its `grpc.method`
+/// and its start (boxed, so a pick that records nothing stays small).
+#[cfg(feature = "otel")]
+type Running = (Arc<CallInstruments>, KeyValue, tokio::time::Instant);
+
 /// One call being recorded: its method label and start.
 pub(crate) struct CallRecord {
     #[cfg(feature = "otel")]
-    otel: Option<(Arc<CallInstruments>, KeyValue, tokio::time::Instant)>,
+    otel: Option<Box<Running>>,
 }
 
 /// One attempt being recorded (gRFC A66 `grpc.client.attempt.*`).
 pub(crate) struct AttemptRecord {
     #[cfg(feature = "otel")]
-    otel: Option<(Arc<CallInstruments>, KeyValue, tokio::time::Instant)>,
+    otel: Option<Box<Running>>,
 }
 
 impl CallMetrics {
@@ -249,7 +269,7 @@ impl CallMetrics {
                     "other".to_owned()
                 };
                 let method = KeyValue::new("grpc.method", method);
-                (m.clone(), method, tokio::time::Instant::now())
+                Box::new((m.clone(), method, tokio::time::Instant::now()))
             });
             CallRecord { otel }
         }
@@ -267,10 +287,10 @@ impl CallRecord {
     pub(crate) fn attempt(&self) -> AttemptRecord {
         #[cfg(feature = "otel")]
         {
-            let otel = self.otel.as_ref().map(|(m, method, _)| {
+            let otel = self.otel.as_deref().map(|(m, method, _)| {
                 m.attempt_started
                     .add(1, &[method.clone(), m.target.clone()]);
-                (m.clone(), method.clone(), tokio::time::Instant::now())
+                Box::new((m.clone(), method.clone(), tokio::time::Instant::now()))
             });
             AttemptRecord { otel }
         }
@@ -282,7 +302,7 @@ impl CallRecord {
     #[inline]
     pub(crate) fn ended(&mut self, code: tonic::Code) {
         #[cfg(feature = "otel")]
-        if let Some((m, method, start)) = self.otel.take() {
+        if let Some((m, method, start)) = self.otel.take().map(|b| *b) {
             let labels = [method, m.target.clone(), status(code)];
             m.call_duration
                 .record(start.elapsed().as_secs_f64(), &labels);
@@ -311,7 +331,7 @@ impl AttemptRecord {
     #[inline]
     pub(crate) fn ended(&mut self, code: tonic::Code) {
         #[cfg(feature = "otel")]
-        if let Some((m, method, start)) = self.otel.take() {
+        if let Some((m, method, start)) = self.otel.take().map(|b| *b) {
             let labels = [method, m.target.clone(), status(code)];
             m.attempt_duration
                 .record(start.elapsed().as_secs_f64(), &labels);
@@ -413,10 +433,11 @@ mod tests {
         assert_eq!(disconnect_error(Some(&timeout)), "connection timed out");
         assert_eq!(disconnect_error(Some(&Lost::Closed(None))), "unknown");
         assert_eq!(disconnect_error(None), "unknown");
-        let reset = h2::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        // A stream-level reason is no socket error and no GOAWAY.
+        let reason = h2::Error::from(h2::Reason::INTERNAL_ERROR);
         assert_eq!(
-            disconnect_error(Some(&Lost::Closed(Some(reset)))),
-            "connection reset"
+            disconnect_error(Some(&Lost::Closed(Some(reason)))),
+            "unknown"
         );
     }
 }

@@ -55,11 +55,6 @@ impl Recorder {
         }
         points
     }
-
-    /// The sum of `name`'s points whose labels include `with`.
-    fn total(&self, name: &str, with: &[(&str, &str)]) -> f64 {
-        sum(&self.points(), name, with)
-    }
 }
 
 fn sum(points: &[Point], name: &str, with: &[(&str, &str)]) -> f64 {
