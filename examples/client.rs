@@ -24,6 +24,11 @@
 //! `--service-config` takes any gRPC service config (JSON); its
 //! `loadBalancingConfig` chooses the policy (it wins over `--policy`), and
 //! a bad one is rejected before any call with an error that says why.
+//!
+//! `--stats` adds `"channel"` to the last line's JSON: the channel's
+//! snapshot (`BalancedChannel::snapshot`) after the last call: target,
+//! policy, state, the resolver's last update and, per subchannel, its
+//! state, last error and call and connection counters.
 
 mod common;
 
@@ -38,7 +43,7 @@ use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
 const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin|least_request] \
 [--service-config JSON] [--requests N] \
-[--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] \
+[--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] [--stats] \
 [--connections-per-address N] [--user-agent S] \
 [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] (TLS: --features tls)";
 
@@ -52,6 +57,8 @@ struct Options {
     timeout: Duration,
     wait_for_ready: bool,
     verbose: bool,
+    /// Print the channel's snapshot (`"channel"`) in the last line.
+    stats: bool,
     connections_per_address: usize,
     user_agent: Option<String>,
     tls: Tls,
@@ -151,6 +158,7 @@ fn parse() -> Result<Option<Options>, String> {
         timeout: Duration::from_millis(args.parsed("--timeout-ms", 10_000)?),
         wait_for_ready: args.flag("--wait-for-ready"),
         verbose: args.flag("--verbose"),
+        stats: args.flag("--stats"),
         connections_per_address: args.parsed("--connections-per-address", 1)?,
         user_agent: args.value("--user-agent")?,
         tls: Tls {
@@ -194,7 +202,11 @@ async fn run(options: Options) -> Result<u64, Box<dyn std::error::Error>> {
     }
     let tally = std::mem::take(&mut *tally.lock().map_err(|_| "a worker panicked")?);
     let failed = tally.errors.values().sum::<u64>();
-    println!("{}", summary(tally));
+    let mut summary = summary(tally);
+    if options.stats {
+        summary["channel"] = serde_json::to_value(channel.snapshot().await)?;
+    }
+    println!("{summary}");
     Ok(failed)
 }
 

@@ -33,7 +33,8 @@
 //! ```
 //!
 //! The modules follow the pipeline: [`target`], [`resolver`], [`balancer`],
-//! [`picker`], [`subchannel`], [`channel`].
+//! [`picker`], [`subchannel`], [`channel`]; [`stats`] is what a channel
+//! tells about itself ([`BalancedChannel::snapshot`]).
 //!
 //! [tonic]: https://docs.rs/tonic
 
@@ -47,11 +48,13 @@ pub mod balancer;
 pub mod channel;
 mod connectivity;
 mod error;
+mod metrics;
 pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;
 pub mod resolver;
 pub mod service_config;
+pub mod stats;
 pub mod subchannel;
 pub mod target;
 pub mod transport;
@@ -62,6 +65,7 @@ pub use connectivity::ConnectivityState;
 pub use error::{Error, ErrorKind};
 pub use picker::{PickResult, Picker};
 pub use service_config::ServiceConfig;
+pub use stats::ChannelSnapshot;
 pub use subchannel::Subchannel;
 pub use target::Target;
 #[cfg(feature = "tls")]

@@ -8,6 +8,9 @@
 //!   connections per backend (`connections_per_address(4)`);
 //! - `ours-least_request` (only when asked for): a `BalancedChannel` with
 //!   `least_request` (gRFC A48, two random choices);
+//! - `ours-round_robin-otel` (only when asked for; build with `--features
+//!   otel`): `ours-round_robin` recording gRPC's OpenTelemetry metrics into
+//!   an SDK meter provider (in memory, never exported during the run);
 //! - `hyper-round_robin`: one raw hyper HTTP/2 connection per backend and a
 //!   shared counter that rotates over them: no balancer, no tower, no tonic
 //!   codec; the gRPC frame is encoded once with prost. The ceiling for a
@@ -28,7 +31,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
-use tonic_balance::BalancedChannel;
+use tonic_balance::{BalancedChannel, BalancedChannelBuilder};
 
 use crate::proto::simple_client::SimpleClient;
 use crate::proto::{SimpleRequest, SimpleResponse};
@@ -46,6 +49,7 @@ pub enum Kind {
     H2RoundRobin,
     OursPool,
     OursLeastRequest,
+    OursOtel,
 }
 
 /// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
@@ -90,15 +94,36 @@ impl Kind {
             Kind::H2RoundRobin => "h2-round_robin",
             Kind::OursPool => "ours-round_robin-pool4",
             Kind::OursLeastRequest => "ours-least_request",
+            Kind::OursOtel => "ours-round_robin-otel",
         }
     }
 
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL
             .into_iter()
-            .chain([Kind::OursPool, Kind::OursLeastRequest])
+            .chain([Kind::OursPool, Kind::OursLeastRequest, Kind::OursOtel])
             .find(|k| k.name() == name)
     }
+}
+
+/// Records the channel's metrics into an SDK meter provider that keeps
+/// them in memory (its reader exports once a minute, to memory).
+#[cfg(feature = "otel")]
+fn with_metrics(builder: BalancedChannelBuilder) -> Result<BalancedChannelBuilder, BoxError> {
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+    static PROVIDER: OnceLock<SdkMeterProvider> = OnceLock::new();
+    let provider = PROVIDER.get_or_init(|| {
+        let reader = PeriodicReader::builder(InMemoryMetricExporter::default()).build();
+        SdkMeterProvider::builder().with_reader(reader).build()
+    });
+    Ok(builder
+        .meter_provider(provider)
+        .metrics_methods(["/proto.Simple/Route"]))
+}
+
+#[cfg(not(feature = "otel"))]
+fn with_metrics(_: BalancedChannelBuilder) -> Result<BalancedChannelBuilder, BoxError> {
+    Err("ours-round_robin-otel needs --features otel".into())
 }
 
 /// A connected client; clone one per worker.
@@ -146,7 +171,8 @@ impl Client {
             Kind::OursRoundRobin
             | Kind::OursPickFirst
             | Kind::OursPool
-            | Kind::OursLeastRequest => {
+            | Kind::OursLeastRequest
+            | Kind::OursOtel => {
                 let policy = match kind {
                     Kind::OursPickFirst => "pick_first",
                     Kind::OursLeastRequest => "least_request",
@@ -156,6 +182,11 @@ impl Client {
                 let builder = BalancedChannel::builder(static_target())
                     .balancer(policy)
                     .connections_per_address(pool);
+                let builder = if kind == Kind::OursOtel {
+                    with_metrics(builder)?
+                } else {
+                    builder
+                };
                 let channel = with_tls(builder, tls)?.connect(wait).await?;
                 Client::Ours(SimpleClient::new(channel))
             }

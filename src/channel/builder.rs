@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::control::{health_service, Control, SubchannelTable};
 use super::{BalancedChannel, CallDefaults, Shared};
@@ -53,6 +54,10 @@ pub struct BalancedChannelBuilder {
     rng_seed: Option<u64>,
     #[cfg(feature = "tls")]
     tls: Option<crate::transport::ClientTlsConfig>,
+    #[cfg(feature = "otel")]
+    meter: Option<opentelemetry::metrics::Meter>,
+    #[cfg(feature = "otel")]
+    methods: Vec<String>,
 }
 
 enum PolicyChoice {
@@ -82,7 +87,36 @@ impl BalancedChannelBuilder {
             rng_seed: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "otel")]
+            meter: None,
+            #[cfg(feature = "otel")]
+            methods: Vec::new(),
         }
+    }
+
+    /// Records gRPC's OpenTelemetry metrics (gRFC A66 per call, A94 per
+    /// subchannel, A78 for pick_first) with a meter named `tonic-balance`
+    /// from `provider` (feature `otel`). Without it the channel records
+    /// nothing. The instruments are listed in the README's
+    /// "Observability" section.
+    #[cfg(feature = "otel")]
+    pub fn meter_provider(mut self, provider: &dyn opentelemetry::metrics::MeterProvider) -> Self {
+        self.meter = Some(provider.meter("tonic-balance"));
+        self
+    }
+
+    /// The methods whose name the per-call metrics record as `grpc.method`
+    /// (`/package.Service/Method` or `package.Service/Method`); every other
+    /// call is recorded as `other`, as gRFC A66 asks of methods the client
+    /// did not register (an unbounded label would explode the metrics).
+    #[cfg(feature = "otel")]
+    pub fn metrics_methods<I, S>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.methods.extend(methods.into_iter().map(Into::into));
+        self
     }
 
     /// Resolves the target with this builder when its scheme matches,
@@ -364,6 +398,13 @@ impl BalancedChannelBuilder {
             .set(health_service(default_health.clone(), &default_policy));
         connect.transport.authority = self.parse_authority()?;
         connect.transport.target_host = TargetHost::from_target(&target);
+        #[allow(unused_mut)]
+        let mut call_metrics = crate::metrics::CallMetrics::default();
+        #[cfg(feature = "otel")]
+        if let Some(meter) = &self.meter {
+            connect.metrics = crate::metrics::SubchannelMetrics::new(meter, &target);
+            call_metrics = crate::metrics::CallMetrics::new(meter, &target, &self.methods);
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             connect.transport.tls = Some(tls.build()?);
@@ -377,6 +418,7 @@ impl BalancedChannelBuilder {
         ));
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let states = Arc::new(watch::channel(ConnectivityState::Connecting).0);
         let control = Control {
             target: target.clone(),
             resolver,
@@ -392,14 +434,26 @@ impl BalancedChannelBuilder {
             picker: picker.clone(),
             effects: Default::default(),
             failure: Default::default(),
+            states: states.clone(),
+            resolved: Default::default(),
         };
-        tokio::spawn(control.run());
+        // One span per channel: every event of its control task and its
+        // subchannels' connection tasks carries the target and the policy.
+        let span = tracing::info_span!(
+            target: "tonic_balance::channel",
+            "channel",
+            target = %target,
+            policy = control.default_policy.name()
+        );
+        tokio::spawn(control.run().instrument(span));
         Ok(BalancedChannel {
             shared: Arc::new(Shared {
                 target,
                 picker,
                 requests: requests_tx,
                 defaults,
+                states,
+                metrics: call_metrics,
             }),
         })
     }

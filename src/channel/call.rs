@@ -40,6 +40,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::{ControlRequest, Peer, Shared, WaitForReady};
+use crate::metrics::CallRecord;
 use crate::picker::{Completion, PickInfo, PickResult};
 use crate::transport::{Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT};
 use crate::{Address, ConnectivityState, Target};
@@ -57,7 +58,8 @@ pub(crate) async fn call(
         .get::<WaitForReady>()
         .map_or(shared.defaults.wait_for_ready, |w| w.0);
     let timeout = call_timeout(req.headers(), shared.defaults.timeout);
-    let mut progress = Progress::new(Outgoing::new(req, &shared.defaults.user_agent));
+    let record = shared.metrics.call(req.uri().path());
+    let mut progress = Progress::new(Outgoing::new(req, &shared.defaults.user_agent), record);
     let Some(timeout) = timeout else {
         let queue_deadline = Instant::now() + shared.defaults.queue_timeout;
         let sent =
@@ -82,6 +84,7 @@ pub(crate) async fn call(
         }
         None => {
             progress.end_attempt(Code::DeadlineExceeded);
+            progress.record.ended(Code::DeadlineExceeded);
             Err(deadline_exceeded(&shared, timeout, &progress))
         }
     }
@@ -104,16 +107,19 @@ struct Progress {
     sent_to: Option<Address>,
     /// Whether an attempt the server did not process was sent again.
     retried_unprocessed: bool,
+    /// gRFC A66's record of the call (empty without `otel`).
+    record: CallRecord,
 }
 
 impl Progress {
-    fn new(outgoing: Outgoing) -> Self {
+    fn new(outgoing: Outgoing, record: CallRecord) -> Self {
         Progress {
             outgoing,
             completion: None,
             last_pick_error: None,
             sent_to: None,
             retried_unprocessed: false,
+            record,
         }
     }
 
@@ -138,6 +144,7 @@ impl Progress {
     fn ended_if_err<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
         if let Err(status) = &result {
             self.end_attempt(status.code());
+            self.record.ended(status.code());
         }
         result
     }
@@ -148,6 +155,7 @@ impl Drop for Progress {
     /// did not report): its pick hears `CANCELLED`.
     fn drop(&mut self) {
         self.end_attempt(Code::Cancelled);
+        self.record.ended(Code::Cancelled);
     }
 }
 
@@ -283,8 +291,11 @@ fn pick(
                     .map(|()| Some((connection, subchannel.address().clone()))),
                 None => Ok(None),
             };
+            let stats = subchannel.stats().clone();
             // Even a call that ends here (a bad URI) completes its pick.
-            progress.start_attempt(pick.into_completion());
+            let mut completion = pick.into_completion();
+            completion.tally.picked(stats);
+            progress.start_attempt(completion);
             if !matches!(ready, Ok(Some(_))) {
                 progress.end_attempt(Code::Unavailable);
             }
@@ -305,6 +316,9 @@ async fn attempt(
     address: Address,
     progress: &mut Progress,
 ) -> Result<Option<Opened>, Status> {
+    if let Some(completion) = progress.completion.as_mut() {
+        completion.tally.sending(progress.record.attempt());
+    }
     let address = progress.sent_to.insert(address);
     let failure = match connection.send(&mut progress.outgoing, address).await {
         Ok(opened) => return Ok(Some(opened)),
@@ -418,8 +432,12 @@ fn respond(
     else {
         let status = Status::internal("a sent call lost track of its backend");
         progress.end_attempt(status.code());
+        progress.record.ended(status.code());
         return Err(status);
     };
+    let mut completion = completion;
+    let record = std::mem::replace(&mut progress.record, CallRecord::NONE);
+    completion.tally.ends_call(record);
     let peer = Peer::new(address.clone());
     let mut response = opened.into_response(address, completion, deadline);
     response.extensions_mut().insert(peer);

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::balancer::outlier_detection::OutlierDetectionConfig;
@@ -34,6 +34,7 @@ use crate::balancer::{
 };
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
+use crate::stats::{ChannelSnapshot, ResolverSnapshot};
 use crate::subchannel::{ConnectConfig, Inner, StateEvent, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
 
@@ -42,6 +43,8 @@ use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Ta
 pub(crate) enum ControlRequest {
     /// A call found the channel IDLE.
     ExitIdle,
+    /// `BalancedChannel::snapshot`.
+    Snapshot(oneshot::Sender<ChannelSnapshot>),
 }
 
 pub(crate) struct Control {
@@ -66,6 +69,11 @@ pub(crate) struct Control {
     pub(crate) picker: Arc<PickerCell>,
     pub(crate) effects: Effects,
     pub(crate) failure: Failure,
+    /// The channel's state for `BalancedChannel::state_changes`: sent
+    /// whenever a published picker changes it.
+    pub(crate) states: Arc<watch::Sender<ConnectivityState>>,
+    /// The resolver's last update, for snapshots.
+    pub(crate) resolved: ResolverSnapshot,
 }
 
 /// Why the channel may not be READY, as the events delivered to the
@@ -170,13 +178,15 @@ impl SubchannelTable {
         self.by_id.get(&id).and_then(Subchannel::upgrade)
     }
 
-    /// Every live subchannel.
-    #[cfg(any(test, feature = "test-util"))]
+    /// Every live subchannel, oldest first.
     pub(crate) fn all_live(&self) -> Vec<Subchannel> {
-        self.by_id
+        let mut live: Vec<Subchannel> = self
+            .by_id
             .values()
             .filter_map(Subchannel::upgrade)
-            .collect()
+            .collect();
+        live.sort_unstable_by_key(Subchannel::id);
+        live
     }
 
     /// The live subchannel for `address`, or a new one (true).
@@ -315,10 +325,27 @@ impl Control {
             // Never hog the runtime, whatever keeps arriving.
             tokio::task::coop::consume_budget().await;
         }
-        tracing::debug!(target = %self.target, "channel closed; control task stops");
+        tracing::debug!("channel closed; control task stops");
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
-        self.picker
-            .publish(ConnectivityState::Shutdown, Arc::new(closed), None);
+        self.publish(ConnectivityState::Shutdown, Arc::new(closed), None);
+    }
+
+    /// Publishes a picker; a new state also goes to `state_changes`.
+    fn publish(
+        &self,
+        state: ConnectivityState,
+        picker: Arc<dyn Picker>,
+        failure: Option<Arc<String>>,
+    ) {
+        self.picker.publish(state, picker, failure);
+        self.states.send_if_modified(|current| {
+            if *current == state {
+                return false;
+            }
+            tracing::debug!(from = %current, to = %state, "channel state changed");
+            *current = state;
+            true
+        });
     }
 
     /// Delivers the events already queued, at most [`MAX_BURST`], and
@@ -362,13 +389,12 @@ impl Control {
         let wake_queued = std::mem::take(&mut self.effects.wake_queued);
         if let Some((state, picker)) = self.effects.picker.take() {
             let failure = failure.unwrap_or_else(|| self.picker.load().failure());
-            self.picker.publish(state, picker, failure);
+            self.publish(state, picker, failure);
         } else if wake_queued {
             // The same picker again, as a new snapshot: queued calls wake.
             let current = self.picker.load_full();
             let failure = failure.unwrap_or_else(|| current.failure());
-            self.picker
-                .publish(current.state, current.picker.clone(), failure);
+            self.publish(current.state, current.picker.clone(), failure);
         } else if let Some(failure) = failure {
             self.picker.load().set_failure(failure);
         }
@@ -377,6 +403,27 @@ impl Control {
     fn on_request(&mut self, request: ControlRequest) {
         match request {
             ControlRequest::ExitIdle => self.drive(|b, ctl| b.exit_idle(ctl)),
+            ControlRequest::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    /// The channel as it stands between two events.
+    fn snapshot(&self) -> ChannelSnapshot {
+        let policy = self.policy.as_ref().unwrap_or(&self.default_policy);
+        let subchannels = self
+            .table
+            .all_live()
+            .iter()
+            .map(|sc| sc.stats().snapshot(sc.address(), sc.state()))
+            .collect();
+        ChannelSnapshot {
+            target: self.target.to_string(),
+            policy: policy.name().to_owned(),
+            state: self.picker.load().state,
+            resolver: self.resolved.clone(),
+            subchannels,
         }
     }
 
@@ -394,6 +441,16 @@ impl Control {
             return;
         };
         sc.set_state(event.state.connectivity);
+        match &event.state.error {
+            Some(error) => {
+                tracing::debug!(address = %sc.address(), state = %event.state.connectivity, %error, "subchannel state")
+            }
+            None => {
+                tracing::debug!(address = %sc.address(), state = %event.state.connectivity, "subchannel state")
+            }
+        }
+        sc.stats()
+            .state_delivered(event.state.connectivity, event.state.error.as_ref());
         if let Some(error) = &event.state.error {
             self.failure.connection_failed(error);
         }
@@ -408,6 +465,8 @@ impl Control {
     fn on_resolver_events(&mut self, events: ResolverEvents) {
         if let Some(update) = events.update {
             self.failure.resolved(&update);
+            self.resolved.updated(update.endpoints().len());
+            tracing::debug!(endpoints = update.endpoints().len(), "resolver update");
             let policy = self.select_policy(&update);
             let health = match update.service_config() {
                 Some(config) => config.health_check_service_name().map(Arc::from),
@@ -415,13 +474,18 @@ impl Control {
             };
             self.table
                 .set_health_service(health_service(health, &policy));
+            let running = self.policy.as_ref().unwrap_or(&self.default_policy);
+            if running.name() != policy.name() {
+                tracing::Span::current().record("policy", policy.name());
+            }
             let config = GracefulSwitch::config(policy.clone());
             self.policy = Some(policy);
             self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
         }
         if let Some(error) = events.error {
-            tracing::warn!(target = %self.target, %error, "resolver error; keeping known addresses");
+            tracing::warn!(%error, "resolver error; keeping known addresses");
             self.failure.resolver_failed(&error);
+            self.resolved.failed(&error);
             if self.policy.is_none() {
                 // No update yet: the default policy reports the error.
                 let policy = self.default_policy.clone();
@@ -444,7 +508,7 @@ impl Control {
             Ok(Some(policy)) => policy,
             Ok(None) => self.default_policy.clone(),
             Err(error) => {
-                tracing::warn!(target = %self.target, %error, "ignoring the resolver's service config");
+                tracing::warn!(%error, "ignoring the resolver's service config");
                 self.policy
                     .clone()
                     .unwrap_or_else(|| self.default_policy.clone())
@@ -620,6 +684,8 @@ mod tests {
             picker,
             effects: Effects::default(),
             failure: Failure::default(),
+            states: Arc::new(watch::channel(ConnectivityState::Connecting).0),
+            resolved: ResolverSnapshot::default(),
         }
     }
 

@@ -47,10 +47,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::picker::PickerCell;
+use crate::stats::{ChannelSnapshot, ResolverSnapshot};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Target};
 use control::ControlRequest;
 
@@ -78,6 +79,10 @@ pub(crate) struct Shared {
     picker: Arc<PickerCell>,
     requests: mpsc::UnboundedSender<ControlRequest>,
     defaults: CallDefaults,
+    /// The control task sends every change of the channel's state.
+    states: Arc<watch::Sender<ConnectivityState>>,
+    /// gRFC A66's per-call instruments (empty without `otel`).
+    metrics: crate::metrics::CallMetrics,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +138,43 @@ impl BalancedChannel {
     /// The channel's connectivity state (its balancer's aggregate).
     pub fn state(&self) -> ConnectivityState {
         self.shared.picker.load().state
+    }
+
+    /// The channel's connectivity state as it changes (gRPC's
+    /// `GetState` / `WaitForStateChange`): the receiver holds the current
+    /// state, marked as seen, and `changed()` wakes on each new one, ending
+    /// with `SHUTDOWN`. Intermediate states may be skipped if the receiver
+    /// reads slower than they change; the latest is always there.
+    pub fn state_changes(&self) -> watch::Receiver<ConnectivityState> {
+        self.shared.states.subscribe()
+    }
+
+    /// What the channel knows now: its target, policy and state, the
+    /// resolver's last update, and each subchannel's address, state, last
+    /// change and counters (see [`stats`](crate::stats)). Answered by the
+    /// channel's control task between two of its events.
+    pub async fn snapshot(&self) -> ChannelSnapshot {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .shared
+            .requests
+            .send(ControlRequest::Snapshot(reply))
+            .is_err()
+        {
+            return self.gone();
+        }
+        answer.await.unwrap_or_else(|_| self.gone())
+    }
+
+    /// The snapshot of a channel whose control task has ended.
+    fn gone(&self) -> ChannelSnapshot {
+        ChannelSnapshot {
+            target: self.shared.target.to_string(),
+            policy: String::new(),
+            state: ConnectivityState::Shutdown,
+            resolver: ResolverSnapshot::default(),
+            subchannels: Vec::new(),
+        }
     }
 
     /// Waits until the channel is READY, at most `timeout` (grpc-go's

@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use tonic::Code;
 
+use crate::stats::Tally;
+
 /// How a call ended, as the policy that picked it hears it (grpc-go's
 /// `balancer.DoneInfo`).
 #[non_exhaustive]
@@ -145,6 +147,8 @@ pub(crate) struct Completion {
     observer: Option<Arc<dyn CallObserver>>,
     bytes_sent: bool,
     bytes_received: bool,
+    /// The channel's own counts of the attempt (`stats::Tally`).
+    pub(crate) tally: Tally,
 }
 
 impl Completion {
@@ -152,6 +156,7 @@ impl Completion {
         observer: None,
         bytes_sent: false,
         bytes_received: false,
+        tally: Tally::NONE,
     };
 
     pub(crate) fn has_observer(&self) -> bool {
@@ -179,6 +184,7 @@ impl Completion {
 
     /// Ends the call with `code` and `trailers`, if it has not ended yet.
     pub(crate) fn finish(&mut self, code: Code, trailers: &http::HeaderMap) {
+        self.tally.ended(code);
         if let Some(observer) = self.observer.take() {
             let info = DoneInfo::new(code, self.bytes_sent, self.bytes_received, trailers);
             observer.done(&info);
@@ -190,6 +196,8 @@ impl Completion {
     pub(crate) fn finish_with(&mut self, code: Code) {
         if self.observer.is_some() {
             self.finish(code, &http::HeaderMap::new());
+        } else {
+            self.tally.ended(code);
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{health, Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::metrics::SubchannelMetrics;
 use crate::transport::{self, Lost};
 use crate::{ConnectivityState, Error, ErrorKind};
 
@@ -25,6 +26,8 @@ pub(crate) struct ConnectConfig {
     pub(crate) connections_per_address: usize,
     /// The health service READY connections watch (see `health`).
     pub(crate) health: super::HealthService,
+    /// gRFC A94's instruments (feature `otel`; empty otherwise).
+    pub(crate) metrics: SubchannelMetrics,
 }
 
 /// A state change of subchannel `id`, for the control task.
@@ -79,6 +82,7 @@ pub(crate) async fn run(
         };
         match result {
             Ok(mut established) => {
+                let open = config.metrics.connected();
                 link.connection
                     .store(Some(Arc::new(established.connection.clone())));
                 let ready_at = Instant::now();
@@ -96,6 +100,7 @@ pub(crate) async fn run(
                 link.connection.store(None);
                 drop(established);
                 let Some(reason) = lost else { return };
+                open.lost(reason.as_ref());
                 if Instant::now() - ready_at >= backoff.min_success() {
                     backoff.reset();
                     tracing::debug!(address = %link.address, "connection lost");
@@ -110,6 +115,7 @@ pub(crate) async fn run(
                 );
             }
             Err(error) => {
+                config.metrics.attempt_failed();
                 tracing::debug!(address = %link.address, %error, "connect failed");
                 report(ConnectivityState::TransientFailure, Some(error));
                 let wake = started + backoff.next_delay();

@@ -70,7 +70,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::Instrument;
 
+use crate::stats::SubchannelStats;
 use crate::transport::{Connection, Origin};
 use crate::{Address, ConnectivityState, Error};
 
@@ -118,6 +120,8 @@ pub(crate) struct Link {
     connect_requests: AtomicU32,
     /// The server answered a health stream UNIMPLEMENTED (warned once).
     health_unimplemented: AtomicBool,
+    /// Calls and connection attempts, for `BalancedChannel::snapshot`.
+    stats: Arc<SubchannelStats>,
 }
 
 impl SubchannelState {
@@ -179,10 +183,12 @@ impl Subchannel {
         events: mpsc::UnboundedSender<StateEvent>,
     ) -> Result<Subchannel, Error> {
         let origin = config.transport.origin_for(&address)?;
+        // Inside the channel's span (the control task makes subchannels).
+        let span = tracing::debug_span!("subchannel", address = %address);
         let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
         match config.connections_per_address {
-            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown)),
-            n => tokio::spawn(pool::run(link, config, events, shutdown, n)),
+            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown).instrument(span)),
+            n => tokio::spawn(pool::run(link, config, events, shutdown, n).instrument(span)),
         };
         Ok(subchannel)
     }
@@ -203,6 +209,7 @@ impl Subchannel {
             connect_requested: AtomicBool::new(false),
             connect_requests: AtomicU32::new(0),
             health_unimplemented: AtomicBool::new(false),
+            stats: Arc::default(),
         });
         let (tx, rx) = oneshot::channel();
         let inner = Arc::new(Inner {
@@ -277,6 +284,11 @@ impl Subchannel {
     /// The scheme, `:authority` and TLS server name of calls to it.
     pub(crate) fn origin(&self) -> &Origin {
         &self.inner.link.origin
+    }
+
+    /// Its counters (calls, connection attempts, last change).
+    pub(crate) fn stats(&self) -> &Arc<SubchannelStats> {
+        &self.inner.link.stats
     }
 }
 

@@ -168,6 +168,7 @@ async fn slot(
         let attempt = transport::establish(&link.address, &link.origin, &config.transport);
         let wake = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(mut established)) => {
+                let open = config.metrics.connected();
                 let connection = established.connection.clone();
                 if events.send(SlotEvent::Ready(i, connection)).is_err() {
                     return;
@@ -175,6 +176,7 @@ async fn slot(
                 let ready_at = Instant::now();
                 let reason = established.lost().await;
                 drop(established);
+                open.lost(reason.as_ref());
                 tracing::debug!(address = %link.address, slot = i, "pooled connection lost");
                 if events.send(SlotEvent::Lost(i, reason)).is_err() {
                     return;
@@ -186,12 +188,14 @@ async fn slot(
                 started + backoff.next_delay()
             }
             Ok(Err(error)) => {
+                config.metrics.attempt_failed();
                 if events.send(SlotEvent::Failed(i, error)).is_err() {
                     return;
                 }
                 started + backoff.next_delay()
             }
             Err(_) => {
+                config.metrics.attempt_failed();
                 let error = timed_out(&link, timeout);
                 if events.send(SlotEvent::Failed(i, error)).is_err() {
                     return;
