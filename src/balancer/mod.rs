@@ -41,8 +41,9 @@
 //! [`schedule_work`](Controller::schedule_work) for now, and build the
 //! picker in [`work`](Balancer::work), which runs after the burst.
 //!
-//! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC) and
-//! [`round_robin`](ROUND_ROBIN) are built in. A policy is chosen by name on
+//! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC),
+//! [`round_robin`](ROUND_ROBIN), and [`ring_hash`](RING_HASH) (consistent
+//! hashing, gRFC A42/A76) are built in. A policy is chosen by name on
 //! the channel builder or by a service config
 //! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see
 //! [`ServiceConfig`](crate::ServiceConfig) and
@@ -236,6 +237,7 @@ mod config;
 pub mod graceful_switch;
 pub mod pick_first;
 mod registry;
+pub mod ring_hash;
 pub mod round_robin;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -245,6 +247,7 @@ pub use config::{LbConfig, LbPolicy};
 pub use graceful_switch::GracefulSwitch;
 pub use pick_first::{PickFirstBuilder, PickFirstConfig, PICK_FIRST};
 pub use registry::{register, BalancerRegistry};
+pub use ring_hash::{RingHashBuilder, RING_HASH};
 pub use round_robin::{RoundRobinBuilder, ROUND_ROBIN};
 
 use std::sync::Arc;

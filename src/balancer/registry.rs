@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde_json::Value;
 
-use super::{BalancerBuilder, LbPolicy, PickFirstBuilder, RoundRobinBuilder};
+use super::{BalancerBuilder, LbPolicy, PickFirstBuilder, RingHashBuilder, RoundRobinBuilder};
 use crate::service_config::ServiceConfig;
 use crate::{Error, ErrorKind};
 
@@ -21,11 +21,13 @@ pub struct BalancerRegistry {
 }
 
 impl BalancerRegistry {
-    /// A registry with the built-in policies (`pick_first`, `round_robin`).
+    /// A registry with the built-in policies (`pick_first`, `round_robin`,
+    /// `ring_hash`).
     pub fn new() -> Self {
         let mut registry = BalancerRegistry::empty();
         registry.register(Arc::new(PickFirstBuilder));
         registry.register(Arc::new(RoundRobinBuilder));
+        registry.register(Arc::new(RingHashBuilder));
         registry
     }
 
