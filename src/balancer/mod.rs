@@ -42,8 +42,9 @@
 //! picker in [`work`](Balancer::work), which runs after the burst.
 //!
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC),
-//! [`round_robin`](ROUND_ROBIN), and [`ring_hash`](RING_HASH) (consistent
-//! hashing, gRFC A42/A76) are built in. A policy is chosen by name on
+//! [`round_robin`](ROUND_ROBIN), [`weighted_round_robin`](WEIGHTED_ROUND_ROBIN)
+//! (gRFC A58) and [`ring_hash`](RING_HASH) (consistent hashing, gRFC
+//! A42/A76) are built in. A policy is chosen by name on
 //! the channel builder or by a service config
 //! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see
 //! [`ServiceConfig`](crate::ServiceConfig) and
@@ -241,6 +242,7 @@ pub mod ring_hash;
 pub mod round_robin;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod weighted_round_robin;
 #[cfg(any(test, feature = "test-util"))]
 pub use child_manager::{ChildManager, ChildPickers, ReadyChild, RoundRobinPickers};
 pub use config::{LbConfig, LbPolicy};
@@ -249,6 +251,7 @@ pub use pick_first::{PickFirstBuilder, PickFirstConfig, PICK_FIRST};
 pub use registry::{register, BalancerRegistry};
 pub use ring_hash::{RingHashBuilder, RING_HASH};
 pub use round_robin::{RoundRobinBuilder, ROUND_ROBIN};
+pub use weighted_round_robin::{WeightedRoundRobinBuilder, WEIGHTED_ROUND_ROBIN};
 
 use std::sync::Arc;
 

@@ -6,7 +6,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde_json::Value;
 
-use super::{BalancerBuilder, LbPolicy, PickFirstBuilder, RingHashBuilder, RoundRobinBuilder};
+use super::{
+    BalancerBuilder, LbPolicy, PickFirstBuilder, RingHashBuilder, RoundRobinBuilder,
+    WeightedRoundRobinBuilder,
+};
 use crate::service_config::ServiceConfig;
 use crate::{Error, ErrorKind};
 
@@ -22,12 +25,13 @@ pub struct BalancerRegistry {
 
 impl BalancerRegistry {
     /// A registry with the built-in policies (`pick_first`, `round_robin`,
-    /// `ring_hash`).
+    /// `weighted_round_robin`, `ring_hash`).
     pub fn new() -> Self {
         let mut registry = BalancerRegistry::empty();
         registry.register(Arc::new(PickFirstBuilder));
         registry.register(Arc::new(RoundRobinBuilder));
         registry.register(Arc::new(RingHashBuilder));
+        registry.register(Arc::new(WeightedRoundRobinBuilder));
         registry
     }
 
