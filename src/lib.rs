@@ -47,6 +47,7 @@ pub mod balancer;
 pub mod channel;
 mod connectivity;
 mod error;
+pub mod orca;
 pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
-use support::{route, Backend};
+use support::proto::SimpleRequest;
+use support::{route, simple_server, Backend};
+use tonic_balance::orca::{self, OrcaLayer, ServerMetricsRecorder};
 use tonic_balance::BalancedChannel;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -48,6 +50,47 @@ async fn static_weights_1_2_3_split_calls_1_2_3() {
                 off < 0.03,
                 "weight {weight}: {got} of 3000 calls, want {want}"
             );
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A `Simple` backend on the test's runtime whose responses carry
+/// `recorder`'s ORCA report.
+async fn orca_backend(recorder: ServerMetricsRecorder) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(OrcaLayer::new(recorder))
+            .add_service(simple_server(addr))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn the_orca_layer_puts_the_recorders_report_in_every_responses_trailers() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = ServerMetricsRecorder::new();
+        recorder.set_cpu_utilization(0.75);
+        recorder.set_qps(40.0);
+        let addr = orca_backend(recorder.clone()).await;
+        let channel = BalancedChannel::builder(format!("static:///{addr}"))
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel);
+        for cpu in [0.75, 0.25] {
+            recorder.set_cpu_utilization(cpu);
+            let request = SimpleRequest { data: "x".into() };
+            let response = client.route(request).await.unwrap();
+            // tonic merges a unary call's trailers into its metadata.
+            let headers = response.metadata().clone().into_headers();
+            let report = orca::from_trailers(&headers).expect("a report");
+            assert_eq!((report.cpu_utilization, report.rps_fractional), (cpu, 40.0));
         }
     })
     .await
