@@ -149,8 +149,8 @@ impl ServerMetricsRecorder {
 
 /// A tower layer that adds the [`ServerMetricsRecorder`]'s current report
 /// to the trailers of every response (`Server::builder().layer(...)`).
-/// Responses that end without trailers (a body that stops early) are left
-/// as they are.
+/// Nothing is added while no metric is set, nor to responses that end
+/// without trailers (a body that stops early).
 #[derive(Debug, Clone)]
 pub struct OrcaLayer {
     recorder: ServerMetricsRecorder,
@@ -233,8 +233,10 @@ impl<B: Body> Body for OrcaBody<B> {
         };
         let frame = match frame.into_trailers() {
             Ok(mut trailers) => {
-                let value = to_header_value(&this.recorder.report());
-                trailers.insert(TRAILER, value);
+                let report = this.recorder.report();
+                if report != OrcaLoadReport::default() {
+                    trailers.insert(TRAILER, to_header_value(&report));
+                }
                 Frame::trailers(trailers)
             }
             Err(frame) => frame,
