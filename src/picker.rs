@@ -21,12 +21,31 @@
 //! [`Pick::new`]; [`PickResult::into_owned`] turns any result into one that
 //! outlives the picker (at the cost of that clone).
 //!
+//! **Call outcomes.** A pick may carry a [`CallObserver`]
+//! ([`Pick::with_observer`]) that hears, exactly once, how the call ended:
+//! a [`DoneInfo`] with the gRPC status code, whether any byte reached the
+//! server and the response trailers (grpc-go's `DoneInfo`). The channel
+//! holds it in a completion handle that reports on drop, so every pick is
+//! completed whatever happens to its call: response, error, deadline,
+//! cancellation, or the re-pick of an attempt that never left the client.
+//! Streaming calls end when the response stream ends (its trailers) or is
+//! dropped.
+//!
+//! **Per-call attributes.** [`PickInfo::extensions`] lends the request's
+//! `http::Extensions`, so a caller can hand a policy a hash key or a
+//! routing hint (`request.extensions_mut().insert(MyKey(..))`).
+//!
 //! Threading: [`Picker::pick`] is called from any number of threads at once
 //! on the same picker, so a picker keeps only atomics or immutable data.
 
+mod done;
+
+pub(crate) use done::Completion;
+pub use done::{CallObserver, DoneInfo};
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
@@ -55,17 +74,40 @@ pub trait Picker: Send + Sync + 'static {
     fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_>;
 }
 
-/// What a picker may look at: the call's method path and headers.
+/// What a picker may look at: the call's method path, headers and
+/// extensions.
 #[derive(Debug)]
 pub struct PickInfo<'a> {
     path: &'a str,
     headers: &'a http::HeaderMap,
+    extensions: &'a http::Extensions,
 }
 
+/// The extensions of a [`PickInfo`] made without any.
+static NO_EXTENSIONS: LazyLock<http::Extensions> = LazyLock::new(http::Extensions::new);
+
 impl<'a> PickInfo<'a> {
-    /// Describes a call to `path` (`/package.Service/Method`) with `headers`.
+    /// Describes a call to `path` (`/package.Service/Method`) with `headers`
+    /// and no extensions.
     pub fn new(path: &'a str, headers: &'a http::HeaderMap) -> Self {
-        PickInfo { path, headers }
+        PickInfo {
+            path,
+            headers,
+            extensions: &NO_EXTENSIONS,
+        }
+    }
+
+    /// The same call, with the request's `extensions`.
+    pub fn with_extensions(mut self, extensions: &'a http::Extensions) -> Self {
+        self.extensions = extensions;
+        self
+    }
+
+    /// The request's extensions (`tonic::Request::extensions_mut` on the
+    /// caller's side): how a caller hands a policy a hash key or a routing
+    /// hint. Empty when the caller put none there.
+    pub fn extensions(&self) -> &http::Extensions {
+        self.extensions
     }
 
     /// The full method path, `/package.Service/Method`.
@@ -104,21 +146,21 @@ impl PickResult<'_> {
     }
 }
 
-/// A chosen subchannel, borrowed from the picker or owned, and an optional
-/// callback run when the call ends.
+/// A chosen subchannel, borrowed from the picker or owned, and the
+/// observers (if any) that hear how the call ends.
+///
+/// A pick reports to its observers exactly once: the channel reports how
+/// the call ended, and a pick dropped without being used (a parent policy
+/// that discards a child's pick) reports `CANCELLED` with nothing sent.
 pub struct Pick<'a> {
     subchannel: Chosen<'a>,
-    on_done: Option<OnDone>,
+    completion: Completion,
 }
 
 enum Chosen<'a> {
     Borrowed(&'a Subchannel),
     Owned(Subchannel),
 }
-
-/// Called once when a picked call ends (its response stream finished or was
-/// dropped, or it failed). Load-aware policies count in-flight calls with it.
-pub type OnDone = Box<dyn FnOnce() + Send + Sync + 'static>;
 
 impl Pick<'static> {
     /// Picks `subchannel`, owning the handle (for pickers that make handles
@@ -127,7 +169,7 @@ impl Pick<'static> {
     pub fn new(subchannel: Subchannel) -> Self {
         Pick {
             subchannel: Chosen::Owned(subchannel),
-            on_done: None,
+            completion: Completion::NONE,
         }
     }
 }
@@ -138,14 +180,31 @@ impl<'a> Pick<'a> {
     pub fn borrowed(subchannel: &'a Subchannel) -> Self {
         Pick {
             subchannel: Chosen::Borrowed(subchannel),
-            on_done: None,
+            completion: Completion::NONE,
         }
     }
 
-    /// Runs `on_done` when the call ends.
-    pub fn with_on_done(mut self, on_done: OnDone) -> Self {
-        self.on_done = Some(on_done);
+    /// Tells `observer` how the call ends, once (see [`DoneInfo`]). Clone
+    /// an `Arc` the picker keeps into each pick: no allocation per call.
+    /// A parent policy may add its own observer to a child's pick; both
+    /// hear the outcome, the child's first (this costs one allocation per
+    /// call, only for picks with two observers).
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.completion.add(observer);
         self
+    }
+
+    /// Ends the picked call as `info` says, without sending it: its
+    /// observers hear `info` now. The channel does this for every call; a
+    /// test of a picker (or a parent policy that discards a child's pick
+    /// for a reason of its own) may too. Dropping a pick reports
+    /// `CANCELLED`.
+    pub fn complete(mut self, info: &DoneInfo<'_>) {
+        self.completion.set_bytes_sent(info.bytes_sent());
+        if info.bytes_received() {
+            self.completion.set_bytes_received();
+        }
+        self.completion.finish(info.code(), info.trailers());
     }
 
     /// The chosen subchannel.
@@ -165,13 +224,13 @@ impl<'a> Pick<'a> {
         };
         Pick {
             subchannel: Chosen::Owned(subchannel),
-            on_done: self.on_done,
+            completion: self.completion,
         }
     }
 
-    /// The callback to run when the call ends, if any.
-    pub(crate) fn into_on_done(self) -> Option<OnDone> {
-        self.on_done
+    /// The handle that reports how the call ended.
+    pub(crate) fn into_completion(self) -> Completion {
+        self.completion
     }
 }
 
@@ -191,7 +250,7 @@ impl fmt::Debug for Pick<'_> {
         f.debug_struct("Pick")
             .field("subchannel", self.subchannel())
             .field("borrowed", &matches!(self.subchannel, Chosen::Borrowed(_)))
-            .field("on_done", &self.on_done.is_some())
+            .field("observed", &self.completion.has_observer())
             .finish()
     }
 }
@@ -341,16 +400,26 @@ mod tests {
     #[test]
     fn borrowed_pick_lends_the_handle_and_into_owned_keeps_it_alive() {
         let sc = Subchannel::detached(1, crate::Address::new("a:1"));
-        let pick = Pick::borrowed(&sc).with_on_done(Box::new(|| {}));
+        let done = Arc::new(AtomicU64::new(0));
+        let observer = {
+            let done = done.clone();
+            move |_: &DoneInfo<'_>| {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        let pick = Pick::borrowed(&sc).with_observer(Arc::new(observer));
         assert_eq!(pick.subchannel(), &sc);
         assert!(format!("{pick:?}").contains("borrowed: true"));
         let owned: Pick<'static> = pick.into_owned();
         drop(sc);
         assert_eq!(owned.subchannel().address().addr(), "a:1");
         assert!(format!("{owned:?}").contains("borrowed: false"));
-        assert!(
-            owned.into_on_done().is_some(),
-            "on_done survives into_owned"
+        assert!(format!("{owned:?}").contains("observed: true"));
+        drop(owned);
+        assert_eq!(
+            done.load(Ordering::Relaxed),
+            1,
+            "the observer survives into_owned"
         );
     }
 

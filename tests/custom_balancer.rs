@@ -1,11 +1,12 @@
 //! User-written policies through the public API, against real backends:
 //!
-//! - `rotating_pin`: every call to one READY backend, moving to the next
-//!   one every `intervalMs` (a parsed config, and a timer through
-//!   `Controller::schedule_work`), learning subchannel states only
-//!   through the balancer contract;
+//! - `rotating_pin`: every call to one READY backend; every `intervalMs`
+//!   (a parsed config, and a timer through `Controller::schedule_work`) it
+//!   moves to the next one if calls to it failed (the call outcome, heard
+//!   through a `CallObserver`), learning subchannel states only through
+//!   the balancer contract;
 //! - a naive "rotate over everything" picker that also counts calls in
-//!   flight with `on_done`, as a least-request policy would.
+//!   flight with a `CallObserver`, as a least-request policy would.
 
 mod support;
 
@@ -18,8 +19,9 @@ use support::{eventually, free_port, route, Backend};
 use tonic_balance::balancer::{
     Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller, LbConfig,
 };
-use tonic_balance::picker::QueuePicker;
-use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker};
+use tonic_balance::picker::{
+    CallObserver, DoneInfo, Pick, PickInfo, PickResult, Picker, QueuePicker,
+};
 use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
 use tonic_balance::{BalancedChannel, ConnectivityState, Error, ErrorKind, Subchannel};
@@ -56,7 +58,21 @@ impl BalancerBuilder for RotatingPinBuilder {
     }
 }
 
-/// Every call to one READY subchannel, the next one every interval.
+/// Counts failed calls (any code but OK, and CANCELLED, the caller's own
+/// choice) to the pinned backend.
+#[derive(Default)]
+struct Failures(AtomicUsize);
+
+impl CallObserver for Failures {
+    fn done(&self, info: &DoneInfo<'_>) {
+        if !matches!(info.code(), tonic::Code::Ok | tonic::Code::Cancelled) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Every call to one READY subchannel; the next one at a tick after calls
+/// to it failed.
 #[derive(Default)]
 struct RotatingPin {
     /// Each subchannel with its state as the contract reported it.
@@ -64,6 +80,8 @@ struct RotatingPin {
     interval: Duration,
     /// The subchannel calls go to.
     pinned: Option<usize>,
+    /// Failed calls to the pinned backend (a new count per pin).
+    failures: Arc<Failures>,
     /// When the pin moves next.
     timer: Option<tokio::time::Instant>,
 }
@@ -75,10 +93,11 @@ impl RotatingPin {
         self.pinned = (0..n)
             .map(|i| (from + i) % n)
             .find(|&i| self.subchannels[i].1 == ConnectivityState::Ready);
+        self.failures = Arc::default();
         match self.pinned {
             Some(i) => ctl.update_picker(
                 ConnectivityState::Ready,
-                Arc::new(Pinned(self.subchannels[i].0.clone())),
+                Arc::new(Pinned(self.subchannels[i].0.clone(), self.failures.clone())),
             ),
             None => ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker)),
         }
@@ -142,18 +161,21 @@ impl Balancer for RotatingPin {
             .timer
             .is_some_and(|at| at <= tokio::time::Instant::now())
         {
-            self.pin(self.pinned.map_or(0, |i| i + 1), ctl);
+            if self.failures.0.load(Ordering::Relaxed) > 0 {
+                self.pin(self.pinned.map_or(0, |i| i + 1), ctl);
+            }
             self.start_timer(ctl);
         }
     }
 }
 
-/// Lends the pinned subchannel to every call.
-struct Pinned(Subchannel);
+/// Lends the pinned subchannel to every call, observed by the pin's
+/// failure count.
+struct Pinned(Subchannel, Arc<Failures>);
 
 impl Picker for Pinned {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        PickResult::Pick(Pick::borrowed(&self.0))
+        PickResult::Pick(Pick::borrowed(&self.0).with_observer(self.1.clone()))
     }
 }
 
@@ -177,20 +199,23 @@ async fn peers(client: &mut SimpleClient<BalancedChannel>, n: usize) -> Vec<Stri
 }
 
 #[tokio::test]
-async fn a_user_policy_with_a_parsed_config_and_a_timer_pins_then_rotates() {
+async fn a_user_policy_with_a_config_a_timer_and_call_outcomes_moves_the_pin_off_failures() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let (a, b) = (Backend::start(), Backend::start());
         let target = format!("static:///{},{}", a.addr, b.addr);
-        // An interval longer than the test: calls stay on one backend.
-        let pinned = rotating_pin_channel(target.clone(), 600_000).unwrap();
-        let mut client = SimpleClient::new(pinned.clone());
-        let got = peers(&mut client, 20).await;
-        assert!(got.iter().all(|p| *p == got[0]), "pinned: {got:?}");
-
-        // 100 ms: the timer moves the pin to the other backend.
-        let rotating = rotating_pin_channel(target, 100).unwrap();
-        let mut client = SimpleClient::new(rotating);
+        // Calls that succeed keep the pin, tick after tick (100 ms).
+        let channel = rotating_pin_channel(target, 100).unwrap();
+        let mut client = SimpleClient::new(channel);
         let first = peers(&mut client, 1).await.remove(0);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let got = peers(&mut client, 5).await;
+            assert!(got.iter().all(|p| *p == first), "pinned: {got:?}");
+        }
+        // A failed call (its outcome, heard by the picker's observer):
+        // the next tick moves the pin.
+        let status = route(&mut client, "fail:14").await.expect_err("fails");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         let mut moved = false;
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -233,6 +258,15 @@ struct RotateAllPicker {
     subchannels: Vec<Subchannel>,
     next: AtomicUsize,
     counters: RotateAll,
+    /// The counters as each pick's observer.
+    observer: Arc<dyn CallObserver>,
+}
+
+/// A call that ended is no longer in flight.
+impl CallObserver for RotateAll {
+    fn done(&self, _: &DoneInfo<'_>) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl BalancerBuilder for RotateAll {
@@ -264,6 +298,7 @@ impl Balancer for RotateAllBalancer {
                 subchannels: self.subchannels.clone(),
                 next: AtomicUsize::new(0),
                 counters: self.counters.clone(),
+                observer: Arc::new(self.counters.clone()),
             }),
         );
     }
@@ -285,19 +320,14 @@ impl Balancer for RotateAllBalancer {
 impl Picker for RotateAllPicker {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
-        let counters = self.counters.clone();
-        let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        PickResult::Pick(
-            Pick::borrowed(&self.subchannels[i]).with_on_done(Box::new(move || {
-                counters.in_flight.fetch_sub(1, Ordering::SeqCst);
-            })),
-        )
+        let now = self.counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        PickResult::Pick(Pick::borrowed(&self.subchannels[i]).with_observer(self.observer.clone()))
     }
 }
 
 #[tokio::test]
-async fn picks_of_unconnected_subchannels_are_repicked_and_on_done_counts_every_call() {
+async fn picks_of_unconnected_subchannels_are_repicked_and_the_observer_counts_every_call() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let live = Backend::start();
         let dead = format!("127.0.0.1:{}", free_port());
@@ -335,7 +365,7 @@ async fn picks_of_unconnected_subchannels_are_repicked_and_on_done_counts_every_
                 .load(Ordering::SeqCst)
                 == 0)
             .await,
-            "on_done ran for every pick: {} still counted",
+            "every pick's observer heard its call end: {} still counted",
             policy.in_flight.load(Ordering::SeqCst)
         );
     })

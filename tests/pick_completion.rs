@@ -1,9 +1,11 @@
-//! Every pick's completion (`on_done`) runs exactly once, however the call
-//! ends: served, re-picked because its subchannel was not connected,
-//! transparently retried after a refusal, past its deadline while waiting
-//! for the response headers or the body, or cancelled by a caller that
-//! drops it. And the channel never picks on its own account (e.g. to build
-//! an error message): every pick belongs to a call attempt.
+//! Every pick's completion (its `CallObserver`) hears exactly once how its
+//! call ended, with the right `DoneInfo`, however the call ends: served
+//! (the trailers lent), failed by the server (a trailers-only answer),
+//! re-picked because its subchannel was not connected, transparently
+//! retried after a refusal, past its deadline while waiting for the
+//! response headers or the body, streamed to its end, or cancelled by a
+//! caller that drops it. And the channel never picks on its own account
+//! (e.g. to build an error message): every pick belongs to a call attempt.
 //!
 //! The policy is written here, through the public API: it rotates over
 //! every subchannel, connected or not, and counts picks and completions.
@@ -12,7 +14,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::h2server::{Behaviour, H2Server};
@@ -21,7 +23,9 @@ use support::proto::SimpleRequest;
 use support::{eventually, fast_backoff, route, Backend, ClosedPort};
 use tonic::Code;
 use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
-use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker, QueuePicker};
+use tonic_balance::picker::{
+    CallObserver, DoneInfo, Pick, PickInfo, PickResult, Picker, QueuePicker,
+};
 use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
 use tonic_balance::{BalancedChannel, ConnectivityState, Error, Subchannel, WaitForReady};
@@ -35,11 +39,35 @@ use echo::RepeatRequest;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-/// Counts picks and completions.
+/// How one call ended, as its pick heard it.
+#[derive(Debug, Clone, PartialEq)]
+struct Outcome {
+    code: Code,
+    bytes_sent: bool,
+    bytes_received: bool,
+    /// The trailers' `grpc-status` and `x-failed-by`, if any.
+    grpc_status: Option<String>,
+    failed_by: Option<String>,
+}
+
+impl Outcome {
+    fn of(code: Code, bytes_sent: bool, bytes_received: bool) -> Outcome {
+        Outcome {
+            code,
+            bytes_sent,
+            bytes_received,
+            grpc_status: None,
+            failed_by: None,
+        }
+    }
+}
+
+/// Counts picks and completions, and records every outcome.
 #[derive(Clone, Default)]
 struct Counting {
     picks: Arc<AtomicUsize>,
     done: Arc<AtomicUsize>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
 }
 
 impl Counting {
@@ -49,6 +77,27 @@ impl Counting {
 
     fn done(&self) -> usize {
         self.done.load(Ordering::SeqCst)
+    }
+
+    fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes.lock().unwrap().clone()
+    }
+}
+
+impl CallObserver for Counting {
+    fn done(&self, info: &DoneInfo<'_>) {
+        let header = |name: &str| {
+            let value = info.trailers().get(name)?;
+            value.to_str().ok().map(str::to_owned)
+        };
+        self.outcomes.lock().unwrap().push(Outcome {
+            code: info.code(),
+            bytes_sent: info.bytes_sent(),
+            bytes_received: info.bytes_received(),
+            grpc_status: header("grpc-status"),
+            failed_by: header("x-failed-by"),
+        });
+        self.done.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -61,6 +110,8 @@ struct CountingPicker {
     subchannels: Vec<Subchannel>,
     next: AtomicUsize,
     counters: Counting,
+    /// The counters, as every pick's observer (cloned into each pick).
+    observer: Arc<dyn CallObserver>,
 }
 
 impl BalancerBuilder for Counting {
@@ -107,6 +158,7 @@ impl Balancer for CountingBalancer {
                     subchannels: self.subchannels.clone(),
                     next: AtomicUsize::new(0),
                     counters: self.counters.clone(),
+                    observer: Arc::new(self.counters.clone()),
                 }),
             ),
             _ => {}
@@ -118,12 +170,7 @@ impl Picker for CountingPicker {
     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
         self.counters.picks.fetch_add(1, Ordering::SeqCst);
-        let done = self.counters.done.clone();
-        PickResult::Pick(
-            Pick::borrowed(&self.subchannels[i]).with_on_done(Box::new(move || {
-                done.fetch_add(1, Ordering::SeqCst);
-            })),
-        )
+        PickResult::Pick(Pick::borrowed(&self.subchannels[i]).with_observer(self.observer.clone()))
     }
 }
 
@@ -169,6 +216,23 @@ async fn re_picks_and_transparent_retries_complete_every_pick_once() {
         assert!(counters.picks() > 12, "{} picks", counters.picks());
         assert!(refuser.streams() >= 1);
         assert_eq!(counters.done(), counters.picks());
+        // Each outcome says how far its attempt went.
+        let outcomes = counters.outcomes();
+        let served = Outcome {
+            grpc_status: Some("0".into()),
+            ..Outcome::of(Code::Ok, true, true)
+        };
+        let never_sent = Outcome::of(Code::Unavailable, false, false);
+        let refused = Outcome::of(Code::Unavailable, true, false);
+        assert_eq!(outcomes.iter().filter(|o| **o == served).count(), 12);
+        assert!(outcomes.contains(&never_sent), "{outcomes:?}");
+        assert!(outcomes.contains(&refused), "{outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| *o == served || *o == never_sent || *o == refused),
+            "{outcomes:?}"
+        );
     })
     .await
     .expect("bounded");
@@ -198,6 +262,10 @@ async fn a_call_past_its_deadline_waiting_for_headers_completes_its_one_pick() {
         status.message()
     );
     assert_eq!((counters.picks(), counters.done()), (1, 1));
+    assert_eq!(
+        counters.outcomes(),
+        [Outcome::of(Code::DeadlineExceeded, true, false)]
+    );
 }
 
 #[tokio::test]
@@ -224,6 +292,10 @@ async fn a_call_past_its_deadline_in_the_body_completes_its_pick_when_it_ends() 
         assert_eq!((counters.picks(), counters.done()), (1, 1));
         drop(stream);
         assert_eq!(counters.done(), 1, "not again on drop");
+        assert_eq!(
+            counters.outcomes(),
+            [Outcome::of(Code::DeadlineExceeded, true, true)]
+        );
     })
     .await
     .expect("bounded");
@@ -250,6 +322,10 @@ async fn a_call_the_caller_drops_completes_its_pick() {
         call.abort();
         let _ = call.await;
         assert_eq!((counters.picks(), counters.done()), (1, 1));
+        assert_eq!(
+            counters.outcomes(),
+            [Outcome::of(Code::Cancelled, true, false)]
+        );
 
         // Dropped mid-stream.
         let (channel, counters) = counting_channel(&[addr(stall.addr)]).await;
@@ -267,6 +343,10 @@ async fn a_call_the_caller_drops_completes_its_pick() {
         assert_eq!(counters.done(), 0, "in flight");
         drop(stream);
         assert_eq!((counters.picks(), counters.done()), (1, 1));
+        assert_eq!(
+            counters.outcomes(),
+            [Outcome::of(Code::Cancelled, true, true)]
+        );
         assert!(eventually(Duration::from_secs(5), || stall.cancelled() == 1).await);
     })
     .await
@@ -297,6 +377,67 @@ async fn a_wait_for_ready_call_past_its_deadline_reports_the_last_pick_failure()
             message.contains("TRANSIENT_FAILURE") && message.contains(&addr(dead.addr)),
             "{message}"
         );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_server_failure_reaches_the_pick_with_its_code_and_trailers() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let (channel, counters) = counting_channel(&[addr(backend.addr)]).await;
+        channel
+            .wait_until_ready(Duration::from_secs(10))
+            .await
+            .expect("READY");
+        let mut client = SimpleClient::new(channel);
+        // FAILED_PRECONDITION, answered trailers-only: its headers are the
+        // trailers the pick reads.
+        let status = route(&mut client, "fail:9").await.expect_err("fails");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert_eq!(
+            counters.outcomes(),
+            [Outcome {
+                grpc_status: Some("9".into()),
+                failed_by: Some(addr(backend.addr)),
+                ..Outcome::of(Code::FailedPrecondition, true, true)
+            }]
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_stream_completes_its_pick_when_its_trailers_arrive() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = support::echo::start(Duration::ZERO).await;
+        let (channel, counters) = counting_channel(&[addr(backend)]).await;
+        channel
+            .wait_until_ready(Duration::from_secs(10))
+            .await
+            .expect("READY");
+        let mut client = EchoClient::new(channel);
+        let request = RepeatRequest {
+            data: b"m".to_vec(),
+            count: 3,
+        };
+        let mut stream = client.repeat(request).await.expect("headers").into_inner();
+        for _ in 0..3 {
+            assert!(stream.message().await.expect("a message").is_some());
+        }
+        assert_eq!(counters.done(), 0, "in flight until the trailers");
+        assert!(stream.message().await.expect("the end").is_none());
+        assert_eq!(
+            counters.outcomes(),
+            [Outcome {
+                grpc_status: Some("0".into()),
+                ..Outcome::of(Code::Ok, true, true)
+            }]
+        );
+        drop(stream);
+        assert_eq!(counters.done(), 1, "not again on drop");
     })
     .await
     .expect("bounded");

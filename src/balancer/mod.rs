@@ -64,23 +64,33 @@
 //! else CONNECTING if any is CONNECTING, else IDLE if any is IDLE, else
 //! TRANSIENT_FAILURE.
 //!
-//! **Call outcomes** (how a call ended, for least request and outlier
-//! detection) come with the next version of this API; until then
-//! [`Pick::with_on_done`](crate::picker::Pick::with_on_done) runs a
-//! callback when a call ends.
+//! **Call outcomes.** A picker hears how each call it picked ended by
+//! attaching a [`CallObserver`](crate::picker::CallObserver) to its pick
+//! ([`Pick::with_observer`](crate::picker::Pick::with_observer)): a
+//! [`DoneInfo`](crate::picker::DoneInfo) with the gRPC code, whether any
+//! byte reached the server and the trailers, exactly once per pick
+//! (least request counts calls in flight with it; outlier detection
+//! counts failures; ORCA reads load reports from the trailers). The
+//! observer runs on the call's task, not the control task: it shares
+//! atomics with the balancer, which reads them in its own events (e.g.
+//! its timer's [`work`](Balancer::work)).
 //!
 //! # Your own policy
 //!
-//! `rotating_pin` sends every call to one READY backend and moves to the
-//! next READY one every `intervalMs` (its parsed config), with a timer:
+//! `rotating_pin` sends every call to one READY backend. Every
+//! `intervalMs` (its parsed config, a timer) it looks at how the calls to
+//! that backend ended (the call outcome): if any failed, the pin moves to
+//! the next READY backend. (A dropped pick, like the test's `pick_addr`
+//! below, reports CANCELLED, which is not the backend's failure.)
 //!
 //! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //!
 //! use tokio::time::Instant;
 //! use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
-//! use tonic_balance::picker::{Pick, PickInfo, PickResult, Picker, QueuePicker};
+//! use tonic_balance::picker::{CallObserver, DoneInfo, Pick, PickInfo, PickResult, Picker, QueuePicker};
 //! use tonic_balance::resolver::ResolverUpdate;
 //! use tonic_balance::subchannel::SubchannelState;
 //! use tonic_balance::{ConnectivityState, Error, ErrorKind, Subchannel};
@@ -115,12 +125,28 @@
 //!     }
 //! }
 //!
+//! /// Counts the pinned backend's failed calls (any code but OK, and
+//! /// CANCELLED, the caller's own choice): the picker clones it into every
+//! /// pick, and it hears each call's outcome once.
+//! #[derive(Default)]
+//! struct Failures(AtomicUsize);
+//!
+//! impl CallObserver for Failures {
+//!     fn done(&self, info: &DoneInfo<'_>) {
+//!         if !matches!(info.code(), tonic::Code::Ok | tonic::Code::Cancelled) {
+//!             self.0.fetch_add(1, Ordering::Relaxed);
+//!         }
+//!     }
+//! }
+//!
 //! #[derive(Default)]
 //! struct RotatingPin {
 //!     /// Each subchannel with the state the contract last reported.
 //!     subchannels: Vec<(Subchannel, ConnectivityState)>,
 //!     interval: Duration,
 //!     pinned: Option<usize>,
+//!     /// The failures of calls to the pinned backend (a new count per pin).
+//!     failures: Arc<Failures>,
 //!     timer: Option<Instant>,
 //! }
 //!
@@ -131,9 +157,11 @@
 //!         self.pinned = (0..n)
 //!             .map(|i| (from + i) % n)
 //!             .find(|&i| self.subchannels[i].1 == ConnectivityState::Ready);
+//!         self.failures = Arc::default();
 //!         match self.pinned {
 //!             Some(i) => {
-//!                 let picker = Arc::new(Pinned(self.subchannels[i].0.clone()));
+//!                 let observer: Arc<dyn CallObserver> = self.failures.clone();
+//!                 let picker = Arc::new(Pinned(self.subchannels[i].0.clone(), observer));
 //!                 ctl.update_picker(ConnectivityState::Ready, picker);
 //!             }
 //!             None => ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker)),
@@ -181,21 +209,24 @@
 //!         }
 //!     }
 //!
-//!     /// The timer: move the pin, and ask again.
+//!     /// The timer: move the pin if calls to it failed, and look again later.
 //!     fn work(&mut self, ctl: &mut dyn Controller) {
 //!         if self.timer.is_some_and(|at| at <= Instant::now()) {
-//!             self.pin(self.pinned.map_or(0, |i| i + 1), ctl);
+//!             if self.failures.0.load(Ordering::Relaxed) > 0 {
+//!                 self.pin(self.pinned.map_or(0, |i| i + 1), ctl);
+//!             }
 //!             self.start_timer(ctl);
 //!         }
 //!     }
 //! }
 //!
-//! /// Lends the pinned subchannel to every call (no reference count written).
-//! struct Pinned(Subchannel);
+//! /// Lends the pinned subchannel to every call (no reference count written
+//! /// but the observer's).
+//! struct Pinned(Subchannel, Arc<dyn CallObserver>);
 //!
 //! impl Picker for Pinned {
 //!     fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-//!         PickResult::Pick(Pick::borrowed(&self.0))
+//!         PickResult::Pick(Pick::borrowed(&self.0).with_observer(self.1.clone()))
 //!     }
 //! }
 //!
@@ -226,6 +257,15 @@
 //!     ctl.deliver(&mut *policy, "a:1", Ready);
 //!     ctl.deliver(&mut *policy, "b:1", Ready);
 //!     assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+//!     // Calls that succeed keep the pin.
+//!     tokio::time::advance(Duration::from_millis(500)).await;
+//!     assert!(ctl.run_due_work(&mut *policy));
+//!     assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
+//!     // A call to a:1 fails (the channel reports it; here the test does):
+//!     let PickResult::Pick(pick) = ctl.pick() else { panic!("a pick") };
+//!     let trailers = http::HeaderMap::new();
+//!     pick.complete(&DoneInfo::new(tonic::Code::Unavailable, true, true, &trailers));
+//!     // ... and at the next tick the pin moves.
 //!     tokio::time::advance(Duration::from_millis(500)).await;
 //!     assert!(ctl.run_due_work(&mut *policy));
 //!     assert_eq!(ctl.pick_addr().as_deref(), Some("b:1"));

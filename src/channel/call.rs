@@ -18,8 +18,11 @@
 //! opened (its connection was gone) is picked again, any number of times;
 //! one the server provably did not process (REFUSED_STREAM, or above a
 //! GOAWAY's last_stream_id) is picked again once, on whatever the picker
-//! chooses then, if its body fits the replay buffer. Every pick's `on_done`
-//! runs exactly once: when its attempt fails, or when the call ends.
+//! chooses then, if its body fits the replay buffer. Every pick's
+//! completion reports exactly once (a [`DoneInfo`](crate::picker::DoneInfo)
+//! with the code and whether its stream was opened): when its attempt
+//! fails, when the call ends (the response body reports the trailers), at
+//! the deadline, or with `CANCELLED` when the caller drops the call.
 //!
 //! **Messages.** A call that times out says where it was: waiting for a
 //! picker (the channel's state and the last pick failure the call itself
@@ -37,10 +40,8 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use super::{ControlRequest, Peer, Shared, WaitForReady};
-use crate::picker::{PickInfo, PickResult};
-use crate::transport::{
-    Completion, Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT,
-};
+use crate::picker::{Completion, PickInfo, PickResult};
+use crate::transport::{Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT};
 use crate::{Address, ConnectivityState};
 
 /// How many times a call is re-picked on the same picker when its
@@ -56,21 +57,17 @@ pub(crate) async fn call(
         .get::<WaitForReady>()
         .map_or(shared.defaults.wait_for_ready, |w| w.0);
     let timeout = call_timeout(req.headers(), shared.defaults.timeout);
-    let mut progress = Progress::default();
+    let mut progress = Progress::new(Outgoing::new(req, &shared.defaults.user_agent));
     let Some(timeout) = timeout else {
         let queue_deadline = Instant::now() + shared.defaults.queue_timeout;
-        let sent = pick_and_send(
-            &shared,
-            req,
-            wait_for_ready,
-            Some(queue_deadline),
-            &mut progress,
-        );
-        return respond(sent.await?, progress, None);
+        let sent =
+            pick_and_send(&shared, wait_for_ready, Some(queue_deadline), &mut progress).await;
+        let sent = progress.ended_if_err(sent)?;
+        return respond(sent, &mut progress, None);
     };
     let mut deadline = Deadline::after(timeout);
     let sent = {
-        let send = pick_and_send(&shared, req, wait_for_ready, None, &mut progress);
+        let send = pick_and_send(&shared, wait_for_ready, None, &mut progress);
         tokio::pin!(send);
         std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
             Poll::Ready(sent) => Poll::Ready(Some(sent)),
@@ -79,14 +76,28 @@ pub(crate) async fn call(
         .await
     };
     match sent {
-        Some(sent) => respond(sent?, progress, Some(deadline)),
-        None => Err(deadline_exceeded(&shared, timeout, &progress)),
+        Some(sent) => {
+            let sent = progress.ended_if_err(sent)?;
+            respond(sent, &mut progress, Some(deadline))
+        }
+        None => {
+            progress.end_attempt(Code::DeadlineExceeded);
+            Err(deadline_exceeded(&shared, timeout, &progress))
+        }
     }
 }
 
-/// What a call has been through, for its error messages.
-#[derive(Default)]
+/// A call on its way: the request, the completion of its current pick,
+/// and what it has been through (for its error messages).
+///
+/// The current pick's completion reports exactly once: when its attempt
+/// fails, when the call ends (the response body takes it over), or, if
+/// the call is dropped meanwhile, with `CANCELLED` (see [`Drop`]).
 struct Progress {
+    outgoing: Outgoing,
+    /// The current attempt's pick, until the attempt fails or the
+    /// response takes it over.
+    completion: Option<Completion>,
     /// The last failure a pick gave this call (while it waited for ready).
     last_pick_error: Option<Status>,
     /// The backend the call waits on for response headers, once sent.
@@ -95,45 +106,103 @@ struct Progress {
     retried_unprocessed: bool,
 }
 
-/// A call whose response headers arrived.
-struct Sent {
-    opened: Opened,
-    completion: Completion,
+impl Progress {
+    fn new(outgoing: Outgoing) -> Self {
+        Progress {
+            outgoing,
+            completion: None,
+            last_pick_error: None,
+            sent_to: None,
+            retried_unprocessed: false,
+        }
+    }
+
+    /// A new attempt with the pick's `completion`.
+    fn start_attempt(&mut self, completion: Completion) {
+        // Every path ends its attempt before picking again; an attempt
+        // left over would still be reported, once.
+        self.end_attempt(Code::Unavailable);
+        self.completion = Some(completion);
+    }
+
+    /// Ends the current attempt, if any, with `code`: its pick hears
+    /// whether its stream was opened.
+    fn end_attempt(&mut self, code: Code) {
+        if let Some(mut completion) = self.completion.take() {
+            completion.set_bytes_sent(self.outgoing.take_opened());
+            completion.finish_with(code);
+        }
+    }
+
+    /// A failed call ends its attempt with the failure's code.
+    fn ended_if_err<T>(&mut self, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result {
+            self.end_attempt(status.code());
+        }
+        result
+    }
+}
+
+impl Drop for Progress {
+    /// The caller dropped the call (or the call ended some other way that
+    /// did not report): its pick hears `CANCELLED`.
+    fn drop(&mut self) {
+        self.end_attempt(Code::Cancelled);
+    }
 }
 
 /// Picks and sends until an attempt gets its response headers, waiting for
 /// a new picker where the current one cannot serve the call.
 async fn pick_and_send(
     shared: &Shared,
-    req: Request<Body>,
     wait_for_ready: bool,
     queue_deadline: Option<Instant>,
     progress: &mut Progress,
-) -> Result<Sent, Status> {
-    let mut outgoing = Outgoing::new(req, &shared.defaults.user_agent);
+) -> Result<Opened, Status> {
     let mut repicks = 0;
     loop {
-        let (generation, decision) = pick(shared, &mut outgoing)?;
+        let (generation, decision) = pick(shared, progress)?;
         match decision {
-            Decision::Send(ready, completion) => {
+            Decision::Send(ready) => {
                 if let Some((connection, address)) = ready {
-                    let sent = attempt(connection, address, &mut outgoing, completion, progress);
-                    if let Some(sent) = sent.await? {
-                        return Ok(sent);
+                    if let Some(opened) = attempt(connection, address, progress).await? {
+                        return Ok(opened);
                     }
+                } else {
+                    // Never sent: the pick hears it, and the call is
+                    // picked again.
+                    progress.end_attempt(Code::Unavailable);
                 }
                 repicks += 1;
                 if repicks > REPICKS_PER_PICKER {
                     repicks = 0;
-                    wait_for_picker(shared, generation, queue_deadline, progress).await?;
+                    wait_for_picker(
+                        shared,
+                        generation,
+                        queue_deadline,
+                        &progress.last_pick_error,
+                    )
+                    .await?;
                 }
             }
             Decision::Queue => {
-                wait_for_picker(shared, generation, queue_deadline, progress).await?
+                wait_for_picker(
+                    shared,
+                    generation,
+                    queue_deadline,
+                    &progress.last_pick_error,
+                )
+                .await?
             }
             Decision::Fail(status) if wait_for_ready && status.code() == Code::Unavailable => {
                 progress.last_pick_error = Some(status);
-                wait_for_picker(shared, generation, queue_deadline, progress).await?
+                wait_for_picker(
+                    shared,
+                    generation,
+                    queue_deadline,
+                    &progress.last_pick_error,
+                )
+                .await?
             }
             Decision::Fail(status) => {
                 return Err(Status::new(
@@ -151,18 +220,18 @@ async fn pick_and_send(
 }
 
 /// A pick's outcome, owning what the call needs once the picker snapshot
-/// is released.
+/// is released (the pick's completion is in [`Progress`]).
 enum Decision {
     /// The chosen subchannel's connection and address if it is connected.
-    Send(Option<(Connection, Address)>, Completion),
+    Send(Option<(Connection, Address)>),
     Queue,
     Fail(Status),
     Drop(Status),
 }
 
 /// One pick on the current picker, with its generation. A pick's
-/// `on_done` from here on runs once, however its attempt ends.
-fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Status> {
+/// completion from here on reports once, however its attempt ends.
+fn pick(shared: &Shared, progress: &mut Progress) -> Result<(u64, Decision), Status> {
     let snapshot = shared.picker.load();
     if snapshot.state == ConnectivityState::Idle
         && !snapshot
@@ -171,7 +240,9 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
     {
         let _ = shared.requests.send(ControlRequest::ExitIdle);
     }
-    let info = PickInfo::new(outgoing.uri().path(), outgoing.headers());
+    let outgoing = &mut progress.outgoing;
+    let info = PickInfo::new(outgoing.uri().path(), outgoing.headers())
+        .with_extensions(outgoing.extensions());
     // The pick borrows from the snapshot: take what the call needs from the
     // subchannel while the snapshot is held.
     let decision = match snapshot.picker.pick(&info) {
@@ -183,8 +254,8 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
                 None => Ok(None),
             };
             // Even a call that ends here (a bad URI) completes its pick.
-            let completion = Completion::new(pick.into_on_done());
-            Decision::Send(ready?, completion)
+            progress.start_attempt(pick.into_completion());
+            Decision::Send(ready?)
         }
         PickResult::Queue => Decision::Queue,
         PickResult::Fail(status) => Decision::Fail(status),
@@ -199,25 +270,26 @@ fn pick(shared: &Shared, outgoing: &mut Outgoing) -> Result<(u64, Decision), Sta
 async fn attempt(
     connection: Connection,
     address: Address,
-    outgoing: &mut Outgoing,
-    completion: Completion,
     progress: &mut Progress,
-) -> Result<Option<Sent>, Status> {
+) -> Result<Option<Opened>, Status> {
     let address = progress.sent_to.insert(address);
-    let failure = match connection.send(outgoing, address).await {
-        Ok(opened) => return Ok(Some(Sent { opened, completion })),
+    let failure = match connection.send(&mut progress.outgoing, address).await {
+        Ok(opened) => return Ok(Some(opened)),
         Err(failure) => failure,
     };
     progress.sent_to = None;
-    drop(completion);
     match failure {
         // Never left the client: pick again, as often as it takes.
-        SendError::Unsent => Ok(None),
+        SendError::Unsent => {
+            progress.end_attempt(Code::Unavailable);
+            Ok(None)
+        }
         // Not processed by the server: once more (gRFC A6).
         SendError::Unprocessed(status) => {
+            progress.end_attempt(status.code());
             if progress.retried_unprocessed {
                 Err(not_retried(&status, "already retried once"))
-            } else if !outgoing.rewind() {
+            } else if !progress.outgoing.rewind() {
                 Err(not_retried(
                     &status,
                     &format!(
@@ -231,7 +303,10 @@ async fn attempt(
                 Ok(None)
             }
         }
-        SendError::Failed(status) => Err(status),
+        SendError::Failed(status) => {
+            progress.end_attempt(status.code());
+            Err(status)
+        }
     }
 }
 
@@ -244,7 +319,7 @@ async fn wait_for_picker(
     shared: &Shared,
     generation: u64,
     queue_deadline: Option<Instant>,
-    progress: &Progress,
+    last_pick_error: &Option<Status>,
 ) -> Result<(), Status> {
     let changed = shared.picker.changed_since(generation);
     let Some(deadline) = queue_deadline else {
@@ -258,7 +333,7 @@ async fn wait_for_picker(
                 "no ready endpoint for {} after waiting {:?} ({})",
                 shared.target,
                 shared.defaults.queue_timeout,
-                describe_state(shared, progress)
+                describe_state(shared, last_pick_error)
             ))
         })
 }
@@ -272,15 +347,15 @@ fn deadline_exceeded(shared: &Shared, timeout: Duration, progress: &Progress) ->
         ),
         None => format!(
             "deadline of {timeout:?} exceeded for a call to {target} ({})",
-            describe_state(shared, progress)
+            describe_state(shared, &progress.last_pick_error)
         ),
     })
 }
 
 /// `state X` plus the last pick failure the call saw, if any.
-fn describe_state(shared: &Shared, progress: &Progress) -> String {
+fn describe_state(shared: &Shared, last_pick_error: &Option<Status>) -> String {
     let state = shared.picker.load().state;
-    match &progress.last_pick_error {
+    match last_pick_error {
         Some(status) => format!("state {state}: {}", status.message()),
         None => format!("state {state}"),
     }
@@ -299,19 +374,21 @@ fn set_origin(uri: &mut Uri, origin: &Origin) -> Result<(), Status> {
 }
 
 /// The response for a call whose headers arrived: its body ends at the
-/// call's deadline and runs the pick's `on_done` when the call ends.
+/// call's deadline and reports to the pick's completion when the call
+/// ends.
 fn respond(
-    sent: Sent,
-    progress: Progress,
+    opened: Opened,
+    progress: &mut Progress,
     deadline: Option<Deadline>,
 ) -> Result<Response<Body>, Status> {
-    let Some(address) = progress.sent_to else {
-        return Err(Status::internal("a sent call lost track of its backend"));
+    let (Some(address), Some(completion)) = (progress.sent_to.take(), progress.completion.take())
+    else {
+        let status = Status::internal("a sent call lost track of its backend");
+        progress.end_attempt(status.code());
+        return Err(status);
     };
     let peer = Peer::new(address.clone());
-    let mut response = sent
-        .opened
-        .into_response(address, sent.completion, deadline);
+    let mut response = opened.into_response(address, completion, deadline);
     response.extensions_mut().insert(peer);
     Ok(response)
 }

@@ -51,7 +51,7 @@ pub(crate) use dial::Connector;
 pub use dial::{BoxError, Io};
 pub(crate) use http2::Lost;
 pub(crate) use origin::{Origin, TargetHost};
-pub(crate) use stream::{Completion, Deadline, Opened, Outgoing, SendError, REPLAY_LIMIT};
+pub(crate) use stream::{Deadline, Opened, Outgoing, SendError, REPLAY_LIMIT};
 #[cfg(feature = "tls")]
 pub use tls::ClientTlsConfig;
 

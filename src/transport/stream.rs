@@ -37,8 +37,8 @@ mod replay;
 mod response;
 
 pub(crate) use replay::{Outgoing, REPLAY_LIMIT};
-pub(crate) use response::{Completion, Deadline};
-use response::{ResponseBody, StopPipe};
+pub(crate) use response::Deadline;
+use response::{grpc_code, ResponseBody, StopPipe};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,6 +51,7 @@ use tokio::sync::oneshot;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+use crate::picker::Completion;
 use crate::Address;
 use replay::BodySource;
 
@@ -89,20 +90,28 @@ impl Opened {
     }
 
     /// The response for the caller: its body reads the stream, ends at
-    /// `deadline` and runs `completion` when the call ends; a request body
-    /// still streaming goes on from a task of its own until then.
+    /// `deadline` and reports to `completion` when the call ends (a
+    /// trailers-only response has ended already: its headers are its
+    /// trailers); a request body still streaming goes on from a task of
+    /// its own until then.
     pub(crate) fn into_response(
         self,
         address: Address,
-        completion: Completion,
+        mut completion: Completion,
         deadline: Option<Deadline>,
     ) -> Response<Body> {
         let stop_pipe = self.pipe.map(RequestPipe::spawn);
         let (parts, stream) = self.response.into_parts();
+        let code = grpc_code(&parts.headers, parts.status);
+        completion.set_bytes_received();
+        if stream.is_end_stream() {
+            completion.finish(code, &parts.headers);
+        }
         let body = ResponseBody::new(
             stream,
             address,
             completion,
+            code,
             deadline,
             stop_pipe,
             self.in_flight,
@@ -140,6 +149,7 @@ pub(crate) async fn send(
             Err(e) => return Err(SendError::Failed(status_from_h2(&e, address))),
         };
     drop(sender);
+    outgoing.set_opened();
     let mut pipe = PipeState::new(stream, end_of_stream);
     let result = {
         let body = outgoing.body_mut();

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 pub mod counting;
 pub mod dns;
+pub mod echo;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod grpcio;
@@ -77,6 +78,17 @@ impl Simple for Service {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
         let _in_flight = InFlight::enter(&self.stats);
         let data = req.into_inner().data;
+        if let Some(code) = data
+            .strip_prefix("fail:")
+            .and_then(|c| c.parse::<i32>().ok())
+        {
+            // A trailers-only answer carrying `x-failed-by`.
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            let by = self.addr.to_string().parse().expect("an ASCII address");
+            metadata.insert("x-failed-by", by);
+            let message = format!("failed on request by {}", self.addr);
+            return Err(Status::with_metadata(code.into(), message, metadata));
+        }
         if let Some(ms) = data.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         } else if !self.delay.is_zero() {

@@ -33,6 +33,8 @@ pub(crate) const REPLAY_LIMIT: usize = 256 * 1024;
 pub(crate) struct Outgoing {
     head: Parts,
     body: BodySource,
+    /// The last attempt's stream was opened (bytes reached the server).
+    opened: bool,
 }
 
 impl Outgoing {
@@ -48,7 +50,23 @@ impl Outgoing {
         Outgoing {
             head,
             body: BodySource::new(body),
+            opened: false,
         }
+    }
+
+    pub(crate) fn extensions(&self) -> &http::Extensions {
+        &self.head.extensions
+    }
+
+    /// Records that this attempt's stream was opened.
+    pub(crate) fn set_opened(&mut self) {
+        self.opened = true;
+    }
+
+    /// Whether the attempt's stream was opened, and starts over for the
+    /// next attempt.
+    pub(crate) fn take_opened(&mut self) -> bool {
+        std::mem::take(&mut self.opened)
     }
 
     pub(crate) fn uri(&self) -> &Uri {

@@ -8,8 +8,11 @@
 //!
 //! The call ends when the body yields its trailers, its end, or an error,
 //! or when it is dropped, whichever comes first: then, once, the pick's
-//! `on_done` runs, the request pipe (if any) is told to stop, and the
-//! stream is released (`h2` resets it with CANCEL if it is still open).
+//! completion reports how it ended (the trailers' `grpc-status` and the
+//! trailers themselves, lent; the error's code; `DEADLINE_EXCEEDED`; or
+//! `CANCELLED` when dropped), the request pipe (if any) is told to stop,
+//! and the stream is released (`h2` resets it with CANCEL if it is still
+//! open).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,10 +24,10 @@ use h2::RecvStream;
 use http_body::Frame;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::status_from_h2;
-use crate::picker::OnDone;
+use crate::picker::Completion;
 use crate::transport::http2::InFlight;
 use crate::Address;
 
@@ -56,30 +59,6 @@ impl Deadline {
     }
 }
 
-/// A pick's `on_done`, run exactly once: when the call (or the attempt)
-/// ends, or when it is dropped with the call's future or body, however
-/// that happens (deadline, cancellation by the caller).
-pub(crate) struct Completion(Option<OnDone>);
-
-impl Completion {
-    pub(crate) fn new(on_done: Option<OnDone>) -> Self {
-        Completion(on_done)
-    }
-
-    /// Runs `on_done` if it has not run yet.
-    pub(crate) fn run(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        self.run();
-    }
-}
-
 /// Dropping it tells a spawned request pipe to stop (see
 /// `RequestPipe::spawn`).
 pub(crate) type StopPipe = oneshot::Sender<()>;
@@ -91,6 +70,9 @@ pub(crate) struct ResponseBody {
     data_done: bool,
     address: Address,
     completion: Completion,
+    /// The call's code if the stream ends without trailers (from the
+    /// response headers).
+    code_without_trailers: Code,
     deadline: Option<Deadline>,
     stop_pipe: Option<StopPipe>,
     /// Counts the call in flight on its connection until the call ends.
@@ -102,6 +84,7 @@ impl ResponseBody {
         stream: RecvStream,
         address: Address,
         completion: Completion,
+        code_without_trailers: Code,
         deadline: Option<Deadline>,
         stop_pipe: Option<StopPipe>,
         in_flight: InFlight,
@@ -111,24 +94,26 @@ impl ResponseBody {
             data_done: false,
             address,
             completion,
+            code_without_trailers,
             deadline,
             stop_pipe,
             in_flight: Some(in_flight),
         }
     }
 
-    /// Ends the call: runs `on_done`, stops the request pipe and releases
-    /// the stream and the timer.
-    fn finish(&mut self) {
+    /// Ends the call: reports `code` and `trailers` to the pick's
+    /// observer, stops the request pipe and releases the stream and the
+    /// timer.
+    fn finish(&mut self, code: Code, trailers: &http::HeaderMap) {
         self.stream = None;
         self.stop_pipe = None;
         self.deadline = None;
         self.in_flight = None;
-        self.completion.run();
+        self.completion.finish(code, trailers);
     }
 
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        self.finish();
+        self.finish(status.code(), &http::HeaderMap::new());
         Poll::Ready(Some(Err(status)))
     }
 
@@ -180,13 +165,13 @@ impl http_body::Body for ResponseBody {
         }
         match ready!(Self::poll_stream(stream, &mut this.data_done, cx)) {
             Ok(Some(frame)) => {
-                if frame.is_trailers() {
-                    this.finish();
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(grpc_code(trailers, http::StatusCode::OK), trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Ok(None) => {
-                this.finish();
+                this.finish(this.code_without_trailers, &http::HeaderMap::new());
                 Poll::Ready(None)
             }
             Err(e) => {
@@ -198,5 +183,22 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.stream.as_ref().is_none_or(RecvStream::is_end_stream)
+    }
+}
+
+/// The gRPC code a response's `headers` (its trailers, or the headers of a
+/// trailers-only response) carry: `grpc-status`, else the code gRPC's
+/// HTTP-to-gRPC mapping gives a non-200 `status`, else `UNKNOWN`.
+pub(crate) fn grpc_code(headers: &http::HeaderMap, status: http::StatusCode) -> Code {
+    if let Some(code) = headers.get("grpc-status") {
+        return Code::from_bytes(code.as_bytes());
+    }
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
     }
 }
