@@ -96,3 +96,47 @@ async fn the_orca_layer_puts_the_recorders_report_in_every_responses_trailers() 
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn backends_reporting_utilization_0_9_0_5_0_1_get_calls_inversely_to_it() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut addrs = Vec::new();
+        for utilization in [0.9, 0.5, 0.1] {
+            let recorder = ServerMetricsRecorder::new();
+            recorder.set_cpu_utilization(utilization);
+            recorder.set_qps(100.0);
+            addrs.push(orca_backend(recorder).await.to_string());
+        }
+        let config = r#"{"loadBalancingConfig":[{"weighted_round_robin":
+            {"blackoutPeriod":"0s","weightUpdatePeriod":"0.1s"}}]}"#;
+        let channel = BalancedChannel::builder(format!("static:///{}", addrs.join(",")))
+            .service_config(config)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel);
+        // Weights 100/0.9 : 100/0.5 : 100/0.1, i.e. 1 : 1.8 : 9 of 11.8.
+        let want = [1.0 / 11.8, 1.8 / 11.8, 9.0 / 11.8];
+        let mut last = HashMap::new();
+        for _ in 0..50 {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for i in 0..1000 {
+                let peer = route(&mut client, &format!("call {i}")).await.unwrap();
+                *counts.entry(peer).or_default() += 1;
+            }
+            let close = addrs.iter().zip(want).all(|(addr, want)| {
+                let got = counts.get(addr).copied().unwrap_or(0) as f64 / 1000.0;
+                (got - want).abs() < 0.05
+            });
+            if close {
+                return;
+            }
+            last = counts;
+            // The next weight update.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        panic!("calls never converged to {want:?} of {addrs:?}: last {last:?}");
+    })
+    .await
+    .unwrap();
+}

@@ -149,9 +149,7 @@ fn header_hash(headers: &http::HeaderMap, name: &HeaderName) -> Option<u64> {
 
 /// The [`RequestHash`] the caller put in the request's extensions.
 fn request_hash(info: &PickInfo<'_>) -> Option<u64> {
-    // PickInfo does not carry the request's extensions yet.
-    let _ = (info, std::marker::PhantomData::<RequestHash>);
-    None
+    info.extensions().get::<RequestHash>().map(|h| h.0)
 }
 
 impl Picker for RingPicker {

@@ -295,3 +295,31 @@ fn a_lost_connection_goes_idle_and_reconnects_on_the_next_call() {
     assert!(matches!(pick_key(&ctl, "k"), PickResult::Queue));
     assert_eq!(ctl.connects("a:1"), 1);
 }
+
+#[test]
+fn without_a_header_config_the_callers_request_hash_decides() {
+    let (mut rh, mut ctl) = (RingHash::new(1), FakeController::new());
+    rh.resolver_update(
+        &update(&["a:1", "b:1", "c:1"]),
+        &LbConfig::empty(),
+        &mut ctl,
+    );
+    for a in ["a:1", "b:1", "c:1"] {
+        ctl.deliver(&mut rh, a, Ready);
+    }
+    let picker = ctl.picker().unwrap();
+    let headers = http::HeaderMap::new();
+    for k in 0..50 {
+        let key = format!("user-{k}");
+        let mut extensions = http::Extensions::new();
+        extensions.insert(RequestHash::of(&key));
+        let info = PickInfo::new("/proto.Simple/Route", &headers).with_extensions(&extensions);
+        let got: Vec<String> = (0..3)
+            .filter_map(|_| match picker.pick(&info) {
+                PickResult::Pick(p) => Some(p.subchannel().address().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![ring_order(&rh, &key)[0].clone(); 3], "{key}");
+    }
+}

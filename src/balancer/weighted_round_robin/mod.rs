@@ -25,7 +25,9 @@
 //! scheduler is rebuilt from the current weights every
 //! `weightUpdatePeriod` (1 s, at least 100 ms) on the channel's control
 //! task, and swapped atomically into the published picker. With fewer
-//! than two weights, or all equal, it is plain round robin.
+//! than two weights, or all equal, it is plain round robin. Each pick
+//! carries its endpoint's observer (one reference count written per call),
+//! which reads the report in the call's trailers when it ends.
 //!
 //! **Children.** A [`ChildManager`](super::ChildManager) with a
 //! pick_first child per endpoint, as round_robin: every endpoint is
@@ -40,7 +42,7 @@
 //! 100 ms if below), `errorUtilizationPenalty` (1.0, not negative).
 //! Out-of-band reports (`enableOobLoadReport: true`, ORCA's
 //! `OpenRcaService`) are not implemented yet: the setting is accepted and
-//! reports are read per call only.
+//! reports are read per call (from every call's trailers) either way.
 //!
 //! ```
 //! # use std::time::Duration;
@@ -69,15 +71,13 @@ use tokio::time::Instant;
 use super::child_manager::{ChildManager, ChildPickers, ReadyChild};
 use super::round_robin::Rotation;
 use super::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig, LbPolicy};
-use crate::picker::{PickInfo, PickResult, Picker};
+use crate::picker::{CallObserver, DoneInfo, PickInfo, PickResult, Picker};
 use crate::resolver::ResolverUpdate;
 use crate::subchannel::SubchannelState;
 use crate::{Endpoint, Error, Subchannel};
 pub use config::WrrConfig;
 use scheduler::Scheduler;
-use weight::EndpointWeight;
-#[cfg(test)]
-use weight::Load;
+use weight::{EndpointWeight, Load};
 
 /// The name of the weighted_round_robin policy.
 pub const WEIGHTED_ROUND_ROBIN: &str = "weighted_round_robin";
@@ -169,17 +169,43 @@ impl ChildPickers for WrrPickers {
         let table = Arc::new(table);
         self.latest.store(Some(table.clone()));
         let starts = std::array::from_fn(|_| self.rng.random_range(0..ready.len().max(1)));
+        let observers = (table.weights.iter())
+            .map(|weight| {
+                Arc::new(ReportReader {
+                    weight: weight.clone(),
+                    config: self.config.clone(),
+                }) as Arc<dyn CallObserver>
+            })
+            .collect();
         Arc::new(WrrPicker {
             children: ready.iter().map(|c| c.picker.clone()).collect(),
+            observers,
             table,
             rotation: Rotation::new(starts),
         })
     }
 }
 
-/// Picks a READY child by the scheduler and lets its picker pick.
+/// Reads the ORCA report in a call's trailers into its endpoint's weight.
+struct ReportReader {
+    weight: Arc<EndpointWeight>,
+    config: Arc<ArcSwap<WrrConfig>>,
+}
+
+impl CallObserver for ReportReader {
+    fn done(&self, info: &DoneInfo<'_>) {
+        if let Some(report) = crate::orca::from_trailers(info.trailers()) {
+            let penalty = self.config.load().error_utilization_penalty;
+            (self.weight).on_report(Load::from(&report), Instant::now(), penalty);
+        }
+    }
+}
+
+/// Picks a READY child by the scheduler and lets its picker pick; the
+/// pick's end goes to the endpoint's [`ReportReader`].
 struct WrrPicker {
     children: Box<[Arc<dyn Picker>]>,
+    observers: Box<[Arc<dyn CallObserver>]>,
     table: Arc<Table>,
     rotation: Rotation,
 }
@@ -187,9 +213,14 @@ struct WrrPicker {
 impl Picker for WrrPicker {
     fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
         let scheduler = self.table.scheduler.load();
-        match self.children.get(scheduler.next(&self.rotation)) {
-            Some(child) => child.pick(info),
-            None => PickResult::Queue,
+        let index = scheduler.next(&self.rotation);
+        let (Some(child), Some(observer)) = (self.children.get(index), self.observers.get(index))
+        else {
+            return PickResult::Queue;
+        };
+        match child.pick(info) {
+            PickResult::Pick(pick) => PickResult::Pick(pick.with_observer(observer.clone())),
+            other => other,
         }
     }
 }

@@ -123,3 +123,50 @@ async fn the_update_timer_keeps_running_and_the_children_connect_like_round_robi
     assert_eq!(ctl.last_state(), Ready);
     assert_eq!(tally(&ctl, 10)["b:1"], 10);
 }
+
+/// Ends one pick as a call whose trailers carry the ORCA report of its
+/// backend: 100 qps at `utilization(address)`.
+fn call_with_report(ctl: &FakeController, utilization: impl Fn(&str) -> f64) {
+    let PickResult::Pick(pick) = ctl.pick() else {
+        panic!("expected a pick");
+    };
+    let report = crate::orca::OrcaLoadReport {
+        cpu_utilization: utilization(pick.subchannel().address().addr()),
+        rps_fractional: 100.0,
+        ..Default::default()
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(crate::orca::TRAILER, crate::orca::to_header_value(&report));
+    pick.complete(&crate::picker::DoneInfo::new(
+        tonic::Code::Ok,
+        true,
+        true,
+        &trailers,
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_in_the_calls_trailers_weigh_the_backends_inversely_to_utilization() {
+    let json = serde_json::json!({"blackoutPeriod": "1s", "weightUpdatePeriod": "0.5s"});
+    let (mut wrr, mut ctl) = ready(&[("a:1", 1), ("b:1", 1), ("c:1", 1)], json);
+    let utilization = |addr: &str| match addr {
+        "a:1" => 0.9,
+        "b:1" => 0.5,
+        _ => 0.1,
+    };
+    for _ in 0..4 {
+        for _ in 0..30 {
+            call_with_report(&ctl, utilization);
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(ctl.run_due_work(&mut wrr), "the update timer runs");
+    }
+    let counts = tally(&ctl, 13_111);
+    let (a, b, c) = (
+        counts["a:1"] as f64,
+        counts["b:1"] as f64,
+        counts["c:1"] as f64,
+    );
+    assert!((c / a - 9.0).abs() < 0.5, "{counts:?}");
+    assert!((b / a - 1.8).abs() < 0.2, "{counts:?}");
+}

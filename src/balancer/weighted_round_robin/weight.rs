@@ -7,10 +7,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::WrrConfig;
+use crate::orca::OrcaLoadReport;
+
+impl From<&OrcaLoadReport> for Load {
+    fn from(report: &OrcaLoadReport) -> Load {
+        let utilization = if report.application_utilization > 0.0 {
+            report.application_utilization
+        } else {
+            report.cpu_utilization
+        };
+        Load {
+            qps: report.rps_fractional,
+            eps: report.eps,
+            utilization,
+        }
+    }
+}
 
 /// What a load report says, as A58 reads it.
-// Calls feed reports once the pick completion carries trailers.
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Load {
     /// Queries per second the backend served (`rps_fractional`).
@@ -51,8 +65,6 @@ impl EndpointWeight {
         Duration::from_nanos(self.stamp(now).saturating_sub(stamp))
     }
 
-    // Calls feed reports once the pick completion carries trailers.
-    #[cfg_attr(not(test), allow(dead_code))]
     /// A report arrived at `now`: weight = qps / (utilization + eps/qps ·
     /// penalty). A report without qps or utilization is ignored (A58).
     pub(crate) fn on_report(&self, load: Load, now: Instant, penalty: f64) {
