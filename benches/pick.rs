@@ -7,6 +7,11 @@
 //! - `pick/<policy>/2threads/<n>`: the same while two threads pick from the
 //!   same picker at once; the figure is the time per pick seen by each
 //!   thread (the mean of the two threads' elapsed time / picks).
+//!   `weighted_round_robin` has static weights 1, 2, 3, 1, ... (its stride
+//!   scheduler, not the plain rotation) and attaches its load-report
+//!   observer to each pick (one reference count); `ring_hash` (default
+//!   ring of 1024..4096 points) hashes the call's `session-id` header,
+//!   the same value every pick, with xxHash64 and searches the ring.
 //! - `update/<policy>/10000_addresses_1pct_changed`: one
 //!   `Balancer::resolver_update` with 10,000 addresses of which 100 differ
 //!   from the previous update: the 9,900 kept subchannels are READY, the
@@ -35,7 +40,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tonic_balance::balancer::testing::FakeController;
 use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BuildOptions, LbConfig, PickFirstBuilder, RoundRobinBuilder,
+    Balancer, BalancerBuilder, BuildOptions, LbConfig, PickFirstBuilder, RingHashBuilder,
+    RoundRobinBuilder, WeightedRoundRobinBuilder,
 };
 use tonic_balance::picker::PickInfo;
 use tonic_balance::resolver::ResolverUpdate;
@@ -56,6 +62,35 @@ fn update(addrs: &[String]) -> ResolverUpdate {
     ResolverUpdate::new(addrs.iter().map(|a| Address::new(a.as_str())).collect())
 }
 
+/// The update a policy is benchmarked with: weights 1, 2, 3, 1, ... for
+/// weighted_round_robin (so its scheduler is not plain round robin).
+fn update_for(policy: &dyn BalancerBuilder, addrs: &[String]) -> ResolverUpdate {
+    if policy.name() != "weighted_round_robin" {
+        return update(addrs);
+    }
+    let weighted = (addrs.iter().enumerate())
+        .map(|(i, a)| Address::new(a.as_str()).with_weight(1 + (i % 3) as u32))
+        .collect();
+    ResolverUpdate::new(weighted)
+}
+
+/// The config a policy is benchmarked with: ring_hash hashes the
+/// `session-id` header.
+fn config_for(policy: &dyn BalancerBuilder) -> LbConfig {
+    let json = match policy.name() {
+        "ring_hash" => serde_json::json!({"requestHashHeader": "session-id"}),
+        _ => serde_json::json!({}),
+    };
+    policy.parse_config(&json).expect("a valid config")
+}
+
+/// The call every pick is for: one `session-id` (ring_hash's key).
+fn call_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("session-id", http::HeaderValue::from_static("user-42"));
+    headers
+}
+
 /// A balancer over `addrs` with every subchannel READY, and its controller.
 fn ready_balancer(
     policy: &dyn BalancerBuilder,
@@ -64,11 +99,13 @@ fn ready_balancer(
     let mut balancer = build(policy);
     let mut ctl = FakeController::new();
     ctl.set_recording(false);
-    balancer.resolver_update(&update(addrs), &LbConfig::empty(), &mut ctl);
+    let lazy = policy.name() == "ring_hash";
+    balancer.resolver_update(&update_for(policy, addrs), &config_for(policy), &mut ctl);
     for a in addrs {
         // round_robin connects every address; pick_first only its first,
-        // and drops the rest once that one is READY.
-        if ctl.connects(a) == 0 {
+        // and drops the rest once that one is READY; ring_hash connects on
+        // picks (all are made READY here).
+        if ctl.connects(a) == 0 && !lazy {
             continue;
         }
         ctl.deliver(&mut *balancer, a, ConnectivityState::Ready);
@@ -96,7 +133,7 @@ fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
-                    let headers = http::HeaderMap::new();
+                    let headers = call_headers();
                     let info = PickInfo::new("/proto.Simple/Route", &headers);
                     barrier.wait();
                     let start = Instant::now();
@@ -116,11 +153,13 @@ fn two_threads(picker: &Arc<dyn Picker>, iters: u64) -> Duration {
 }
 
 fn bench_picks(c: &mut Criterion) {
-    let policies: [(&str, &dyn BalancerBuilder); 2] = [
+    let policies: [(&str, &dyn BalancerBuilder); 4] = [
         ("round_robin", &RoundRobinBuilder),
         ("pick_first", &PickFirstBuilder),
+        ("weighted_round_robin", &WeightedRoundRobinBuilder),
+        ("ring_hash", &RingHashBuilder),
     ];
-    let headers = http::HeaderMap::new();
+    let headers = call_headers();
     let info = PickInfo::new("/proto.Simple/Route", &headers);
     for (name, policy) in policies {
         let mut group = c.benchmark_group(format!("pick/{name}"));
