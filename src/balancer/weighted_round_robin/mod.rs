@@ -29,7 +29,7 @@
 //! carries its endpoint's observer (one reference count written per call),
 //! which reads the report in the call's trailers when it ends.
 //!
-//! **Children.** A [`ChildManager`](super::ChildManager) with a
+//! **Children.** A [`ChildManager`] with a
 //! pick_first child per endpoint, as round_robin: every endpoint is
 //! connected, the state is the children's aggregate, a lost connection
 //! reconnects at once. A backend that (re)enters READY starts a new
