@@ -1,12 +1,20 @@
-//! Compiles `proto/simple.proto` (examples, tests, benchmarks) and
-//! `proto/echo.proto` (streaming tests) without a system `protoc`: `protox` parses
-//! the file in pure Rust and `tonic-prost-build` generates the client and
-//! server code from the resulting descriptor set.
+//! Compiles `proto/simple.proto` (examples, tests, benchmarks),
+//! `proto/echo.proto` (streaming tests) and the vendored ORCA load report
+//! (`proto/xds/data/orca/v3/orca_load_report.proto`, used by the library's
+//! `orca` module) without a system `protoc`: `protox` parses the files in
+//! pure Rust and `tonic-prost-build` generates the messages, clients and
+//! servers from the resulting descriptor set.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/simple.proto");
-    println!("cargo:rerun-if-changed=proto/echo.proto");
-    let fds = protox::compile(["proto/simple.proto", "proto/echo.proto"], ["proto"])?;
+    let files = [
+        "proto/simple.proto",
+        "proto/echo.proto",
+        "proto/xds/data/orca/v3/orca_load_report.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

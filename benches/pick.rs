@@ -11,6 +11,11 @@
 //!   random choices, the in-flight increment and the observer's `Arc`
 //!   clone at pick, and the decrement when the dropped pick reports
 //!   (as a call's completion does when it ends).
+//!   `weighted_round_robin` has static weights 1, 2, 3, 1, ... (its stride
+//!   scheduler, not the plain rotation) and attaches its load-report
+//!   observer to each pick (one reference count); `ring_hash` (default
+//!   ring of 1024..4096 points) hashes the call's `session-id` header,
+//!   the same value every pick, with xxHash64 and searches the ring.
 //! - `update/<policy>/10000_addresses_1pct_changed`: one
 //!   `Balancer::resolver_update` with 10,000 addresses of which 100 differ
 //!   from the previous update: the 9,900 kept subchannels are READY, the
@@ -46,7 +51,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use tonic_balance::balancer::testing::FakeController;
 use tonic_balance::balancer::{
     Balancer, BalancerBuilder, BuildOptions, LbConfig, LeastRequestBuilder,
-    OutlierDetectionBuilder, PickFirstBuilder, RoundRobinBuilder,
+    OutlierDetectionBuilder, PickFirstBuilder, RingHashBuilder, RoundRobinBuilder,
+    WeightedRoundRobinBuilder,
 };
 use tonic_balance::picker::{DoneInfo, PickInfo};
 use tonic_balance::resolver::ResolverUpdate;
@@ -67,12 +73,41 @@ fn update(addrs: &[String]) -> ResolverUpdate {
     ResolverUpdate::new(addrs.iter().map(|a| Address::new(a.as_str())).collect())
 }
 
+/// The update a policy is benchmarked with: weights 1, 2, 3, 1, ... for
+/// weighted_round_robin (so its scheduler is not plain round robin).
+fn update_for(policy: &dyn BalancerBuilder, addrs: &[String]) -> ResolverUpdate {
+    if policy.name() != "weighted_round_robin" {
+        return update(addrs);
+    }
+    let weighted = (addrs.iter().enumerate())
+        .map(|(i, a)| Address::new(a.as_str()).with_weight(1 + (i % 3) as u32))
+        .collect();
+    ResolverUpdate::new(weighted)
+}
+
+/// The config a policy is benchmarked with: ring_hash hashes the
+/// `session-id` header.
+fn config_for(policy: &dyn BalancerBuilder) -> LbConfig {
+    let json = match policy.name() {
+        "ring_hash" => serde_json::json!({"requestHashHeader": "session-id"}),
+        _ => serde_json::json!({}),
+    };
+    policy.parse_config(&json).expect("a valid config")
+}
+
+/// The call every pick is for: one `session-id` (ring_hash's key).
+fn call_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("session-id", http::HeaderValue::from_static("user-42"));
+    headers
+}
+
 /// A balancer over `addrs` with every subchannel READY, and its controller.
 fn ready_balancer(
     policy: &dyn BalancerBuilder,
     addrs: &[String],
 ) -> (Box<dyn Balancer>, FakeController) {
-    ready_balancer_with(policy, addrs, &LbConfig::empty())
+    ready_balancer_with(policy, addrs, &config_for(policy))
 }
 
 fn ready_balancer_with(
@@ -83,11 +118,13 @@ fn ready_balancer_with(
     let mut balancer = build(policy);
     let mut ctl = FakeController::new();
     ctl.set_recording(false);
-    balancer.resolver_update(&update(addrs), config, &mut ctl);
+    let lazy = policy.name() == "ring_hash";
+    balancer.resolver_update(&update_for(policy, addrs), config, &mut ctl);
     for a in addrs {
-        // round_robin and least_request connect every address; pick_first
-        // only its first, and drops the rest once that one is READY.
-        if ctl.connects(a) == 0 {
+        // round_robin and least_request connect every address; pick_first only its first,
+        // and drops the rest once that one is READY; ring_hash connects on
+        // picks (all are made READY here).
+        if ctl.connects(a) == 0 && !lazy {
             continue;
         }
         ctl.deliver(&mut *balancer, a, ConnectivityState::Ready);
@@ -169,7 +206,7 @@ fn on_two_threads(iters: u64, step: impl Fn(&PickInfo<'_>, &http::HeaderMap) + S
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
-                    let headers = http::HeaderMap::new();
+                    let headers = call_headers();
                     let info = PickInfo::new("/proto.Simple/Route", &headers);
                     barrier.wait();
                     let start = Instant::now();
@@ -190,12 +227,14 @@ fn on_two_threads(iters: u64, step: impl Fn(&PickInfo<'_>, &http::HeaderMap) + S
 
 fn bench_picks(c: &mut Criterion) {
     let least_request = LeastRequestBuilder::new();
-    let policies: [(&str, &dyn BalancerBuilder); 3] = [
+    let policies: [(&str, &dyn BalancerBuilder); 5] = [
         ("round_robin", &RoundRobinBuilder),
         ("pick_first", &PickFirstBuilder),
         ("least_request", &least_request),
+        ("weighted_round_robin", &WeightedRoundRobinBuilder),
+        ("ring_hash", &RingHashBuilder),
     ];
-    let headers = http::HeaderMap::new();
+    let headers = call_headers();
     let info = PickInfo::new("/proto.Simple/Route", &headers);
     for (name, policy) in policies {
         let mut group = c.benchmark_group(format!("pick/{name}"));

@@ -29,6 +29,15 @@
 //! snapshot (`BalancedChannel::snapshot`) after the last call: target,
 //! policy, state, the resolver's last update and, per subchannel, its
 //! state, last error and call and connection counters.
+//!
+//! `--metadata KEY=VALUE` (repeatable) adds a header to every call, e.g.
+//! the key ring_hash hashes:
+//!
+//! ```text
+//! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
+//!     --service-config '{"loadBalancingConfig":[{"ring_hash":{"requestHashHeader":"session-id"}}]}' \
+//!     --metadata session-id=user-42 --requests 8
+//! ```
 
 mod common;
 
@@ -41,8 +50,9 @@ use common::proto::simple_client::SimpleClient;
 use common::proto::SimpleRequest;
 use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
-const USAGE: &str = "usage: client --target URI [--policy pick_first|round_robin|least_request] \
-[--service-config JSON] [--requests N] \
+const USAGE: &str = "usage: client --target URI \
+[--policy pick_first|round_robin|least_request|weighted_round_robin|ring_hash] \
+[--service-config JSON] [--metadata KEY=VALUE ...] [--requests N] \
 [--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] [--stats] \
 [--connections-per-address N] [--user-agent S] \
 [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] (TLS: --features tls)";
@@ -51,6 +61,10 @@ struct Options {
     target: String,
     policy: String,
     service_config: Option<String>,
+    metadata: Vec<(
+        tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
+        tonic::metadata::AsciiMetadataValue,
+    )>,
     requests: usize,
     concurrency: usize,
     interval: Duration,
@@ -152,6 +166,7 @@ fn parse() -> Result<Option<Options>, String> {
         target: args.value("--target")?.ok_or("--target is required")?,
         policy: args.parsed("--policy", "pick_first".to_owned())?,
         service_config: args.value("--service-config")?,
+        metadata: metadata(&mut args)?,
         requests: args.parsed("--requests", 10)?,
         concurrency: args.parsed::<usize>("--concurrency", 1)?.max(1),
         interval: Duration::from_millis(args.parsed("--interval-ms", 0)?),
@@ -173,6 +188,33 @@ fn parse() -> Result<Option<Options>, String> {
     }
     args.finish()?;
     Ok(Some(options))
+}
+
+/// Every `--metadata KEY=VALUE`, checked as gRPC metadata.
+fn metadata(
+    args: &mut common::Args,
+) -> Result<
+    Vec<(
+        tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
+        tonic::metadata::AsciiMetadataValue,
+    )>,
+    String,
+> {
+    let mut all = Vec::new();
+    while let Some(pair) = args.value("--metadata")? {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--metadata {pair:?}: want KEY=VALUE"))?;
+        let key = key
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|_| format!("--metadata {pair:?}: {key:?} is not a metadata key"))?;
+        let value = value
+            .parse()
+            .map_err(|_| format!("--metadata {pair:?}: {value:?} is not a metadata value"))?;
+        all.push((key, value));
+    }
+    Ok(all)
 }
 
 /// Runs the calls; returns how many failed.
@@ -228,6 +270,9 @@ async fn worker(
             data: format!("request {}", i + 1),
         });
         request.set_timeout(options.timeout);
+        for (key, value) in &options.metadata {
+            request.metadata_mut().append(key.clone(), value.clone());
+        }
         request
             .extensions_mut()
             .insert(WaitForReady(options.wait_for_ready));

@@ -17,6 +17,19 @@
 //!     --policy round_robin --requests 8
 //! ```
 //!
+//! `--weight N` registers the address with `{"Metadata":{"weight":N}}`
+//! (etcd's Go naming JSON), which `weighted_round_robin` uses while no
+//! server reports its load; `--utilization X` attaches an ORCA load report
+//! (CPU utilization X, a nominal 100 requests per second) to every
+//! response, which `weighted_round_robin` weighs the server by (100 / X):
+//!
+//! ```text
+//! cargo run --example server -- --addr 127.0.0.1:8000 --etcd 127.0.0.1:2379 --weight 1
+//! cargo run --example server -- --addr 127.0.0.1:8001 --etcd 127.0.0.1:2379 --weight 3
+//! cargo run --example client -- --target etcd://127.0.0.1:2379//grpclb/simple_grpc \
+//!     --policy weighted_round_robin --requests 400
+//! ```
+//!
 //! With `--tls-cert FILE --tls-key FILE` it serves TLS (ALPN h2), and with
 //! `--tls-client-ca FILE` requires client certificates signed by that CA
 //! (mutual TLS). `--addr unix:PATH` serves on a unix socket. Accepted TCP
@@ -48,12 +61,14 @@ use common::proto::{SimpleRequest, SimpleResponse};
 use common::Greeter;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
+use tonic_balance::orca::{OrcaLayer, ServerMetricsRecorder};
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
 const USAGE: &str = "usage: server --addr HOST:PORT|unix:PATH [--etcd HOST:PORT[,HOST:PORT...]] \
 [--prefix PREFIX (default /grpclb/simple_grpc/)] [--ttl SECONDS (default 10)] [--metadata JSON] \
+[--weight N] [--utilization X] \
 [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]] [--health-service NAME] [--fail-rate P]";
 
 #[tokio::main]
@@ -71,6 +86,7 @@ struct EtcdOptions {
     prefix: String,
     ttl: u64,
     metadata: Option<String>,
+    weight: Option<u32>,
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -86,9 +102,28 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             prefix: args.parsed("--prefix", "/grpclb/simple_grpc/".to_owned())?,
             ttl: args.parsed("--ttl", 10)?,
             metadata: args.value("--metadata")?,
+            weight: args
+                .value("--weight")?
+                .map(|w| parse_weight(&w))
+                .transpose()?,
         }),
         None => None,
     };
+    if etcd.is_none() && args.value("--weight")?.is_some() {
+        return Err("--weight is registered in etcd: it needs --etcd".into());
+    }
+    let recorder = ServerMetricsRecorder::new();
+    if let Some(utilization) = args.value("--utilization")? {
+        let x: f64 = utilization
+            .parse()
+            .ok()
+            .filter(|x: &f64| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| format!("--utilization {utilization:?}: want a number above 0"))?;
+        // A nominal rate: clients weigh this server 100 / X (gRFC A58).
+        recorder.set_cpu_utilization(x);
+        recorder.set_qps(100.0);
+        println!("reporting ORCA load: cpu_utilization {x}, rps 100");
+    }
     let tls = tls_config(
         args.value("--tls-cert")?,
         args.value("--tls-key")?,
@@ -132,6 +167,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         })
     });
     server
+        .layer(OrcaLayer::new(recorder))
         .add_service(SimpleServer::new(Flaky::new(addr, fail_rate)))
         .add_optional_service(health)
         .serve_with_incoming_shutdown(incoming, async {
@@ -277,6 +313,14 @@ fn tls_config(
 }
 
 #[cfg(feature = "etcd")]
+/// `--weight N`: a positive integer.
+fn parse_weight(w: &str) -> Result<u32, String> {
+    w.parse()
+        .ok()
+        .filter(|w| *w > 0)
+        .ok_or_else(|| format!("--weight {w:?}: want an integer in 1..=4294967295"))
+}
+
 type Registered = tonic_balance::registration::Registration;
 #[cfg(not(feature = "etcd"))]
 type Registered = std::convert::Infallible;
@@ -289,8 +333,21 @@ async fn register(addr: SocketAddr, etcd: EtcdOptions) -> Result<Registered, Str
     let mut builder = Registration::builder(etcd.prefix, addr.to_string())
         .etcd_endpoints(&etcd.endpoints)
         .ttl(Duration::from_secs(etcd.ttl));
-    if let Some(json) = etcd.metadata {
-        let metadata = serde_json::from_str(&json).map_err(|e| format!("--metadata: {e}"))?;
+    let mut metadata = match etcd.metadata {
+        Some(json) => serde_json::from_str(&json).map_err(|e| format!("--metadata: {e}"))?,
+        None => serde_json::Value::Null,
+    };
+    if let Some(weight) = etcd.weight {
+        // etcd's Go naming JSON: {"Addr": ..., "Metadata": {"weight": N}}.
+        match &mut metadata {
+            serde_json::Value::Object(object) => {
+                object.insert("weight".into(), weight.into());
+            }
+            serde_json::Value::Null => metadata = serde_json::json!({ "weight": weight }),
+            _ => return Err("--weight needs --metadata to be a JSON object".into()),
+        }
+    }
+    if !metadata.is_null() {
         builder = builder.metadata(metadata);
     }
     let registration = builder.register().await.map_err(|e| e.to_string())?;

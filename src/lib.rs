@@ -49,6 +49,7 @@ pub mod channel;
 mod connectivity;
 mod error;
 mod metrics;
+pub mod orca;
 pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;

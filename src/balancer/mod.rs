@@ -42,9 +42,11 @@
 //! picker in [`work`](Balancer::work), which runs after the burst.
 //!
 //! **Policies.** [`pick_first`](PICK_FIRST) (the default, as in gRPC),
-//! [`round_robin`](ROUND_ROBIN) and [`least_request`]
-//! (gRFC A48's `least_request_experimental`, also named `least_request`)
-//! are built in. A policy is chosen by name on
+//! [`round_robin`](ROUND_ROBIN), [`least_request`] (gRFC A48's
+//! `least_request_experimental`, also named `least_request`),
+//! [`weighted_round_robin`](WEIGHTED_ROUND_ROBIN) (gRFC A58) and
+//! [`ring_hash`](RING_HASH) (consistent hashing, gRFC A42/A76) are built
+//! in. A policy is chosen by name on
 //! the channel builder or by a service config
 //! (`{"loadBalancingConfig":[{"round_robin":{}}]}`, see
 //! [`ServiceConfig`](crate::ServiceConfig) and
@@ -280,9 +282,11 @@ pub mod least_request;
 pub mod outlier_detection;
 pub mod pick_first;
 mod registry;
+pub mod ring_hash;
 pub mod round_robin;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod weighted_round_robin;
 pub use child_manager::{ChildManager, ChildPickers, ReadyChild, RoundRobinPickers};
 pub use config::{LbConfig, LbPolicy};
 pub use graceful_switch::GracefulSwitch;
@@ -292,7 +296,9 @@ pub use least_request::{
 pub use outlier_detection::{OutlierDetectionBuilder, OUTLIER_DETECTION};
 pub use pick_first::{PickFirstBuilder, PickFirstConfig, PICK_FIRST};
 pub use registry::{register, BalancerRegistry};
+pub use ring_hash::{RingHashBuilder, RING_HASH};
 pub use round_robin::{RoundRobinBuilder, ROUND_ROBIN};
+pub use weighted_round_robin::{WeightedRoundRobinBuilder, WEIGHTED_ROUND_ROBIN};
 
 use std::sync::Arc;
 

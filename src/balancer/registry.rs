@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{
     BalancerBuilder, LbPolicy, LeastRequestBuilder, OutlierDetectionBuilder, PickFirstBuilder,
-    RoundRobinBuilder,
+    RingHashBuilder, RoundRobinBuilder, WeightedRoundRobinBuilder,
 };
 use crate::service_config::ServiceConfig;
 use crate::{Error, ErrorKind};
@@ -26,7 +26,7 @@ pub struct BalancerRegistry {
 impl BalancerRegistry {
     /// A registry with the built-in policies (`pick_first`, `round_robin`,
     /// `outlier_detection_experimental`, `least_request_experimental` and its
-    /// short name `least_request`).
+    /// short name `least_request`, `weighted_round_robin`, `ring_hash`).
     pub fn new() -> Self {
         let mut registry = BalancerRegistry::empty();
         registry.register(Arc::new(PickFirstBuilder));
@@ -34,6 +34,8 @@ impl BalancerRegistry {
         registry.register(Arc::new(OutlierDetectionBuilder));
         registry.register(Arc::new(LeastRequestBuilder::new()));
         registry.register(Arc::new(LeastRequestBuilder::short_name()));
+        registry.register(Arc::new(RingHashBuilder));
+        registry.register(Arc::new(WeightedRoundRobinBuilder));
         registry
     }
 

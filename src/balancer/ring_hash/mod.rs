@@ -1,0 +1,481 @@
+//! `ring_hash`: consistent hashing, so calls with the same key reach the
+//! same backend (gRFC A42, with gRFC A76's request-header hash).
+//!
+//! **The ring.** Every endpoint gets points on a ring of 64-bit hashes:
+//! its `i`-th point is xxHash64 (seed 0) of `"{key}_{i}"`, where the key
+//! is the endpoint's `hash_key` (a string in its metadata, A76: e.g.
+//! etcd's `{"Addr": ..., "Metadata": {"hash_key": "cache-3"}}`) or else
+//! its first address (`host:port`). Weights (the endpoint's `weight`
+//! attribute, 1 without one) scale the number of points; the ring has at
+//! least `minRingSize` points (as many as the lightest endpoint needs for
+//! a whole number of points) and at most `maxRingSize`. A call lands on
+//! the first point at or after its hash (binary search, wrapping around),
+//! so adding or removing one of n endpoints moves about 1/n of the keys
+//! and no others.
+//!
+//! **The call's hash.** With `requestHashHeader` set, xxHash64 of that
+//! request header's value (several values joined with `,`); a call without
+//! the header gets a random hash (A76). Without it, the hash a caller put
+//! in the request's extensions as a [`RequestHash`] (gRPC's xDS "config
+//! selector" hash), else a random one.
+//!
+//! **Lazy connections (A42, A61).** Endpoints are not connected until a
+//! call lands on them: the picker asks an IDLE endpoint's subchannel to
+//! connect and queues the call. A call whose endpoint is in
+//! TRANSIENT_FAILURE goes to the next endpoint on the ring that is not
+//! (READY: sent; CONNECTING: queued; IDLE: connected and queued); if every
+//! endpoint is in TRANSIENT_FAILURE the call fails with the last
+//! connection error. A call with a random hash takes the first READY
+//! endpoint from its point on, and starts at most one connection on the
+//! way (none when one is already CONNECTING). An endpoint's
+//! TRANSIENT_FAILURE is sticky (gRFC A62): its subchannel retries on its
+//! backoff (asked to reconnect each time it comes back to IDLE) and the
+//! endpoint stays in TRANSIENT_FAILURE until it is READY again, so its keys
+//! stay with their ring successor until it is back. An endpoint whose
+//! READY connection is lost goes IDLE and waits for the next call.
+//!
+//! **State (A42).** READY if any endpoint is READY; else TRANSIENT_FAILURE
+//! if two or more are; else CONNECTING if any is, or if one is in
+//! TRANSIENT_FAILURE and there are others; else IDLE if any is; else
+//! TRANSIENT_FAILURE. When there are failed endpoints and none is
+//! CONNECTING, the policy connects the first IDLE one itself, so the
+//! channel recovers without waiting for calls.
+//!
+//! **Endpoints.** One subchannel per endpoint, to its first address (an
+//! endpoint's other addresses are not tried by this policy). Repeated
+//! endpoints are ignored.
+//!
+//! **Cost.** A pick is one binary search over the ring (log2 of 4096
+//! points is 12 steps) and reads of an immutable snapshot; it takes no
+//! lock and writes nothing shared (a random hash writes one atomic
+//! counter). Subchannel events are O(1) and the picker is rebuilt once
+//! per burst of them (O(endpoints), the ring itself is shared); a
+//! resolver update rebuilds the ring only when the keys, weights or ring
+//! sizes changed (O(ring size · log)).
+//!
+//! **Config** (`{"ring_hash": {...}}` in `loadBalancingConfig`):
+//! `minRingSize` (1024), `maxRingSize` (4096), both positive, at most
+//! 8,388,608, min ≤ max; `requestHashHeader` (none): a header name, not a
+//! `-bin` one.
+//!
+//! ```
+//! # use tonic_balance::balancer::{BalancerBuilder, ring_hash::{RingHashBuilder, RingHashConfig}};
+//! let config = RingHashBuilder
+//!     .parse_config(&serde_json::json!({"requestHashHeader": "session-id"}))
+//!     .unwrap();
+//! let parsed = config.get::<RingHashConfig>().unwrap();
+//! assert_eq!(parsed.request_hash_header().map(|h| h.as_str()), Some("session-id"));
+//! assert_eq!((parsed.min_ring_size(), parsed.max_ring_size()), (1024, 4096));
+//! ```
+
+mod picker;
+mod ring;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderName;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
+use crate::resolver::ResolverUpdate;
+use crate::subchannel::SubchannelState;
+use crate::{ConnectivityState, Endpoint, Error, ErrorKind, Subchannel};
+use picker::{EndpointSnapshot, RingPicker};
+use ring::{Ring, RingInput};
+
+/// The name of the ring_hash policy.
+pub const RING_HASH: &str = "ring_hash";
+
+/// The largest ring A42 allows (`minRingSize` and `maxRingSize` bound).
+pub const MAX_RING_SIZE: u64 = 8_388_608;
+
+/// A call's hash for `ring_hash` when the policy has no
+/// `requestHashHeader`: put it in the request's extensions
+/// (`request.extensions_mut().insert(RequestHash::of("user-42"))`). Calls
+/// with the same hash go to the same backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestHash(pub u64);
+
+impl RequestHash {
+    /// xxHash64 (seed 0) of `key`, as the policy hashes a header value.
+    pub fn of(key: impl AsRef<[u8]>) -> Self {
+        RequestHash(xxhash_rust::xxh64::xxh64(key.as_ref(), 0))
+    }
+}
+
+/// `ring_hash`'s parsed config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingHashConfig {
+    min_ring_size: u64,
+    max_ring_size: u64,
+    request_hash_header: Option<HeaderName>,
+}
+
+impl Default for RingHashConfig {
+    fn default() -> Self {
+        RingHashConfig {
+            min_ring_size: 1024,
+            max_ring_size: 4096,
+            request_hash_header: None,
+        }
+    }
+}
+
+impl RingHashConfig {
+    /// The fewest points on the ring (`minRingSize`, 1024 by default).
+    pub fn min_ring_size(&self) -> u64 {
+        self.min_ring_size
+    }
+
+    /// The most points on the ring (`maxRingSize`, 4096 by default).
+    pub fn max_ring_size(&self) -> u64 {
+        self.max_ring_size
+    }
+
+    /// The header whose value is hashed (`requestHashHeader`), if any.
+    pub fn request_hash_header(&self) -> Option<&HeaderName> {
+        self.request_hash_header.as_ref()
+    }
+}
+
+fn config_error(why: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Config, format!("ring_hash: {why}"))
+}
+
+fn ring_size(json: &Value, field: &str, default: u64) -> Result<u64, Error> {
+    let Some(value) = json.get(field) else {
+        return Ok(default);
+    };
+    match value.as_u64() {
+        Some(n) if (1..=MAX_RING_SIZE).contains(&n) => Ok(n),
+        _ => Err(config_error(format_args!(
+            "\"{field}\" must be an integer in 1..={MAX_RING_SIZE}, not {value}"
+        ))),
+    }
+}
+
+fn hash_header(json: &Value) -> Result<Option<HeaderName>, Error> {
+    let value = match json.get("requestHashHeader") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.is_empty() => return Ok(None),
+        Some(Value::String(s)) => s.to_ascii_lowercase(),
+        Some(other) => {
+            return Err(config_error(format_args!(
+                "\"requestHashHeader\" must be a string, not {other}"
+            )))
+        }
+    };
+    if value.ends_with("-bin") {
+        return Err(config_error(format_args!(
+            "\"requestHashHeader\" {value:?} is a binary header, which cannot be hashed"
+        )));
+    }
+    HeaderName::from_bytes(value.as_bytes())
+        .map(Some)
+        .map_err(|_| {
+            config_error(format_args!(
+                "\"requestHashHeader\" {value:?} is not a valid header name"
+            ))
+        })
+}
+
+/// Builds [`ring_hash`](self) balancers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingHashBuilder;
+
+impl BalancerBuilder for RingHashBuilder {
+    fn name(&self) -> &str {
+        RING_HASH
+    }
+
+    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
+        Box::new(RingHash::new(options.seed()))
+    }
+
+    /// Errors name the field: a ring size of 0 or above 8,388,608, a min
+    /// above the max, a `requestHashHeader` that is not a header name or
+    /// is a `-bin` one.
+    fn parse_config(&self, json: &Value) -> Result<LbConfig, Error> {
+        if !json.is_object() && !json.is_null() {
+            return Err(config_error(format_args!(
+                "the config must be an object, not {json}"
+            )));
+        }
+        let min_ring_size = ring_size(json, "minRingSize", 1024)?;
+        let max_ring_size = ring_size(json, "maxRingSize", 4096)?;
+        if min_ring_size > max_ring_size {
+            return Err(config_error(format_args!(
+                "\"minRingSize\" {min_ring_size} is above \"maxRingSize\" {max_ring_size}"
+            )));
+        }
+        let config = RingHashConfig {
+            min_ring_size,
+            max_ring_size,
+            request_hash_header: hash_header(json)?,
+        };
+        Ok(LbConfig::new(config, json.clone()))
+    }
+}
+
+/// One endpoint: its ring key and weight, its subchannel and the state
+/// the policy gives it (TRANSIENT_FAILURE is sticky until READY).
+struct EndpointState {
+    key: Arc<str>,
+    weight: u32,
+    subchannel: Subchannel,
+    state: ConnectivityState,
+}
+
+/// The ring_hash policy; see the [module docs](self).
+struct RingHash {
+    config: RingHashConfig,
+    endpoints: Vec<EndpointState>,
+    /// Subchannel id -> endpoint index.
+    by_subchannel: HashMap<u64, usize>,
+    ring: Arc<Ring>,
+    /// What `ring` was built from: keys, weights, min and max size.
+    ring_of: (Vec<(Arc<str>, u32)>, u64, u64),
+    rng: SmallRng,
+    last_error: Option<Error>,
+    /// An event changed a state since the last picker.
+    dirty: bool,
+}
+
+/// The key an endpoint is placed on the ring by: its `hash_key` metadata
+/// (A76), else its first address.
+fn hash_key(endpoint: &Endpoint) -> Option<&str> {
+    let from_metadata = endpoint
+        .attributes()
+        .metadata()
+        .and_then(|m| m.get("hash_key"))
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty());
+    from_metadata.or_else(|| endpoint.addresses().first().map(|a| a.addr()))
+}
+
+impl RingHash {
+    fn new(seed: u64) -> Self {
+        RingHash {
+            config: RingHashConfig::default(),
+            endpoints: Vec::new(),
+            by_subchannel: HashMap::new(),
+            ring: Arc::default(),
+            ring_of: (Vec::new(), 0, 0),
+            rng: SmallRng::seed_from_u64(seed),
+            last_error: None,
+            dirty: false,
+        }
+    }
+
+    /// Keeps the subchannels of endpoints still there, makes the new ones
+    /// (not connected: lazily, on a call).
+    fn sync_endpoints(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
+        let mut old: HashMap<Box<str>, EndpointState> = self
+            .endpoints
+            .drain(..)
+            .map(|e| (Box::from(e.subchannel.address().addr()), e))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for endpoint in update.endpoints() {
+            let (Some(address), Some(key)) = (endpoint.addresses().first(), hash_key(endpoint))
+            else {
+                continue;
+            };
+            if !seen.insert(address.addr()) {
+                continue;
+            }
+            let weight = endpoint.attributes().weight().unwrap_or(1).max(1);
+            let key: Arc<str> = Arc::from(key);
+            let entry = match old.remove(address.addr()) {
+                Some(kept) => EndpointState {
+                    key,
+                    weight,
+                    ..kept
+                },
+                None => match ctl.new_subchannel(address) {
+                    Ok((subchannel, state)) => EndpointState {
+                        key,
+                        weight,
+                        subchannel,
+                        state: state.connectivity,
+                    },
+                    Err(error) => {
+                        self.last_error = Some(error);
+                        continue;
+                    }
+                },
+            };
+            self.endpoints.push(entry);
+        }
+        // The ring's points name endpoints by index: a stable order keeps
+        // a ring valid for the same endpoints in another order.
+        self.endpoints.sort_by(|a, b| {
+            (&a.key, a.subchannel.address().addr()).cmp(&(&b.key, b.subchannel.address().addr()))
+        });
+        self.by_subchannel = (self.endpoints.iter().enumerate())
+            .map(|(i, e)| (e.subchannel.id(), i))
+            .collect();
+    }
+
+    /// Rebuilds the ring if its keys, weights or sizes changed (not for
+    /// a new order of the same endpoints).
+    fn sync_ring(&mut self) {
+        let keys: Vec<(Arc<str>, u32)> = (self.endpoints.iter())
+            .map(|e| (e.key.clone(), e.weight))
+            .collect();
+        let of = (keys, self.config.min_ring_size, self.config.max_ring_size);
+        if of == self.ring_of {
+            return;
+        }
+        let inputs: Vec<RingInput<'_>> = (self.endpoints.iter())
+            .map(|e| RingInput {
+                key: &e.key,
+                weight: e.weight,
+            })
+            .collect();
+        self.ring = Arc::new(Ring::new(&inputs, of.1, of.2));
+        self.ring_of = of;
+    }
+
+    /// A42's aggregation (see the module docs).
+    fn aggregate(&self) -> ConnectivityState {
+        use ConnectivityState::*;
+        let count = |s| self.endpoints.iter().filter(|e| e.state == s).count();
+        let (failed, connecting) = (count(TransientFailure), count(Connecting));
+        if count(Ready) > 0 {
+            Ready
+        } else if failed >= 2 {
+            TransientFailure
+        } else if connecting > 0 || (failed == 1 && self.endpoints.len() > 1) {
+            Connecting
+        } else if count(Idle) > 0 {
+            Idle
+        } else {
+            TransientFailure
+        }
+    }
+
+    /// With failed endpoints and none connecting, connects the first IDLE
+    /// one (A42: the channel must not wait for calls to recover).
+    fn keep_one_connecting(&self) {
+        let any = |s| self.endpoints.iter().any(|e: &EndpointState| e.state == s);
+        if any(ConnectivityState::TransientFailure) && !any(ConnectivityState::Connecting) {
+            let idle = self
+                .endpoints
+                .iter()
+                .find(|e| e.state == ConnectivityState::Idle);
+            if let Some(endpoint) = idle {
+                endpoint.subchannel.connect();
+            }
+        }
+    }
+
+    fn publish(&mut self, ctl: &mut dyn Controller) {
+        self.dirty = false;
+        let state = if self.endpoints.is_empty() {
+            ConnectivityState::TransientFailure
+        } else {
+            self.aggregate()
+        };
+        self.keep_one_connecting();
+        let failure = match &self.last_error {
+            Some(error) => super::failure_message(error),
+            None => "no endpoint could be connected".to_owned(),
+        };
+        let endpoints = self
+            .endpoints
+            .iter()
+            .map(|e| EndpointSnapshot {
+                subchannel: e.subchannel.clone(),
+                state: e.state,
+            })
+            .collect();
+        let picker = RingPicker::new(
+            self.ring.clone(),
+            endpoints,
+            self.config.request_hash_header.clone(),
+            self.rng.random(),
+            format!("ring_hash: {failure}"),
+        );
+        ctl.update_picker(state, Arc::new(picker));
+    }
+}
+
+impl Balancer for RingHash {
+    fn resolver_update(
+        &mut self,
+        update: &ResolverUpdate,
+        config: &LbConfig,
+        ctl: &mut dyn Controller,
+    ) {
+        if let Some(config) = config.get::<RingHashConfig>() {
+            self.config = config.clone();
+        }
+        self.sync_endpoints(update, ctl);
+        self.sync_ring();
+        if self.endpoints.is_empty() {
+            self.last_error = Some(Error::new(
+                ErrorKind::Resolver,
+                "the resolver returned no usable addresses",
+            ));
+            ctl.request_resolution();
+        }
+        self.publish(ctl);
+    }
+
+    fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
+        if self.endpoints.is_empty() {
+            self.last_error = Some(error.clone());
+            self.publish(ctl);
+        }
+    }
+
+    fn subchannel_update(
+        &mut self,
+        subchannel: &Subchannel,
+        state: &SubchannelState,
+        ctl: &mut dyn Controller,
+    ) {
+        use ConnectivityState::*;
+        let Some(&i) = self.by_subchannel.get(&subchannel.id()) else {
+            return;
+        };
+        if let Some(error) = &state.error {
+            self.last_error = Some(error.clone());
+        }
+        let endpoint = &mut self.endpoints[i];
+        let new = match (endpoint.state, state.connectivity) {
+            (_, Shutdown) => return,
+            // Sticky: retry at once after the backoff, stay failed.
+            (TransientFailure, Idle) => {
+                endpoint.subchannel.connect();
+                TransientFailure
+            }
+            (TransientFailure, Connecting) => TransientFailure,
+            (Ready, Idle) => {
+                ctl.request_resolution();
+                Idle
+            }
+            (_, now) => now,
+        };
+        endpoint.state = new;
+        if !self.dirty {
+            self.dirty = true;
+            ctl.schedule_work(Instant::now());
+        }
+    }
+
+    /// Builds the picker once per burst of subchannel events.
+    fn work(&mut self, ctl: &mut dyn Controller) {
+        if self.dirty {
+            self.publish(ctl);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
