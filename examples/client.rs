@@ -25,6 +25,9 @@
 //! `loadBalancingConfig` chooses the policy (it wins over `--policy`), and
 //! a bad one is rejected before any call with an error that says why.
 //!
+//! `RUST_LOG=tonic_balance=debug` logs the control plane (state changes,
+//! resolver updates, ejections, health warnings) on stderr.
+//!
 //! `--stats` adds `"channel"` to the last line's JSON: the channel's
 //! snapshot (`BalancedChannel::snapshot`) after the last call: target,
 //! policy, state, the resolver's last update and, per subchannel, its
@@ -110,6 +113,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // RUST_LOG=tonic_balance=debug shows the control plane on stderr (the
+    // JSON lines stay alone on stdout).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(options).await {
         Ok(0) => {}
         Ok(failed) => {
