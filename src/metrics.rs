@@ -35,19 +35,33 @@
 //! | `grpc.client.attempt.started` | counter | `{attempt}` | `grpc.method`, `grpc.target` |
 //! | `grpc.client.attempt.duration` | histogram (A66's latency buckets) | `s` | `grpc.method`, `grpc.target`, `grpc.status` |
 //! | `grpc.client.call.duration` | histogram (same buckets) | `s` | same |
+//! | `grpc.client.attempt.sent_total_compressed_message_size` | histogram (A66's size buckets) | `By` | `grpc.method`, `grpc.target`, `grpc.status` |
+//! | `grpc.client.attempt.rcvd_total_compressed_message_size` | histogram (same buckets) | `By` | same |
 //!
 //! An attempt starts when it is sent on a connection and ends with the
 //! call's status; a call's duration covers its picks, waits and retries.
 //! `grpc.method` is the method's name for those the channel was given
 //! (`metrics_methods`), else `other`, as A66 asks of methods a client did
-//! not register. The message-size histograms of A66 are not recorded yet.
+//! not register.
+//!
+//! The sizes are the bytes of the attempt's gRPC messages as they were
+//! sent or received (compressed if the call compresses), without the
+//! 5-byte message prefix, HTTP/2 framing or metadata, as A66 defines them
+//! and grpc-go counts them (`stats.OutPayload.CompressedLength`). A
+//! request body sent again on a new attempt counts again on that attempt.
 //!
 //! `grpc.target` is the channel's target with its scheme (a bare
 //! `host:port` is `dns:///host:port`), as gRFC A66 defines it.
+//!
+//! **Policy instruments** (gRFC A78, `grpc.lb.pick_first.*` and
+//! `grpc.lb.wrr.*`) are the policies' own, recorded with the meter they
+//! find in their `BuildOptions` (see `balancer::metrics`).
 
 use crate::transport::Lost;
 use crate::Target;
 
+#[cfg(feature = "otel")]
+use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(feature = "otel")]
 use std::sync::Arc;
 
@@ -183,6 +197,25 @@ const LATENCY_BUCKETS: [f64; 41] = [
     0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
 ];
 
+/// gRFC A66's size buckets, in bytes.
+#[cfg(feature = "otel")]
+const SIZE_BUCKETS: [f64; 14] = [
+    0.0,
+    1024.0,
+    2048.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
+
 /// The per-call instruments of one channel (gRFC A66); empty (and free)
 /// without a meter provider or the `otel` feature.
 #[derive(Clone, Default)]
@@ -196,6 +229,8 @@ struct CallInstruments {
     attempt_started: Counter<u64>,
     attempt_duration: Histogram<f64>,
     call_duration: Histogram<f64>,
+    sent_size: Histogram<u64>,
+    rcvd_size: Histogram<u64>,
     target: KeyValue,
     /// Methods recorded by name; every other is `other` (A66).
     methods: std::collections::HashSet<String>,
@@ -215,7 +250,82 @@ pub(crate) struct CallRecord {
 /// One attempt being recorded (gRFC A66 `grpc.client.attempt.*`).
 pub(crate) struct AttemptRecord {
     #[cfg(feature = "otel")]
-    otel: Option<Box<Running>>,
+    otel: Option<Box<Attempt>>,
+}
+
+/// An attempt being recorded: what a call records, and its message bytes.
+#[cfg(feature = "otel")]
+struct Attempt {
+    running: Running,
+    /// Written by the request body's sender ([`SentBytes`]), which may
+    /// run on a task of its own.
+    sent: Arc<AtomicU64>,
+    received: MessageBytes,
+}
+
+/// Counts the message bytes of an attempt's request body as it is sent
+/// (gRFC A66 `sent_total_compressed_message_size`); empty (and free)
+/// without a meter provider or the `otel` feature.
+#[derive(Default)]
+pub(crate) struct SentBytes {
+    #[cfg(feature = "otel")]
+    otel: Option<(MessageBytes, Arc<AtomicU64>)>,
+}
+
+impl SentBytes {
+    /// `data` (a DATA frame of the request body) is being sent.
+    #[inline]
+    pub(crate) fn add(&mut self, data: &[u8]) {
+        #[cfg(feature = "otel")]
+        if let Some((count, total)) = &mut self.otel {
+            count.add(data);
+            total.store(count.total, Ordering::Relaxed);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = data;
+    }
+}
+
+/// The payload bytes of the gRPC messages in a byte stream, without their
+/// 5-byte prefixes (a flag byte and a big-endian u32 length), however the
+/// stream is split into frames.
+#[cfg(feature = "otel")]
+#[derive(Debug, Default)]
+struct MessageBytes {
+    /// Prefix bytes read of the next message (0 to 4).
+    prefix_read: u8,
+    /// Its length, as read so far.
+    length: u32,
+    /// Payload bytes of the current message still to come.
+    remaining: u64,
+    total: u64,
+}
+
+#[cfg(feature = "otel")]
+impl MessageBytes {
+    fn add(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.total += n as u64;
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let (byte, rest) = (data[0], &data[1..]);
+            data = rest;
+            if self.prefix_read > 0 {
+                self.length = self.length << 8 | u32::from(byte);
+            }
+            self.prefix_read += 1;
+            if self.prefix_read == 5 {
+                self.remaining = u64::from(std::mem::take(&mut self.length));
+                self.prefix_read = 0;
+            }
+        }
+    }
 }
 
 impl CallMetrics {
@@ -231,6 +341,14 @@ impl CallMetrics {
                 .with_boundaries(LATENCY_BUCKETS.to_vec())
                 .build()
         };
+        let size = |name: &'static str, description: &'static str| {
+            meter
+                .u64_histogram(name)
+                .with_unit("By")
+                .with_description(description)
+                .with_boundaries(SIZE_BUCKETS.to_vec())
+                .build()
+        };
         let instruments = CallInstruments {
             attempt_started: meter
                 .u64_counter("grpc.client.attempt.started")
@@ -244,6 +362,14 @@ impl CallMetrics {
             call_duration: latency(
                 "grpc.client.call.duration",
                 "Time taken by gRPC to complete an RPC from application's perspective.",
+            ),
+            sent_size: size(
+                "grpc.client.attempt.sent_total_compressed_message_size",
+                "Compressed message bytes sent per client call attempt.",
+            ),
+            rcvd_size: size(
+                "grpc.client.attempt.rcvd_total_compressed_message_size",
+                "Compressed message bytes received per call attempt.",
             ),
             target: KeyValue::new("grpc.target", canonical_target(target)),
             methods: methods
@@ -290,7 +416,11 @@ impl CallRecord {
             let otel = self.otel.as_deref().map(|(m, method, _)| {
                 m.attempt_started
                     .add(1, &[method.clone(), m.target.clone()]);
-                Box::new((m.clone(), method.clone(), tokio::time::Instant::now()))
+                Box::new(Attempt {
+                    running: (m.clone(), method.clone(), tokio::time::Instant::now()),
+                    sent: Arc::default(),
+                    received: MessageBytes::default(),
+                })
             });
             AttemptRecord { otel }
         }
@@ -327,14 +457,41 @@ impl AttemptRecord {
         otel: None,
     };
 
+    /// The counter the attempt's request body sender adds to.
+    #[inline]
+    pub(crate) fn sent_bytes(&self) -> SentBytes {
+        SentBytes {
+            #[cfg(feature = "otel")]
+            otel: self
+                .otel
+                .as_ref()
+                .map(|a| (MessageBytes::default(), a.sent.clone())),
+        }
+    }
+
+    /// `data` (a DATA frame of the response body) arrived.
+    #[inline]
+    pub(crate) fn received(&mut self, data: &[u8]) {
+        #[cfg(feature = "otel")]
+        if let Some(attempt) = &mut self.otel {
+            attempt.received.add(data);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = data;
+    }
+
     /// The attempt ended with `code`.
     #[inline]
     pub(crate) fn ended(&mut self, code: tonic::Code) {
         #[cfg(feature = "otel")]
-        if let Some((m, method, start)) = self.otel.take().map(|b| *b) {
-            let labels = [method, m.target.clone(), status(code)];
+        if let Some(attempt) = self.otel.take() {
+            let (m, method, start) = &attempt.running;
+            let labels = [method.clone(), m.target.clone(), status(code)];
             m.attempt_duration
                 .record(start.elapsed().as_secs_f64(), &labels);
+            let sent = attempt.sent.load(Ordering::Relaxed);
+            m.sent_size.record(sent, &labels);
+            m.rcvd_size.record(attempt.received.total, &labels);
         }
         #[cfg(not(feature = "otel"))]
         let _ = code;
@@ -391,7 +548,6 @@ fn disconnect_error(reason: Option<&Lost>) -> String {
 
 /// The target with its scheme (gRFC A66's `grpc.target`): a bare
 /// `host:port` is `dns:///host:port`.
-#[cfg_attr(not(feature = "otel"), allow(dead_code))]
 pub(crate) fn canonical_target(target: &Target) -> String {
     let raw = target.as_str();
     let scheme = target.scheme();
@@ -425,6 +581,29 @@ mod tests {
         assert_eq!(t("dns:///localhost:50051"), "dns:///localhost:50051");
         assert_eq!(t("static:///a:1,b:2"), "static:///a:1,b:2");
         assert_eq!(t("unix:/tmp/s"), "unix:/tmp/s");
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn message_bytes_count_payloads_without_prefixes_however_framed() {
+        // Two messages: 3 payload bytes, then 0, then 2.
+        let stream = [0, 0, 0, 0, 3, 7, 8, 9, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 5, 6];
+        for split in 0..=stream.len() {
+            let mut count = MessageBytes::default();
+            count.add(&stream[..split]);
+            count.add(&stream[split..]);
+            assert_eq!(count.total, 5, "split at {split}");
+        }
+        let mut count = MessageBytes::default();
+        for byte in stream {
+            count.add(&[byte]);
+        }
+        assert_eq!(count.total, 5);
+        // A length above 255 reads all four bytes, big-endian.
+        let mut count = MessageBytes::default();
+        count.add(&[0, 0, 0, 1, 0]);
+        count.add(&[1; 256]);
+        assert_eq!((count.total, count.remaining), (256, 0));
     }
 
     #[test]

@@ -220,6 +220,12 @@ impl Tally {
         self.attempt = attempt;
     }
 
+    /// `data` (a DATA frame of the response body) arrived on the attempt.
+    #[inline]
+    pub(crate) fn received(&mut self, data: &[u8]) {
+        self.attempt.received(data);
+    }
+
     /// The attempt's response is the call's: the call ends with it.
     pub(crate) fn ends_call(&mut self, call: CallRecord) {
         self.call = Some(call);

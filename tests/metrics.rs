@@ -25,6 +25,10 @@ struct Point {
     value: f64,
     /// A histogram's bucket boundaries.
     bounds: Vec<f64>,
+    /// A histogram's sum (a counter's value).
+    total: f64,
+    /// A histogram's largest value.
+    max: f64,
 }
 
 struct Recorder {
@@ -58,6 +62,16 @@ impl Recorder {
 }
 
 fn sum(points: &[Point], name: &str, with: &[(&str, &str)]) -> f64 {
+    fold(points, name, with, |p| p.value)
+}
+
+/// The sum of the matching histograms' sums.
+fn total(points: &[Point], name: &str, with: &[(&str, &str)]) -> f64 {
+    fold(points, name, with, |p| p.total)
+}
+
+/// The sum of `field` over the points of `name` with labels `with`.
+fn fold(points: &[Point], name: &str, with: &[(&str, &str)], field: fn(&Point) -> f64) -> f64 {
     points
         .iter()
         .filter(|p| p.name == name)
@@ -65,7 +79,7 @@ fn sum(points: &[Point], name: &str, with: &[(&str, &str)]) -> f64 {
             with.iter()
                 .all(|(k, v)| p.labels.get(*k).map(String::as_str) == Some(*v))
         })
-        .map(|p| p.value)
+        .map(field)
         .sum()
 }
 
@@ -75,24 +89,28 @@ fn collect(metric: &opentelemetry_sdk::metrics::data::Metric, out: &mut Vec<Poin
             .map(|kv| (kv.key.to_string(), kv.value.to_string()))
             .collect::<BTreeMap<_, _>>()
     };
-    let mut push = |labels, value, bounds| {
+    let mut push = |labels, value, bounds, total, max| {
         out.push(Point {
+            max,
             name: metric.name().to_owned(),
             unit: metric.unit().to_owned(),
             labels,
             value,
             bounds,
+            total,
         })
     };
     match metric.data() {
         AggregatedMetrics::U64(MetricData::Sum(s)) => {
             for p in s.data_points() {
-                push(labels(&mut p.attributes()), p.value() as f64, Vec::new());
+                let value = p.value() as f64;
+                push(labels(&mut p.attributes()), value, Vec::new(), value, value);
             }
         }
         AggregatedMetrics::I64(MetricData::Sum(s)) => {
             for p in s.data_points() {
-                push(labels(&mut p.attributes()), p.value() as f64, Vec::new());
+                let value = p.value() as f64;
+                push(labels(&mut p.attributes()), value, Vec::new(), value, value);
             }
         }
         AggregatedMetrics::F64(MetricData::Histogram(h)) => {
@@ -101,6 +119,8 @@ fn collect(metric: &opentelemetry_sdk::metrics::data::Metric, out: &mut Vec<Poin
                     labels(&mut p.attributes()),
                     p.count() as f64,
                     p.bounds().collect(),
+                    p.sum(),
+                    p.max().unwrap_or(0.0),
                 );
             }
         }
@@ -110,6 +130,8 @@ fn collect(metric: &opentelemetry_sdk::metrics::data::Metric, out: &mut Vec<Poin
                     labels(&mut p.attributes()),
                     p.count() as f64,
                     p.bounds().collect(),
+                    p.sum() as f64,
+                    p.max().unwrap_or(0) as f64,
                 );
             }
         }
@@ -300,6 +322,274 @@ async fn methods_not_registered_are_recorded_as_other_and_failed_picks_count_as_
             "{points:#?}"
         );
         assert_eq!(sum(&points, "grpc.client.attempt.started", &[]), 0.0);
+    })
+    .await
+    .unwrap();
+}
+
+/// gRFC A66's size buckets.
+const SIZE_BUCKETS: [f64; 14] = [
+    0.0,
+    1024.0,
+    2048.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
+
+#[tokio::test]
+async fn message_size_histograms_count_each_attempts_message_bytes_without_prefixes() {
+    use prost::Message;
+    use support::echo::proto::echo_client::EchoClient;
+    use support::echo::proto::{EchoMessage, RepeatRequest};
+    use support::proto::{SimpleRequest, SimpleResponse};
+
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = Recorder::new();
+        let backend = Backend::start();
+        let echo = support::echo::start(Duration::ZERO).await;
+        let simple_target = format!("static:///{}", backend.addr);
+        let echo_target = format!("static:///{echo}");
+        let channel = |target: &str| {
+            BalancedChannel::builder(target)
+                .meter_provider(&recorder.provider)
+                .metrics_methods([
+                    "/proto.Simple/Route",
+                    "/echo.Echo/Collect",
+                    "/echo.Echo/Repeat",
+                ])
+                .build()
+                .unwrap()
+        };
+        let sent = "grpc.client.attempt.sent_total_compressed_message_size";
+        let rcvd = "grpc.client.attempt.rcvd_total_compressed_message_size";
+
+        // Unary: one message each way, twice.
+        let mut simple = support::proto::simple_client::SimpleClient::new(channel(&simple_target));
+        for _ in 0..2 {
+            support::route(&mut simple, "ok").await.unwrap();
+        }
+        let request = SimpleRequest { data: "ok".into() }.encoded_len();
+        let response = SimpleResponse {
+            code: 200,
+            value: format!("hello ok from {}", backend.addr),
+        }
+        .encoded_len();
+        let route = [
+            ("grpc.method", "proto.Simple/Route"),
+            ("grpc.target", simple_target.as_str()),
+            ("grpc.status", "OK"),
+        ];
+        let points = recorder.points();
+        assert_eq!(sum(&points, sent, &route), 2.0, "{points:#?}");
+        assert_eq!(total(&points, sent, &route), (2 * request) as f64);
+        assert_eq!(total(&points, rcvd, &route), (2 * response) as f64);
+
+        // Client streaming: three messages, one beyond a DATA frame.
+        let mut client = EchoClient::new(channel(&echo_target));
+        let parts: Vec<_> = [10, 1000, 100_000]
+            .iter()
+            .map(|&n| EchoMessage { data: vec![7; n] })
+            .collect();
+        let request: usize = parts.iter().map(Message::encoded_len).sum();
+        let reply = client
+            .collect(tokio_stream::iter(parts))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.data.len(), 101_010);
+        let collect = [
+            ("grpc.method", "echo.Echo/Collect"),
+            ("grpc.target", echo_target.as_str()),
+            ("grpc.status", "OK"),
+        ];
+        let points = recorder.points();
+        assert_eq!(sum(&points, sent, &collect), 1.0, "{points:#?}");
+        assert_eq!(total(&points, sent, &collect), request as f64);
+        assert_eq!(total(&points, rcvd, &collect), reply.encoded_len() as f64);
+
+        // Server streaming: five messages back.
+        let ask = RepeatRequest {
+            data: vec![1; 300],
+            count: 5,
+        };
+        let mut stream = client.repeat(ask.clone()).await.unwrap().into_inner();
+        let mut received = 0;
+        while let Some(m) = stream.message().await.unwrap() {
+            received += m.encoded_len();
+        }
+        let one = EchoMessage { data: vec![1; 300] }.encoded_len();
+        assert_eq!(received, 5 * one);
+        let repeat = [
+            ("grpc.method", "echo.Echo/Repeat"),
+            ("grpc.target", echo_target.as_str()),
+            ("grpc.status", "OK"),
+        ];
+        let points = recorder.points();
+        assert_eq!(total(&points, sent, &repeat), ask.encoded_len() as f64);
+        assert_eq!(total(&points, rcvd, &repeat), received as f64);
+
+        for name in [sent, rcvd] {
+            let point = points.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(point.unit, "By", "{name}");
+            assert_eq!(point.bounds, SIZE_BUCKETS, "{name}: A66's buckets");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn pick_first_counts_its_failed_attempts_its_selection_and_its_loss_with_a78_names() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = Recorder::new();
+        let refused = ClosedPort::new();
+        let mut backend = Backend::start();
+        let target = format!("static:///{},{}", refused.addr, backend.addr);
+        let channel = BalancedChannel::builder(&target)
+            .backoff(fast_backoff())
+            .meter_provider(&recorder.provider)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let labels = [("grpc.target", target.as_str())];
+        let failed = "grpc.lb.pick_first.connection_attempts_failed";
+        let succeeded = "grpc.lb.pick_first.connection_attempts_succeeded";
+        let disconnections = "grpc.lb.pick_first.disconnections";
+        let points = recorder.points();
+        assert_eq!(sum(&points, succeeded, &labels), 1.0, "{points:#?}");
+        assert_eq!(sum(&points, failed, &labels), 1.0, "the refused address");
+        assert_eq!(sum(&points, disconnections, &labels), 0.0);
+
+        // The selected connection is lost: one disconnection, and the
+        // channel stays IDLE until a call (no attempt of its own).
+        backend.kill();
+        let mut states = channel.state_changes();
+        states
+            .wait_for(|s| *s == tonic_balance::ConnectivityState::Idle)
+            .await
+            .unwrap();
+        let points = recorder.points();
+        assert_eq!(sum(&points, disconnections, &labels), 1.0, "{points:#?}");
+        for (name, unit) in [
+            (succeeded, "{attempt}"),
+            (failed, "{attempt}"),
+            (disconnections, "{disconnection}"),
+        ] {
+            let point = points.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(point.unit, unit, "{name}");
+            let keys: Vec<&str> = point.labels.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["grpc.target"], "{name}: A78's one label");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// A `Simple` backend on the test's runtime whose responses carry
+/// `recorder`'s ORCA report.
+async fn orca_backend(
+    recorder: tonic_balance::orca::ServerMetricsRecorder,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tonic_balance::orca::OrcaLayer::new(recorder))
+            .add_service(support::simple_server(addr))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn weighted_round_robin_records_fallback_unusable_stale_and_weights_per_scheduler_update() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = Recorder::new();
+        // Two backends report load (weights 100/0.5 = 200 and 100/0.25 =
+        // 400); one reports nothing.
+        let mut addrs = Vec::new();
+        for utilization in [0.5, 0.25] {
+            let orca = tonic_balance::orca::ServerMetricsRecorder::new();
+            orca.set_cpu_utilization(utilization);
+            orca.set_qps(100.0);
+            addrs.push(orca_backend(orca).await.to_string());
+        }
+        let silent = Backend::start();
+        addrs.push(silent.addr.to_string());
+        let target = format!("static:///{}", addrs.join(","));
+        let config = r#"{"loadBalancingConfig":[{"weighted_round_robin":{"blackoutPeriod":"0s",
+            "weightUpdatePeriod":"0.1s","weightExpirationPeriod":"0.5s"}}]}"#;
+        let channel = BalancedChannel::builder(&target)
+            .service_config(config)
+            .meter_provider(&recorder.provider)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let labels = [("grpc.target", target.as_str()), ("grpc.lb.locality", "")];
+        let fallback = "grpc.lb.wrr.rr_fallback";
+        let unusable = "grpc.lb.wrr.endpoint_weight_not_yet_usable";
+        let stale = "grpc.lb.wrr.endpoint_weight_stale";
+        let weights = "grpc.lb.wrr.endpoint_weights";
+        // Before any report: round robin, every weight unusable.
+        until(&recorder, "a first scheduler update", |p| {
+            sum(p, fallback, &labels) >= 1.0 && sum(p, unusable, &labels) >= 1.0
+        })
+        .await;
+        // Calls bring reports: both weights become usable (the silent
+        // backend's stays unusable), recorded as they are.
+        let mut client = support::proto::simple_client::SimpleClient::new(channel.clone());
+        let heaviest = |p: &[Point]| {
+            let point = p.iter().find(|p| p.name == weights);
+            point.map_or(0.0, |p| p.max)
+        };
+        for _ in 0..100 {
+            for _ in 0..6 {
+                support::route(&mut client, "x").await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if heaviest(&recorder.points()) > 399.0 {
+                break;
+            }
+        }
+        let points = recorder.points();
+        let max = heaviest(&points);
+        assert!((max - 400.0).abs() < 1e-6, "weights: {points:#?}");
+        assert_eq!(sum(&points, stale, &labels), 0.0);
+        let unusable_before = sum(&points, unusable, &labels);
+        until(&recorder, "the silent backend unusable again", |p| {
+            sum(p, unusable, &labels) > unusable_before
+        })
+        .await;
+        // No calls, no reports: after 0.5 s both weights are stale.
+        until(&recorder, "two stale weights", |p| {
+            sum(p, stale, &labels) >= 2.0
+        })
+        .await;
+        let points = recorder.points();
+        for (name, unit) in [
+            (fallback, "{update}"),
+            (unusable, "{endpoint}"),
+            (stale, "{endpoint}"),
+            (weights, "{weight}"),
+        ] {
+            let point = points
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap_or_else(|| panic!("no {name}: {points:#?}"));
+            assert_eq!(point.unit, unit, "{name}");
+            assert_eq!(point.labels.len(), 2, "{name}: {:?}", point.labels);
+        }
+        drop(channel);
     })
     .await
     .unwrap();

@@ -279,6 +279,7 @@ pub mod child_manager;
 mod config;
 pub mod graceful_switch;
 pub mod least_request;
+mod metrics;
 pub mod outlier_detection;
 pub mod pick_first;
 mod registry;
@@ -403,13 +404,45 @@ pub trait BalancerBuilder: Send + Sync + 'static {
 pub struct BuildOptions {
     target: Target,
     seed: u64,
+    /// The channel's meter (`BalancedChannelBuilder::meter_provider`).
+    #[cfg(feature = "otel")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl BuildOptions {
     /// Options for a balancer of a channel to `target`, whose randomness
     /// starts from `seed`.
     pub fn new(target: Target, seed: u64) -> Self {
-        BuildOptions { target, seed }
+        BuildOptions {
+            target,
+            seed,
+            #[cfg(feature = "otel")]
+            meter: None,
+        }
+    }
+
+    /// The same options with `meter` for the policy's instruments
+    /// (feature `otel`); the channel sets its meter provider's
+    /// `tonic-balance` meter here.
+    #[cfg(feature = "otel")]
+    pub fn with_meter(mut self, meter: opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// The meter a policy records its instruments with (feature `otel`),
+    /// as gRFC A78's policies do (`grpc.lb.pick_first.*`,
+    /// `grpc.lb.wrr.*`); `None` when the channel records no metrics.
+    /// Label them with `grpc.target` = [`metrics_target`](Self::metrics_target).
+    #[cfg(feature = "otel")]
+    pub fn meter(&self) -> Option<&opentelemetry::metrics::Meter> {
+        self.meter.as_ref()
+    }
+
+    /// The `grpc.target` label of the channel's metrics: its target with
+    /// its scheme, a bare `host:port` as `dns:///host:port` (gRFC A66).
+    pub fn metrics_target(&self) -> String {
+        crate::metrics::canonical_target(&self.target)
     }
 
     /// The channel's target.

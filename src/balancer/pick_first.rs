@@ -86,6 +86,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokio::time::Instant;
 
+use super::metrics::PickFirstMetrics;
 use super::{
     dedup, failure_message, Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig,
 };
@@ -156,6 +157,7 @@ impl BalancerBuilder for PickFirstBuilder {
             last_error: None,
             timer: None,
             work_requested: None,
+            metrics: PickFirstMetrics::new(options),
         })
     }
 
@@ -184,6 +186,8 @@ struct PickFirst {
     /// answered by [`Balancer::work`]: the channel keeps that one request,
     /// so the next `work` call is the answer to it.
     work_requested: Option<Instant>,
+    /// gRFC A78's `grpc.lb.pick_first.*` (empty without `otel`).
+    metrics: PickFirstMetrics,
 }
 
 /// What the policy is doing, with the subchannels it holds for it.
@@ -388,6 +392,7 @@ impl PickFirst {
         match state.connectivity {
             ConnectivityState::Ready => self.select(subchannel, ctl),
             ConnectivityState::TransientFailure => {
+                self.metrics.attempt_failed();
                 pass.attempts[position].failed = true;
                 pass.saw_failure = true;
                 if position == pass.index {
@@ -416,6 +421,7 @@ impl PickFirst {
         match state.connectivity {
             ConnectivityState::Ready => self.select(subchannel.clone(), ctl),
             ConnectivityState::TransientFailure => {
+                self.metrics.attempt_failed();
                 retrying.failures += 1;
                 let resolve = retrying.failures >= retrying.subchannels.len();
                 if resolve {
@@ -457,6 +463,7 @@ impl PickFirst {
 
     /// The selected connection is gone: IDLE until the next call.
     fn lost(&mut self, ctl: &mut dyn Controller) {
+        self.metrics.disconnected();
         let phase = std::mem::replace(&mut self.phase, Phase::Waiting);
         if let Phase::Selected(subchannel) = phase {
             self.phase = Phase::Lost(subchannel);
@@ -545,6 +552,7 @@ impl Balancer for PickFirst {
         if state.connection_state() == ConnectivityState::Ready {
             // Connected: selected even while health checking does not show
             // it READY, as grpc-go's pick_first leaf does.
+            self.metrics.connected();
             self.select(subchannel.clone(), ctl);
             return self.show_health(state, ctl);
         }

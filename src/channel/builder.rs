@@ -95,7 +95,8 @@ impl BalancedChannelBuilder {
     }
 
     /// Records gRPC's OpenTelemetry metrics (gRFC A66 per call, A94 per
-    /// subchannel, A78 for pick_first) with a meter named `tonic-balance`
+    /// subchannel, A78 for pick_first and weighted_round_robin) with a
+    /// meter named `tonic-balance`
     /// from `provider` (feature `otel`). Without it the channel records
     /// nothing. The instruments are listed in the README's
     /// "Observability" section.
@@ -373,7 +374,13 @@ impl BalancedChannelBuilder {
             .unwrap_or_else(BalancerRegistry::global);
         let default_policy = self.policy(&balancers)?;
         let seed = self.rng_seed.unwrap_or_else(rand::random);
-        let balancer = GracefulSwitch::new(BuildOptions::new(target.clone(), seed));
+        #[allow(unused_mut)]
+        let mut options = BuildOptions::new(target.clone(), seed);
+        #[cfg(feature = "otel")]
+        if let Some(meter) = &self.meter {
+            options = options.with_meter(meter.clone());
+        }
+        let balancer = GracefulSwitch::new(options);
         let mut defaults = self.defaults.clone();
         if let Some(yours) = self
             .user_agent

@@ -317,7 +317,9 @@ async fn attempt(
     progress: &mut Progress,
 ) -> Result<Option<Opened>, Status> {
     if let Some(completion) = progress.completion.as_mut() {
-        completion.tally.sending(progress.record.attempt());
+        let record = progress.record.attempt();
+        progress.outgoing.count_sent(record.sent_bytes());
+        completion.tally.sending(record);
     }
     let address = progress.sent_to.insert(address);
     let failure = match connection.send(&mut progress.outgoing, address).await {

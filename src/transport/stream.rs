@@ -51,6 +51,7 @@ use tokio::sync::oneshot;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
+use crate::metrics::SentBytes;
 use crate::picker::Completion;
 use crate::Address;
 use replay::BodySource;
@@ -155,7 +156,7 @@ pub(crate) async fn send(
         };
     drop(sender);
     outgoing.set_opened();
-    let mut pipe = PipeState::new(stream, end_of_stream);
+    let mut pipe = PipeState::new(stream, end_of_stream, outgoing.take_sent_bytes());
     let result = {
         let body = outgoing.body_mut();
         std::future::poll_fn(|cx| {
@@ -229,7 +230,7 @@ enum PipeState {
 }
 
 impl PipeState {
-    fn new(stream: SendStream<Bytes>, end_of_stream: bool) -> Self {
+    fn new(stream: SendStream<Bytes>, end_of_stream: bool, sent_bytes: SentBytes) -> Self {
         if end_of_stream {
             return PipeState::Sent;
         }
@@ -237,6 +238,7 @@ impl PipeState {
             stream,
             held: None,
             sent_any: false,
+            sent_bytes,
         })
     }
 
@@ -275,6 +277,8 @@ struct BodySender {
     held: Option<Bytes>,
     /// Whether a DATA frame was sent.
     sent_any: bool,
+    /// gRFC A66's count of the message bytes sent (empty without `otel`).
+    sent_bytes: SentBytes,
 }
 
 impl BodySender {
@@ -346,6 +350,7 @@ impl BodySender {
 
     fn send_data(&mut self, data: Bytes, end_of_stream: bool) -> Result<(), PipeError> {
         self.sent_any = true;
+        self.sent_bytes.add(&data);
         self.stream
             .send_data(data, end_of_stream)
             .map_err(|_| PipeError::Stream)

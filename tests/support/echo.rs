@@ -1,5 +1,6 @@
 //! A real tonic `Echo` backend for streaming calls: `repeat` sends `count`
-//! copies of its data (each after `delay`), then its trailers.
+//! copies of its data (each after `delay`), then its trailers; `collect`
+//! answers with every message's data, concatenated.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,9 +33,14 @@ impl Echo for Service {
 
     async fn collect(
         &self,
-        _: Request<Streaming<EchoMessage>>,
+        req: Request<Streaming<EchoMessage>>,
     ) -> Result<Response<EchoMessage>, Status> {
-        Err(Status::unimplemented("collect"))
+        let mut stream = req.into_inner();
+        let mut data = Vec::new();
+        while let Some(message) = stream.message().await? {
+            data.extend_from_slice(&message.data);
+        }
+        Ok(Response::new(EchoMessage { data }))
     }
 
     type RepeatStream = EchoStream;

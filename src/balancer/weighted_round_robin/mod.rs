@@ -69,6 +69,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use super::child_manager::{ChildManager, ChildPickers, ReadyChild};
+use super::metrics::WrrMetrics;
 use super::round_robin::Rotation;
 use super::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig, LbPolicy};
 use crate::picker::{CallObserver, DoneInfo, PickInfo, PickResult, Picker};
@@ -109,11 +110,22 @@ struct Table {
     /// The resolver's weights, used while no report gives a valid one.
     statics: Box<[f64]>,
     scheduler: ArcSwap<Scheduler>,
+    /// gRFC A78's instruments (empty without `otel`).
+    metrics: WrrMetrics,
 }
 
 impl Table {
+    /// gRFC A78's `grpc.lb.wrr.*` for a scheduler update at `now`.
+    fn record(&self, now: Instant, config: &WrrConfig) {
+        if self.metrics.on() {
+            let states = self.weights.iter().map(|w| w.state(now, config));
+            self.metrics.scheduler_update(states);
+        }
+    }
+
     /// A58's weights at `now` if any is valid, else the static ones.
     fn scheduler(&self, now: Instant, config: &WrrConfig) -> Scheduler {
+        self.record(now, config);
         let reported: Vec<f64> = self.weights.iter().map(|w| w.weight(now, config)).collect();
         if reported.iter().any(|&w| w > 0.0) {
             Scheduler::new(&reported)
@@ -131,6 +143,7 @@ struct WrrPickers {
     config: Arc<ArcSwap<WrrConfig>>,
     weights: HashMap<Box<str>, Arc<EndpointWeight>>,
     latest: Arc<ArcSwapOption<Table>>,
+    metrics: WrrMetrics,
 }
 
 /// An endpoint's identity: its addresses, sorted.
@@ -162,6 +175,7 @@ impl ChildPickers for WrrPickers {
             weights: weights.into_boxed_slice(),
             statics,
             scheduler: ArcSwap::from_pointee(Scheduler::new(&[])),
+            metrics: self.metrics.clone(),
         };
         table.scheduler.store(Arc::new(
             table.scheduler(Instant::now(), &self.config.load()),
@@ -252,6 +266,7 @@ impl WeightedRoundRobin {
             config: config.clone(),
             weights: HashMap::new(),
             latest: latest.clone(),
+            metrics: WrrMetrics::new(options),
         };
         let pick_first = LbPolicy::new(Arc::new(super::PickFirstBuilder), LbConfig::empty());
         WeightedRoundRobin {

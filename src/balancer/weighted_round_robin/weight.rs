@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::WrrConfig;
+use crate::balancer::metrics::WeightState;
 use crate::orca::OrcaLoadReport;
 
 impl From<&OrcaLoadReport> for Load {
@@ -87,17 +88,33 @@ impl EndpointWeight {
     /// last `weightExpirationPeriod` (then the blackout starts again with
     /// the next report), or reports for less than `blackoutPeriod`.
     pub(crate) fn weight(&self, now: Instant, config: &WrrConfig) -> f64 {
+        match self.state(now, config) {
+            WeightState::Usable(weight) => weight,
+            WeightState::NotYetUsable => 0.0,
+            WeightState::Stale => {
+                self.non_empty_since.store(0, Ordering::Relaxed);
+                0.0
+            }
+        }
+    }
+
+    /// Whether the weight is usable at `now`, and if not why (gRFC A78's
+    /// `endpoint_weight_not_yet_usable` and `endpoint_weight_stale`),
+    /// changing nothing.
+    pub(crate) fn state(&self, now: Instant, config: &WrrConfig) -> WeightState {
         let last = self.last_updated.load(Ordering::Acquire);
-        if last == 0 || self.since(last, now) >= config.weight_expiration_period {
-            self.non_empty_since.store(0, Ordering::Relaxed);
-            return 0.0;
+        if last == 0 {
+            return WeightState::NotYetUsable;
+        }
+        if self.since(last, now) >= config.weight_expiration_period {
+            return WeightState::Stale;
         }
         let since = self.non_empty_since.load(Ordering::Relaxed);
         let blackout = config.blackout_period;
         if !blackout.is_zero() && (since == 0 || self.since(since, now) < blackout) {
-            return 0.0;
+            return WeightState::NotYetUsable;
         }
-        f64::from_bits(self.weight.load(Ordering::Relaxed))
+        WeightState::Usable(f64::from_bits(self.weight.load(Ordering::Relaxed)))
     }
 }
 

@@ -38,6 +38,8 @@ use http_body::{Body as _, Frame};
 use tonic::body::Body;
 use tonic::Status;
 
+use crate::metrics::SentBytes;
+
 /// The most request-body bytes kept for a replay.
 pub(crate) const REPLAY_LIMIT: usize = 256 * 1024;
 
@@ -47,6 +49,8 @@ pub(crate) struct Outgoing {
     body: BodySource,
     /// The last attempt's stream was opened (bytes reached the server).
     opened: bool,
+    /// Counts the current attempt's message bytes as they are sent.
+    sent_bytes: SentBytes,
 }
 
 impl Outgoing {
@@ -63,7 +67,20 @@ impl Outgoing {
             head,
             body: BodySource::new(body),
             opened: false,
+            sent_bytes: SentBytes::default(),
         }
+    }
+
+    /// The next attempt's bytes go to `sent_bytes`.
+    #[inline]
+    pub(crate) fn count_sent(&mut self, sent_bytes: SentBytes) {
+        self.sent_bytes = sent_bytes;
+    }
+
+    /// The current attempt's counter, for its body's sender.
+    #[inline]
+    pub(crate) fn take_sent_bytes(&mut self) -> SentBytes {
+        std::mem::take(&mut self.sent_bytes)
     }
 
     pub(crate) fn extensions(&self) -> &http::Extensions {

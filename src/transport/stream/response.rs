@@ -120,6 +120,7 @@ impl ResponseBody {
     fn poll_stream(
         stream: &mut RecvStream,
         data_done: &mut bool,
+        completion: &mut Completion,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Frame<Bytes>>, h2::Error>> {
         if !*data_done {
@@ -127,6 +128,7 @@ impl ResponseBody {
                 Some(Ok(data)) => {
                     // Credit goes back at once: tonic buffers what it reads.
                     let _ = stream.flow_control().release_capacity(data.len());
+                    completion.tally.received(&data);
                     return Poll::Ready(Ok(Some(Frame::data(data))));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(e)),
@@ -163,7 +165,8 @@ impl http_body::Body for ResponseBody {
                 return this.fail(status);
             }
         }
-        match ready!(Self::poll_stream(stream, &mut this.data_done, cx)) {
+        let polled = Self::poll_stream(stream, &mut this.data_done, &mut this.completion, cx);
+        match ready!(polled) {
             Ok(Some(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     this.finish(grpc_code(trailers, http::StatusCode::OK), trailers);
