@@ -1,20 +1,25 @@
 //! Compiles `proto/simple.proto` (examples, tests, benchmarks),
 //! `proto/echo.proto` (streaming tests) and the vendored ORCA load report
-//! (`proto/xds/data/orca/v3/orca_load_report.proto`, used by the library's
-//! `orca` module) without a system `protoc`: `protox` parses the files in
+//! and out-of-band service (`proto/xds/data/orca/v3/orca_load_report.proto`,
+//! `proto/xds/service/orca/v3/orca.proto`, used by the library's `orca`
+//! module) without a system `protoc`: `protox` parses the files in
 //! pure Rust and `tonic-prost-build` generates the messages, clients and
 //! servers from the resulting descriptor set.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/simple.proto",
-        "proto/echo.proto",
+    let examples = ["proto/simple.proto", "proto/echo.proto"];
+    let orca = [
         "proto/xds/data/orca/v3/orca_load_report.proto",
+        "proto/xds/service/orca/v3/orca.proto",
     ];
-    for file in files {
+    for file in examples.iter().chain(&orca) {
         println!("cargo:rerun-if-changed={file}");
     }
-    let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    tonic_prost_build::configure().compile_fds(protox::compile(examples, ["proto"])?)?;
+    // The library's own: without `connect` (tonic's transport is not one
+    // of its dependencies' features).
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .compile_fds(protox::compile(orca, ["proto"])?)?;
     Ok(())
 }

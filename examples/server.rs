@@ -21,7 +21,9 @@
 //! (etcd's Go naming JSON), which `weighted_round_robin` uses while no
 //! server reports its load; `--utilization X` attaches an ORCA load report
 //! (CPU utilization X, a nominal 100 requests per second) to every
-//! response, which `weighted_round_robin` weighs the server by (100 / X):
+//! response, which `weighted_round_robin` weighs the server by (100 / X),
+//! and serves the same report out of band (ORCA's `OpenRcaService`, for
+//! clients with `enableOobLoadReport`; at most once a second):
 //!
 //! ```text
 //! cargo run --example server -- --addr 127.0.0.1:8000 --etcd 127.0.0.1:2379 --weight 1
@@ -61,7 +63,7 @@ use common::proto::{SimpleRequest, SimpleResponse};
 use common::Greeter;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
-use tonic_balance::orca::{OrcaLayer, ServerMetricsRecorder};
+use tonic_balance::orca::{OrcaLayer, OrcaOobService, ServerMetricsRecorder};
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
@@ -166,9 +168,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             let _ = s.set_nodelay(true);
         })
     });
+    let oob = OrcaOobService::new(recorder.clone())
+        .min_reporting_interval(std::time::Duration::from_secs(1));
     server
         .layer(OrcaLayer::new(recorder))
         .add_service(SimpleServer::new(Flaky::new(addr, fail_rate)))
+        .add_service(oob.into_server())
         .add_optional_service(health)
         .serve_with_incoming_shutdown(incoming, async {
             shutdown_signal().await;

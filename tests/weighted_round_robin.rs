@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
 use support::{route, simple_server, Backend};
-use tonic_balance::orca::{self, OrcaLayer, ServerMetricsRecorder};
+use tonic_balance::orca::{self, OrcaLayer, OrcaOobService, ServerMetricsRecorder};
 use tonic_balance::BalancedChannel;
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
@@ -97,45 +97,148 @@ async fn the_orca_layer_puts_the_recorders_report_in_every_responses_trailers() 
     .unwrap();
 }
 
+/// Each backend's share of 1,000 calls, in the order of `addrs`.
+async fn shares(client: &mut SimpleClient<BalancedChannel>, addrs: &[String]) -> Vec<f64> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..1000 {
+        let peer = route(client, &format!("call {i}")).await.unwrap();
+        *counts.entry(peer).or_default() += 1;
+    }
+    let share = |addr| counts.get(addr).copied().unwrap_or(0) as f64 / 1000.0;
+    addrs.iter().map(share).collect()
+}
+
+fn close(got: &[f64], want: &[f64]) -> bool {
+    got.iter()
+        .zip(want)
+        .all(|(got, want)| (got - want).abs() < 0.05)
+}
+
+/// Sends rounds of 1,000 calls (at most 50, 150 ms apart: a few weight
+/// updates each) until each backend's share is within 0.05 of `want`.
+async fn converges_to(client: &mut SimpleClient<BalancedChannel>, addrs: &[String], want: &[f64]) {
+    let mut last = Vec::new();
+    for _ in 0..50 {
+        last = shares(client, addrs).await;
+        if close(&last, want) {
+            return;
+        }
+        // The next weight update.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    panic!("calls never converged to {want:?} of {addrs:?}: last {last:?}");
+}
+
+/// A client of `addrs` with `config`'s weighted_round_robin.
+async fn wrr_client(addrs: &[String], config: &str) -> SimpleClient<BalancedChannel> {
+    let config = format!(r#"{{"loadBalancingConfig":[{{"weighted_round_robin":{config}}}]}}"#);
+    let channel = BalancedChannel::builder(format!("static:///{}", addrs.join(",")))
+        .service_config(config)
+        .connect(Duration::from_secs(10))
+        .await
+        .unwrap();
+    SimpleClient::new(channel)
+}
+
+/// A recorder reporting `utilization` at 100 qps.
+fn recorder(utilization: f64) -> ServerMetricsRecorder {
+    let recorder = ServerMetricsRecorder::new();
+    recorder.set_cpu_utilization(utilization);
+    recorder.set_qps(100.0);
+    recorder
+}
+
+/// Weights 100/0.9 : 100/0.5 : 100/0.1, i.e. 1 : 1.8 : 9 of 11.8.
+const SHARES_0_9_0_5_0_1: [f64; 3] = [1.0 / 11.8, 1.8 / 11.8, 9.0 / 11.8];
+
 #[tokio::test]
 async fn backends_reporting_utilization_0_9_0_5_0_1_get_calls_inversely_to_it() {
     tokio::time::timeout(TEST_LIMIT, async {
         let mut addrs = Vec::new();
         for utilization in [0.9, 0.5, 0.1] {
-            let recorder = ServerMetricsRecorder::new();
-            recorder.set_cpu_utilization(utilization);
-            recorder.set_qps(100.0);
-            addrs.push(orca_backend(recorder).await.to_string());
+            addrs.push(orca_backend(recorder(utilization)).await.to_string());
         }
-        let config = r#"{"loadBalancingConfig":[{"weighted_round_robin":
-            {"blackoutPeriod":"0s","weightUpdatePeriod":"0.1s"}}]}"#;
-        let channel = BalancedChannel::builder(format!("static:///{}", addrs.join(",")))
-            .service_config(config)
-            .connect(Duration::from_secs(10))
-            .await
-            .unwrap();
-        let mut client = SimpleClient::new(channel);
-        // Weights 100/0.9 : 100/0.5 : 100/0.1, i.e. 1 : 1.8 : 9 of 11.8.
-        let want = [1.0 / 11.8, 1.8 / 11.8, 9.0 / 11.8];
-        let mut last = HashMap::new();
-        for _ in 0..50 {
-            let mut counts: HashMap<String, usize> = HashMap::new();
-            for i in 0..1000 {
-                let peer = route(&mut client, &format!("call {i}")).await.unwrap();
-                *counts.entry(peer).or_default() += 1;
-            }
-            let close = addrs.iter().zip(want).all(|(addr, want)| {
-                let got = counts.get(addr).copied().unwrap_or(0) as f64 / 1000.0;
-                (got - want).abs() < 0.05
-            });
-            if close {
-                return;
-            }
-            last = counts;
-            // The next weight update.
-            tokio::time::sleep(Duration::from_millis(150)).await;
+        let config = r#"{"blackoutPeriod":"0s","weightUpdatePeriod":"0.1s"}"#;
+        let mut client = wrr_client(&addrs, config).await;
+        converges_to(&mut client, &addrs, &SHARES_0_9_0_5_0_1).await;
+    })
+    .await
+    .unwrap();
+}
+
+/// A `Simple` backend on the test's runtime that serves ORCA's
+/// out-of-band service with `recorder`'s report (at most every 50 ms),
+/// and no per-call reports.
+async fn oob_backend(recorder: ServerMetricsRecorder) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let oob = OrcaOobService::new(recorder).min_reporting_interval(Duration::from_millis(50));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(simple_server(addr))
+            .add_service(oob.into_server())
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+const OOB_CONFIG: &str = r#"{"enableOobLoadReport":true,"oobReportingPeriod":"0.05s",
+    "blackoutPeriod":"0s","weightUpdatePeriod":"0.1s"}"#;
+
+#[tokio::test]
+async fn out_of_band_reports_of_utilization_0_9_0_5_0_1_split_calls_inversely_to_it() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut addrs = Vec::new();
+        for utilization in [0.9, 0.5, 0.1] {
+            addrs.push(oob_backend(recorder(utilization)).await.to_string());
         }
-        panic!("calls never converged to {want:?} of {addrs:?}: last {last:?}");
+        let mut client = wrr_client(&addrs, OOB_CONFIG).await;
+        converges_to(&mut client, &addrs, &SHARES_0_9_0_5_0_1).await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn with_out_of_band_reports_on_per_call_reports_are_ignored() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // Per-call reports only, and no ORCA service: UNIMPLEMENTED.
+        let mut addrs = Vec::new();
+        for utilization in [0.9, 0.5, 0.1] {
+            addrs.push(orca_backend(recorder(utilization)).await.to_string());
+        }
+        let mut client = wrr_client(&addrs, OOB_CONFIG).await;
+        // Calls whose reports would weigh 1 : 1.8 : 9, then a few weight
+        // updates: still the resolver's equal weights.
+        shares(&mut client, &addrs).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let got = shares(&mut client, &addrs).await;
+        assert!(close(&got, &[1.0 / 3.0; 3]), "{got:?} of {addrs:?}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_backend_without_the_orca_service_gets_the_mean_weight_of_the_others() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let with = [
+            oob_backend(recorder(0.9)).await,
+            oob_backend(recorder(0.1)).await,
+        ];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let without = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(simple_server(without))
+                .serve_with_incoming(incoming),
+        );
+        let addrs = [with[0], with[1], without].map(|a| a.to_string());
+        let mut client = wrr_client(&addrs, OOB_CONFIG).await;
+        // 100/0.9 : 100/0.1 : their mean, i.e. 1 : 9 : 5 of 15.
+        converges_to(&mut client, &addrs, &[1.0 / 15.0, 9.0 / 15.0, 5.0 / 15.0]).await;
     })
     .await
     .unwrap();

@@ -8,6 +8,16 @@
 //!   connections per backend (`connections_per_address(4)`);
 //! - `ours-least_request` (only when asked for): a `BalancedChannel` with
 //!   `least_request` (gRFC A48, two random choices);
+//! - `ours-weighted_round_robin` (only when asked for): a `BalancedChannel`
+//!   with `weighted_round_robin` (gRFC A58). The loadgen backends send no
+//!   ORCA reports and the static target gives no weights, so every backend
+//!   has the mean weight: this measures the policy's own cost (its EDF
+//!   scheduler), with round robin's spread;
+//! - `ours-ring_hash` (only when asked for): a `BalancedChannel` with
+//!   `ring_hash` (gRFC A42) and `requestHashHeader` `x-loadgen-key`
+//!   (gRFC A76); every call sends a different key (a counter shared by the
+//!   workers), so calls spread over all backends and the cost measured
+//!   includes hashing the header and the ring's binary search;
 //! - `ours-round_robin-otel` (only when asked for; build with `--features
 //!   otel`): `ours-round_robin` recording gRPC's OpenTelemetry metrics into
 //!   an SDK meter provider (in memory, never exported during the run);
@@ -49,6 +59,8 @@ pub enum Kind {
     H2RoundRobin,
     OursPool,
     OursLeastRequest,
+    OursWeightedRoundRobin,
+    OursRingHash,
     OursOtel,
 }
 
@@ -94,6 +106,8 @@ impl Kind {
             Kind::H2RoundRobin => "h2-round_robin",
             Kind::OursPool => "ours-round_robin-pool4",
             Kind::OursLeastRequest => "ours-least_request",
+            Kind::OursWeightedRoundRobin => "ours-weighted_round_robin",
+            Kind::OursRingHash => "ours-ring_hash",
             Kind::OursOtel => "ours-round_robin-otel",
         }
     }
@@ -101,7 +115,13 @@ impl Kind {
     pub fn parse(name: &str) -> Option<Kind> {
         Kind::ALL
             .into_iter()
-            .chain([Kind::OursPool, Kind::OursLeastRequest, Kind::OursOtel])
+            .chain([
+                Kind::OursPool,
+                Kind::OursLeastRequest,
+                Kind::OursWeightedRoundRobin,
+                Kind::OursRingHash,
+                Kind::OursOtel,
+            ])
             .find(|k| k.name() == name)
     }
 }
@@ -131,6 +151,8 @@ fn with_metrics(_: BalancedChannelBuilder) -> Result<BalancedChannelBuilder, Box
 pub enum Client {
     Tonic(SimpleClient<Channel>),
     Ours(SimpleClient<BalancedChannel>),
+    /// `ours-ring_hash`: every call carries a new [`RING_HASH_HEADER`].
+    OursKeyed(SimpleClient<BalancedChannel>),
     Hyper(Arc<HyperRoundRobin>),
     H2(Arc<H2RoundRobin>),
 }
@@ -139,6 +161,16 @@ pub enum Client {
 pub type Outcome = Result<usize, String>;
 
 const DATA: &str = "loadgen";
+
+/// The header `ours-ring_hash` hashes (its `requestHashHeader`).
+const RING_HASH_HEADER: &str = "x-loadgen-key";
+
+/// The next call's ring hash key: a counter shared by every worker.
+static NEXT_KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// `ours-ring_hash`'s service config.
+const RING_HASH_CONFIG: &str =
+    r#"{"loadBalancingConfig":[{"ring_hash":{"requestHashHeader":"x-loadgen-key"}}]}"#;
 
 impl Client {
     /// Connects `kind` to the backends at `addrs`, waiting (at most 5 s)
@@ -172,23 +204,32 @@ impl Client {
             | Kind::OursPickFirst
             | Kind::OursPool
             | Kind::OursLeastRequest
+            | Kind::OursWeightedRoundRobin
+            | Kind::OursRingHash
             | Kind::OursOtel => {
                 let policy = match kind {
                     Kind::OursPickFirst => "pick_first",
                     Kind::OursLeastRequest => "least_request",
+                    Kind::OursWeightedRoundRobin => "weighted_round_robin",
                     _ => "round_robin",
                 };
                 let pool = if kind == Kind::OursPool { 4 } else { 1 };
                 let builder = BalancedChannel::builder(static_target())
                     .balancer(policy)
                     .connections_per_address(pool);
-                let builder = if kind == Kind::OursOtel {
-                    with_metrics(builder)?
-                } else {
-                    builder
+                let builder = match kind {
+                    Kind::OursOtel => with_metrics(builder)?,
+                    Kind::OursRingHash => builder.service_config(RING_HASH_CONFIG),
+                    _ => builder,
                 };
-                let channel = with_tls(builder, tls)?.connect(wait).await?;
-                Client::Ours(SimpleClient::new(channel))
+                let builder = with_tls(builder, tls)?;
+                if kind == Kind::OursRingHash {
+                    // ring_hash stays IDLE until calls arrive (it connects
+                    // lazily, gRFC A42): the first calls wait for it.
+                    Client::OursKeyed(SimpleClient::new(builder.build()?))
+                } else {
+                    Client::Ours(SimpleClient::new(builder.connect(wait).await?))
+                }
             }
             Kind::HyperRoundRobin | Kind::H2RoundRobin if tls.is_some() => {
                 return Err(format!("{} has no TLS", kind.name()).into())
@@ -208,6 +249,13 @@ impl Client {
         let code = match self {
             Client::Tonic(c) => c.route(request()).await.map(|r| r.into_inner().code),
             Client::Ours(c) => c.route(request()).await.map(|r| r.into_inner().code),
+            Client::OursKeyed(c) => {
+                let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+                let mut call = tonic::Request::new(request());
+                let value = tonic::metadata::MetadataValue::from(key);
+                call.metadata_mut().insert(RING_HASH_HEADER, value);
+                c.route(call).await.map(|r| r.into_inner().code)
+            }
             Client::Hyper(h) => return h.call().await,
             Client::H2(h) => return h.call().await,
         };

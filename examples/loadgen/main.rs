@@ -20,7 +20,10 @@
 //!
 //! Clients beyond the default set: `ours-round_robin-pool4` (a pool of 4
 //! connections per address, `connections_per_address(4)`) and
-//! `ours-least_request` (the `least_request` policy, gRFC A48).
+//! `ours-least_request` (the `least_request` policy, gRFC A48),
+//! `ours-weighted_round_robin` (gRFC A58; no load reports, so equal
+//! weights) and `ours-ring_hash` (gRFC A42; a different
+//! `x-loadgen-key` header per call, its `requestHashHeader`).
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with
@@ -52,6 +55,21 @@ use server::Backends;
 
 const BACKENDS: usize = 3;
 
+const USAGE: &str = "\
+cargo run --release --example loadgen -- \\
+    [--scenario throughput|connections|failover|cancel-storm|all] [--concurrency 1,16,64] \\
+    [--duration 3s] [--warmup 1s] [--rounds 3] [--clients a,b,...] \\
+    [--failover-concurrency 16] \\
+    [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms] \\
+    [--tls on] [--pin on]
+
+clients (default: the first six):
+  tonic-direct tonic-balance_list ours-round_robin ours-pick_first
+  hyper-round_robin h2-round_robin
+  ours-round_robin-pool4 ours-least_request ours-weighted_round_robin
+  ours-ring_hash ours-round_robin-otel (--features otel)
+";
+
 /// The raw `h2` client stalls with more calls than this on one
 /// connection to the tonic backend (seen at 256; not investigated), so the
 /// connections scenario leaves it out above it.
@@ -80,6 +98,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return Ok(());
+    }
     if let Some(count) = flag(&args, "--serve") {
         let first = flag(&args, "--first-index").unwrap_or("0");
         let cpu = flag(&args, "--pin-cpu").map(str::parse).transpose()?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{health, Link, SubchannelState};
+use super::{Link, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::metrics::SubchannelMetrics;
 use crate::transport::{self, Lost};
@@ -87,14 +87,15 @@ pub(crate) async fn run(
                     .store(Some(Arc::new(established.connection.clone())));
                 let ready_at = Instant::now();
                 // READY, as health checking shows it (READY at once when
-                // it is off), for as long as the connection is.
+                // it is off), for as long as the connection is; ORCA's
+                // out-of-band stream too while a listener wants it.
                 // (Health first: its first poll reports READY, or
                 // CONNECTING until the health service answers, before a
                 // loss is looked at.)
                 let lost = tokio::select! {
                     biased;
                     _ = &mut shutdown => None,
-                    never = health::watch(&link, &config, &events) => match never {},
+                    never = super::while_ready(&link, &config, &events) => match never {},
                     r = established.lost() => Some(r),
                 };
                 link.connection.store(None);

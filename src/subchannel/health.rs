@@ -23,11 +23,12 @@
 //! so no policy needs to know about health checking.
 //!
 //! **Restarts** use the subchannel's backoff settings (gRPC's connection
-//! backoff, [`crate::backoff`]): a stream that received an answer and
-//! lasted at least the initial delay counts as a success and is reopened
-//! at once; any other is reopened after the next backoff delay. So a server
-//! that resets every stream at once is asked on the backoff schedule, not
-//! in a loop.
+//! backoff, [`crate::backoff`]), as every per-connection stream does (see
+//! `stream::Restarts`): a stream that received an answer and lasted at
+//! least the initial delay counts as a success and is reopened at once;
+//! any other is reopened after the next backoff delay. So a server that
+//! resets every stream at once is asked on the backoff schedule, not in a
+//! loop.
 //!
 //! **Events.** Health answers are reported as they come, one state change
 //! each (repeats of the same state are not sent), on the subchannel's event
@@ -35,29 +36,19 @@
 //! queues one event per flip.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
-use tonic::body::Body;
-use tonic::{Code, Status};
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::connect::{ConnectConfig, StateEvent};
+use super::stream::{describe, OnConnection, Restarts};
 use super::{Link, SubchannelState};
-use crate::backoff::Backoff;
-use crate::picker::Completion;
-use crate::transport::{Connection, Outgoing, SendError};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
-
-/// The `user-agent` of health streams.
-const USER_AGENT: &str = concat!("grpc-rust-tonic-balance/", env!("CARGO_PKG_VERSION"));
 
 /// The health service name every subchannel of a channel checks (`None`:
 /// health checking off). Set by the control task from the service config;
@@ -152,14 +143,9 @@ async fn serve(
         reporter.send(ConnectivityState::Ready, None);
         return std::future::pending().await;
     };
-    let seed = config.rng_seed ^ link.id.wrapping_mul(0xA24B_AED4_963E_E407);
-    let mut backoff = Backoff::new(config.backoff, seed);
-    let mut retry_at: Option<Instant> = None;
+    let mut restarts = Restarts::new(link, config, 0xA24B_AED4_963E_E407);
     loop {
-        if let Some(at) = retry_at.take() {
-            tokio::time::sleep_until(at).await;
-        }
-        let started = Instant::now();
+        restarts.wait().await;
         reporter.send(ConnectivityState::Connecting, None);
         match stream(link, &name, reporter).await {
             Ended::Unimplemented => {
@@ -177,11 +163,7 @@ async fn serve(
             Ended::Failed { error, answered } => {
                 tracing::debug!(address = %link.address, %error, "health stream ended");
                 reporter.send(ConnectivityState::TransientFailure, Some(error));
-                if answered && Instant::now() - started >= backoff.min_success() {
-                    backoff.reset();
-                } else {
-                    retry_at = Some(started + backoff.next_delay());
-                }
+                restarts.ended(answered);
             }
         }
     }
@@ -201,13 +183,9 @@ async fn stream(link: &Link, name: &str, reporter: &mut Reporter<'_>) -> Ended {
         error: health_error(&link.address, name, &why),
         answered,
     };
-    let Some(connection) = link.ready_connection() else {
-        return failed("no READY connection".into(), false);
-    };
-    let service = OnConnection {
-        connection,
-        address: link.address.clone(),
-        origin: (link.origin.scheme.clone(), link.origin.authority.clone()),
+    let service = match OnConnection::new(link) {
+        Ok(service) => service,
+        Err(why) => return failed(why, false),
     };
     let request = HealthCheckRequest {
         service: name.to_owned(),
@@ -239,55 +217,9 @@ async fn stream(link: &Link, name: &str, reporter: &mut Reporter<'_>) -> Ended {
     }
 }
 
-fn describe(status: &Status) -> String {
-    format!("stream failed: {:?}: {}", status.code(), status.message())
-}
-
 fn health_error(address: &Address, name: &str, why: &str) -> Error {
     Error::new(
         ErrorKind::Health,
         format!("{address}: health check of service {name:?}: {why}"),
     )
-}
-
-/// A gRPC client transport that sends on one connection: the subchannel's
-/// own, so the health stream shares the connection it judges.
-#[derive(Clone)]
-struct OnConnection {
-    connection: Connection,
-    address: Address,
-    origin: (http::uri::Scheme, http::uri::Authority),
-}
-
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status>> + Send>>;
-
-impl tower::Service<http::Request<Body>> for OnConnection {
-    type Response = http::Response<Body>;
-    type Error = Status;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> ResponseFuture {
-        let this = self.clone();
-        Box::pin(async move {
-            let mut parts = request.uri().clone().into_parts();
-            parts.scheme = Some(this.origin.0);
-            parts.authority = Some(this.origin.1);
-            *request.uri_mut() = http::Uri::from_parts(parts)
-                .map_err(|e| Status::internal(format!("health stream URI: {e}")))?;
-            let user_agent = http::HeaderValue::from_static(USER_AGENT);
-            let mut outgoing = Outgoing::new(request, &user_agent);
-            match this.connection.send(&mut outgoing, &this.address).await {
-                Ok(opened) => Ok(opened.into_response(this.address, Completion::NONE, None)),
-                Err(SendError::Unsent) => Err(Status::unavailable(format!(
-                    "{}: the connection stopped taking streams",
-                    this.address
-                ))),
-                Err(SendError::Unprocessed(status) | SendError::Failed(status)) => Err(status),
-            }
-        })
-    }
 }

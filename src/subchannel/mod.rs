@@ -31,6 +31,10 @@
 //! more event. [`SubchannelState::connection_state`] keeps the
 //! connection's own state.
 //!
+//! **ORCA out-of-band reports** (gRFC A51, module `oob`): while a policy
+//! has a listener registered, a READY connection also streams the
+//! server's load reports to it.
+//!
 //! **Backoff** follows gRPC's `connection-backoff.md` ([`BackoffConfig`]):
 //! a failed attempt waits until its start plus the current delay, which
 //! then grows. A connection counts as a success, resetting the delay, only
@@ -57,11 +61,14 @@
 
 mod connect;
 mod health;
+mod oob;
 mod pool;
+mod stream;
 
 pub use crate::backoff::BackoffConfig;
 pub(crate) use connect::{ConnectConfig, StateEvent};
 pub(crate) use health::HealthService;
+pub use oob::OobRegistration;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -120,6 +127,10 @@ pub(crate) struct Link {
     connect_requests: AtomicU32,
     /// The server answered a health stream UNIMPLEMENTED (warned once).
     health_unimplemented: AtomicBool,
+    /// The ORCA out-of-band listener (module `oob`).
+    oob: oob::OobSlot,
+    /// The server answered an ORCA stream UNIMPLEMENTED (warned once).
+    oob_unimplemented: AtomicBool,
     /// Calls and connection attempts, for `BalancedChannel::snapshot`.
     stats: Arc<SubchannelStats>,
 }
@@ -209,6 +220,8 @@ impl Subchannel {
             connect_requested: AtomicBool::new(false),
             connect_requests: AtomicU32::new(0),
             health_unimplemented: AtomicBool::new(false),
+            oob: tokio::sync::watch::channel(None).0,
+            oob_unimplemented: AtomicBool::new(false),
             stats: Arc::default(),
         });
         let (tx, rx) = oneshot::channel();
@@ -289,6 +302,21 @@ impl Subchannel {
     /// Its counters (calls, connection attempts, last change).
     pub(crate) fn stats(&self) -> &Arc<SubchannelStats> {
         &self.inner.link.stats
+    }
+}
+
+/// What runs on a READY connection until it goes: health checking (its
+/// first poll reports READY, or CONNECTING until the health service
+/// answers) and ORCA's out-of-band stream.
+async fn while_ready(
+    link: &Link,
+    config: &ConnectConfig,
+    events: &mpsc::UnboundedSender<StateEvent>,
+) -> std::convert::Infallible {
+    tokio::select! {
+        biased;
+        never = health::watch(link, config, events) => never,
+        never = oob::watch(link, config) => never,
     }
 }
 

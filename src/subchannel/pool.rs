@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::connect::{connection_lost, timed_out, ConnectConfig, StateEvent};
-use super::{health, Link, SubchannelState};
+use super::{Link, SubchannelState};
 use crate::backoff::Backoff;
 use crate::transport::{self, Connection, Lost};
 use crate::{ConnectivityState, Error};
@@ -82,7 +82,7 @@ pub(crate) async fn run(
         let mut failed = vec![false; n];
         let mut ready_at: Option<Instant> = None;
         // READY as health checking shows it, from the first READY slot on.
-        let health = health::watch(&link, &config, &events);
+        let health = super::while_ready(&link, &config, &events);
         tokio::pin!(health);
         let outcome = loop {
             let event = tokio::select! {

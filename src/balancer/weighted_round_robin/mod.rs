@@ -40,9 +40,17 @@
 //! (false), `oobReportingPeriod` (10 s), `blackoutPeriod` (10 s),
 //! `weightExpirationPeriod` (3 min), `weightUpdatePeriod` (1 s, raised to
 //! 100 ms if below), `errorUtilizationPenalty` (1.0, not negative).
-//! Out-of-band reports (`enableOobLoadReport: true`, ORCA's
-//! `OpenRcaService`) are not implemented yet: the setting is accepted and
-//! reports are read per call (from every call's trailers) either way.
+//!
+//! **Out-of-band reports** (`enableOobLoadReport: true`): every READY
+//! subchannel streams its server's reports on ORCA's
+//! `OpenRcaService/StreamCoreMetrics` (gRFC A51; see
+//! [`crate::orca::register_oob_listener`]), asking for one every
+//! `oobReportingPeriod`, on its own connection. They feed the same weights
+//! as per-call reports would, and per-call reports are then ignored (A58).
+//! A stream that fails is reopened on the subchannel's backoff; a server
+//! without the ORCA service (UNIMPLEMENTED) is not asked again on that
+//! connection (a warning is logged once) and still gets calls: with the
+//! mean weight, or the resolver's weights when no backend reports.
 //!
 //! ```
 //! # use std::time::Duration;
@@ -56,6 +64,7 @@
 //! ```
 
 mod config;
+mod oob;
 mod scheduler;
 mod weight;
 
@@ -77,6 +86,7 @@ use crate::resolver::ResolverUpdate;
 use crate::subchannel::SubchannelState;
 use crate::{Endpoint, Error, Subchannel};
 pub use config::WrrConfig;
+use oob::{OobListeners, WeightsByAddress};
 use scheduler::Scheduler;
 use weight::{EndpointWeight, Load};
 
@@ -142,6 +152,8 @@ struct WrrPickers {
     base: Instant,
     config: Arc<ArcSwap<WrrConfig>>,
     weights: HashMap<Box<str>, Arc<EndpointWeight>>,
+    /// The same weights by each address, for out-of-band reports.
+    by_address: WeightsByAddress,
     latest: Arc<ArcSwapOption<Table>>,
     metrics: WrrMetrics,
 }
@@ -167,6 +179,15 @@ impl ChildPickers for WrrPickers {
         // Endpoints that left READY lose their weight: back in READY,
         // they start a new blackout (A58).
         self.weights = kept;
+        let by_address = ready
+            .iter()
+            .zip(&weights)
+            .flat_map(|(child, weight)| {
+                let addrs = child.endpoint.addresses().iter();
+                addrs.map(|a| (Box::from(a.addr()), weight.clone()))
+            })
+            .collect();
+        self.by_address.store(Arc::new(by_address));
         let statics = ready
             .iter()
             .map(|c| f64::from(c.endpoint.attributes().weight().unwrap_or(1).max(1)))
@@ -207,9 +228,14 @@ struct ReportReader {
 }
 
 impl CallObserver for ReportReader {
+    /// Ignores the call's report while out-of-band reports are on (A58).
     fn done(&self, info: &DoneInfo<'_>) {
+        let config = self.config.load();
+        if config.enable_oob_load_report {
+            return;
+        }
         if let Some(report) = crate::orca::from_trailers(info.trailers()) {
-            let penalty = self.config.load().error_utilization_penalty;
+            let penalty = config.error_utilization_penalty;
             (self.weight).on_report(Load::from(&report), Instant::now(), penalty);
         }
     }
@@ -252,6 +278,7 @@ struct WeightedRoundRobin {
     manager: ChildManager,
     config: Arc<ArcSwap<WrrConfig>>,
     latest: Arc<ArcSwapOption<Table>>,
+    oob: OobListeners,
     /// When the scheduler is rebuilt next.
     next_update: Option<Instant>,
 }
@@ -260,17 +287,20 @@ impl WeightedRoundRobin {
     fn new(options: &BuildOptions) -> Self {
         let config = Arc::new(ArcSwap::from_pointee(WrrConfig::default()));
         let latest = Arc::new(ArcSwapOption::empty());
+        let by_address: WeightsByAddress = Arc::default();
         let pickers = WrrPickers {
             rng: SmallRng::seed_from_u64(options.seed()),
             base: Instant::now(),
             config: config.clone(),
             weights: HashMap::new(),
+            by_address: by_address.clone(),
             latest: latest.clone(),
             metrics: WrrMetrics::new(options),
         };
         let pick_first = LbPolicy::new(Arc::new(super::PickFirstBuilder), LbConfig::empty());
         WeightedRoundRobin {
             manager: ChildManager::new(pick_first, options.clone(), Box::new(pickers)),
+            oob: OobListeners::new(by_address, config.clone()),
             config,
             latest,
             next_update: None,
@@ -304,6 +334,7 @@ impl Balancer for WeightedRoundRobin {
         self.config.store(Arc::new(new));
         self.manager
             .resolver_update(update, &LbConfig::empty(), ctl);
+        self.oob.update();
         if self.next_update.is_none() || period_changed {
             self.schedule_update(ctl);
         }
@@ -320,6 +351,7 @@ impl Balancer for WeightedRoundRobin {
         ctl: &mut dyn Controller,
     ) {
         self.manager.subchannel_update(subchannel, state, ctl);
+        self.oob.subchannel_update(subchannel, state);
     }
 
     fn exit_idle(&mut self, ctl: &mut dyn Controller) {

@@ -170,3 +170,67 @@ async fn reports_in_the_calls_trailers_weigh_the_backends_inversely_to_utilizati
     assert!((c / a - 9.0).abs() < 0.5, "{counts:?}");
     assert!((b / a - 1.8).abs() < 0.2, "{counts:?}");
 }
+
+/// An out-of-band report of 100 qps at `utilization` through `addr`'s
+/// registered listener.
+fn oob_report(ctl: &FakeController, addr: &str, utilization: f64) {
+    let (listener, period) = ctl.subchannel(addr).oob_listener().expect("a listener");
+    assert_eq!(period, Duration::from_millis(200));
+    let report = crate::orca::OrcaLoadReport {
+        cpu_utilization: utilization,
+        rps_fractional: 100.0,
+        ..Default::default()
+    };
+    listener.on_load_report(&report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_band_reports_set_the_weights_and_per_call_ones_are_ignored() {
+    let json = serde_json::json!({"enableOobLoadReport": true, "oobReportingPeriod": "0.2s",
+        "blackoutPeriod": "0s", "weightUpdatePeriod": "0.5s"});
+    let (mut wrr, mut ctl) = ready(&[("a:1", 1), ("b:1", 1)], json);
+    oob_report(&ctl, "a:1", 0.1);
+    oob_report(&ctl, "b:1", 0.9);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(ctl.run_due_work(&mut wrr));
+    let counts = tally(&ctl, 1000);
+    assert!(
+        (counts["a:1"] as f64 / counts["b:1"] as f64 - 9.0).abs() < 0.5,
+        "{counts:?}"
+    );
+    // A call's trailer report (per call) says the opposite: ignored.
+    let picker = ctl.picker().unwrap();
+    let headers = http::HeaderMap::new();
+    let info = PickInfo::new("/s/m", &headers);
+    for _ in 0..10 {
+        let PickResult::Pick(pick) = picker.pick(&info) else {
+            panic!("no pick")
+        };
+        let mut trailers = http::HeaderMap::new();
+        let report = crate::orca::OrcaLoadReport {
+            cpu_utilization: 0.01,
+            rps_fractional: 100.0,
+            ..Default::default()
+        };
+        trailers.insert(crate::orca::TRAILER, crate::orca::to_header_value(&report));
+        pick.complete(&DoneInfo::new(tonic::Code::Ok, true, true, &trailers));
+    }
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(ctl.run_due_work(&mut wrr));
+    let counts = tally(&ctl, 1000);
+    assert!(
+        (counts["a:1"] as f64 / counts["b:1"] as f64 - 9.0).abs() < 0.5,
+        "{counts:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn turning_out_of_band_reports_off_unregisters_the_listeners() {
+    let on = serde_json::json!({"enableOobLoadReport": true, "oobReportingPeriod": "0.2s"});
+    let (mut wrr, mut ctl) = ready(&[("a:1", 1), ("b:1", 1)], on);
+    assert!(ctl.subchannel("a:1").oob_listener().is_some());
+    let update = weighted(&[("a:1", 1), ("b:1", 1)]);
+    wrr.resolver_update(&update, &config(serde_json::json!({})), &mut ctl);
+    assert!(ctl.subchannel("a:1").oob_listener().is_none());
+    assert!(ctl.subchannel("b:1").oob_listener().is_none());
+}

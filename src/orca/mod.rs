@@ -22,8 +22,11 @@
 //! # let _ = server;
 //! ```
 //!
-//! Out-of-band reports (ORCA's `OpenRcaService/StreamCoreMetrics`) are not
-//! provided yet.
+//! **Out of band** (gRFC A51): [`OrcaOobService`] is ORCA's
+//! `xds.service.orca.v3.OpenRcaService`; it streams the same recorder's
+//! report to each client that opens a `StreamCoreMetrics` stream, every
+//! interval the client asks for (from the vendored
+//! `proto/xds/service/orca/v3/orca.proto`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,13 +37,78 @@ use base64::Engine;
 use http_body::{Body, Frame};
 use prost::Message;
 
-/// The generated `xds.data.orca.v3` messages.
+mod service;
+
+/// The generated `xds.data.orca.v3` messages, and in [`proto::service`]
+/// the generated `xds.service.orca.v3` client and server.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod proto {
-    include!(concat!(env!("OUT_DIR"), "/xds.data.orca.v3.rs"));
+    /// The packages, nested as the generated code refers to them.
+    pub mod xds {
+        /// `xds.data`.
+        pub mod data {
+            /// `xds.data.orca`.
+            pub mod orca {
+                /// `xds.data.orca.v3`.
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/xds.data.orca.v3.rs"));
+                }
+            }
+        }
+        /// `xds.service`.
+        pub mod service {
+            /// `xds.service.orca`.
+            pub mod orca {
+                /// `xds.service.orca.v3`.
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/xds.service.orca.v3.rs"));
+                }
+            }
+        }
+    }
+
+    pub use xds::data::orca::v3::*;
+
+    /// `xds.service.orca.v3`: `OpenRcaService` and its request.
+    pub mod service {
+        pub use super::xds::service::orca::v3::*;
+    }
 }
 
+pub use crate::subchannel::OobRegistration;
 pub use proto::OrcaLoadReport;
+pub use service::{OrcaOobService, ReportStream};
+
+/// Receives a subchannel's out-of-band load reports (grpc-go's
+/// `orca.OOBListener`). Implemented for every `Fn(&OrcaLoadReport)`.
+pub trait OobListener: Send + Sync + 'static {
+    /// A report arrived. Runs on the connection's task: must not block.
+    fn on_load_report(&self, report: &OrcaLoadReport);
+}
+
+impl<F: Fn(&OrcaLoadReport) + Send + Sync + 'static> OobListener for F {
+    fn on_load_report(&self, report: &OrcaLoadReport) {
+        self(report);
+    }
+}
+
+/// Asks `subchannel`'s server for a load report every `period` on an
+/// `OpenRcaService/StreamCoreMetrics` stream (gRFC A51) on each of its
+/// READY connections, and hands the reports to `listener`, until the
+/// returned registration is dropped (grpc-go's
+/// `orca.RegisterOOBListener`). A subchannel has one listener: a new
+/// registration replaces the previous one. A stream that fails is reopened
+/// on the subchannel's backoff; a server without the service
+/// (UNIMPLEMENTED) is not asked again on that connection, and a warning is
+/// logged once. The server may send reports less often than asked (its
+/// minimum interval).
+pub fn register_oob_listener(
+    subchannel: &crate::Subchannel,
+    listener: std::sync::Arc<dyn OobListener>,
+    period: std::time::Duration,
+) -> OobRegistration {
+    subchannel.register_oob(listener, period)
+}
 
 /// The trailer a per-call load report travels in.
 pub const TRAILER: &str = "endpoint-load-metrics-bin";

@@ -1,0 +1,126 @@
+//! What the per-connection streams of a READY subchannel share (health
+//! checking's `Watch`, ORCA's out-of-band `StreamCoreMetrics`): a gRPC
+//! transport on the subchannel's own connection, and the restart schedule
+//! of a stream that keeps failing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::Status;
+
+use super::connect::ConnectConfig;
+use super::Link;
+use crate::backoff::Backoff;
+use crate::picker::Completion;
+use crate::transport::{Connection, Outgoing, SendError};
+use crate::Address;
+
+/// The `user-agent` of these streams.
+const USER_AGENT: &str = concat!("grpc-rust-tonic-balance/", env!("CARGO_PKG_VERSION"));
+
+/// A gRPC client transport that sends on one connection: the subchannel's
+/// own, so a stream about a backend shares the connection it is about.
+#[derive(Clone)]
+pub(super) struct OnConnection {
+    connection: Connection,
+    address: Address,
+    origin: (http::uri::Scheme, http::uri::Authority),
+}
+
+impl OnConnection {
+    /// The link's READY connection, or why there is none.
+    pub(super) fn new(link: &Link) -> Result<OnConnection, String> {
+        let connection = link
+            .ready_connection()
+            .ok_or_else(|| "no READY connection".to_owned())?;
+        Ok(OnConnection {
+            connection,
+            address: link.address.clone(),
+            origin: (link.origin.scheme.clone(), link.origin.authority.clone()),
+        })
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Status>> + Send>>;
+
+impl tower::Service<http::Request<Body>> for OnConnection {
+    type Response = http::Response<Body>;
+    type Error = Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> ResponseFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut parts = request.uri().clone().into_parts();
+            parts.scheme = Some(this.origin.0);
+            parts.authority = Some(this.origin.1);
+            *request.uri_mut() = http::Uri::from_parts(parts)
+                .map_err(|e| Status::internal(format!("{}: stream URI: {e}", this.address)))?;
+            let user_agent = http::HeaderValue::from_static(USER_AGENT);
+            let mut outgoing = Outgoing::new(request, &user_agent);
+            match this.connection.send(&mut outgoing, &this.address).await {
+                Ok(opened) => Ok(opened.into_response(this.address, Completion::NONE, None)),
+                Err(SendError::Unsent) => Err(Status::unavailable(format!(
+                    "{}: the connection stopped taking streams",
+                    this.address
+                ))),
+                Err(SendError::Unprocessed(status) | SendError::Failed(status)) => Err(status),
+            }
+        })
+    }
+}
+
+/// `status` as the reason a stream ended.
+pub(super) fn describe(status: &Status) -> String {
+    format!("stream failed: {:?}: {}", status.code(), status.message())
+}
+
+/// When a failed stream is opened again, on the subchannel's backoff
+/// settings (gRPC's connection backoff): a stream that got an answer and
+/// lasted at least the initial delay counts as a success and is reopened
+/// at once; any other is reopened after the next backoff delay. So a
+/// server that resets every stream at once is asked on the backoff
+/// schedule, not in a loop.
+pub(super) struct Restarts {
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    started: Instant,
+}
+
+impl Restarts {
+    /// The schedule of one kind of stream (`salt` tells kinds apart in the
+    /// jitter's seed) on `link`.
+    pub(super) fn new(link: &Link, config: &ConnectConfig, salt: u64) -> Restarts {
+        let seed = config.rng_seed ^ link.id.wrapping_mul(salt);
+        Restarts {
+            backoff: Backoff::new(config.backoff, seed),
+            retry_at: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits until the next stream may open, and notes when it opens.
+    pub(super) async fn wait(&mut self) {
+        if let Some(at) = self.retry_at.take() {
+            tokio::time::sleep_until(at).await;
+        }
+        self.started = Instant::now();
+    }
+
+    /// The stream opened by the last [`wait`](Self::wait) ended;
+    /// `answered`: after at least one message.
+    pub(super) fn ended(&mut self, answered: bool) {
+        if answered && Instant::now() - self.started >= self.backoff.min_success() {
+            self.backoff.reset();
+        } else {
+            self.retry_at = Some(self.started + self.backoff.next_delay());
+        }
+    }
+}
