@@ -48,6 +48,8 @@ pub mod balancer;
 pub mod channel;
 mod connectivity;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod metrics;
 pub mod orca;
 pub mod picker;

@@ -10,7 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::keeper::{Keeper, Reply};
 use crate::address::validate_host_port;
-use crate::resolver::etcd::client::{default_backoff, parse_endpoints, EtcdSource, Retry};
+use crate::etcd::{default_backoff, parse_endpoints, EtcdSource, Retry};
 use crate::subchannel::BackoffConfig;
 use crate::{Error, ErrorKind};
 

@@ -39,7 +39,7 @@ mod discover;
 #[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "etcd")]
-pub(crate) mod etcd;
+mod etcd;
 mod fixed;
 mod literal;
 mod manual;

@@ -46,7 +46,6 @@
 //! connected with `ConnectOptions::with_require_leader(true)` for the same
 //! effect. `resolve_now` is ignored: the watch is already live.
 
-pub(crate) mod client;
 mod values;
 mod watch;
 
@@ -54,8 +53,8 @@ use std::fmt;
 
 use etcd_client::Client;
 
-use self::client::{default_backoff, EtcdSource};
 use super::{Resolver, ResolverBuilder, UpdateSink};
+use crate::etcd::{default_backoff, EtcdSource};
 use crate::subchannel::BackoffConfig;
 use crate::{Error, Target};
 

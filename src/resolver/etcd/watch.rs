@@ -6,8 +6,8 @@ use std::convert::Infallible;
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse};
 
-use super::client::{call, EtcdSource, Retry};
 use super::values::EndpointSet;
+use crate::etcd::{call, EtcdSource, Retry};
 use crate::resolver::{ResolverUpdate, UpdateSink};
 use crate::subchannel::BackoffConfig;
 use crate::{Address, Error, ErrorKind};

@@ -1,6 +1,12 @@
-//! Plumbing shared by the etcd resolver and registration: which etcd to
-//! talk to, connecting with the options discovery needs, bounded calls and
-//! retry delays.
+//! The etcd client plumbing shared by the [`etcd` resolver] and
+//! [registration]: which etcd to talk to, connecting with the options
+//! discovery needs, bounded calls and retry delays.
+//!
+//! Crate-private: users see etcd only through the resolver's and
+//! registration's builders.
+//!
+//! [`etcd` resolver]: crate::resolver::EtcdResolverBuilder
+//! [registration]: crate::registration
 
 use std::fmt;
 use std::future::Future;
