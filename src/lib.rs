@@ -55,6 +55,7 @@ pub mod orca;
 pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;
+mod registry;
 pub mod resolver;
 pub mod service_config;
 pub mod stats;
