@@ -50,7 +50,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::connect::{ConnectConfig, StateEvent};
-use super::{Link, SubchannelState};
+use super::{SubchannelShared, SubchannelState};
 use crate::backoff::Backoff;
 use crate::picker::Completion;
 use crate::transport::{Connection, Outgoing, SendError};
@@ -88,7 +88,7 @@ impl HealthService {
 
 /// Sends the states health checking shows, skipping repeats.
 struct Reporter<'a> {
-    link: &'a Link,
+    link: &'a SubchannelShared,
     events: &'a mpsc::UnboundedSender<StateEvent>,
     last: Option<(ConnectivityState, Option<String>)>,
 }
@@ -116,7 +116,7 @@ impl Reporter<'_> {
 /// READY at once without health checking, else what the health service
 /// says. Follows changes of the channel's health service name.
 pub(super) async fn watch(
-    link: &Link,
+    link: &SubchannelShared,
     config: &ConnectConfig,
     events: &mpsc::UnboundedSender<StateEvent>,
 ) -> Infallible {
@@ -143,7 +143,7 @@ pub(super) async fn watch(
 }
 
 async fn serve(
-    link: &Link,
+    link: &SubchannelShared,
     config: &ConnectConfig,
     name: Option<Arc<str>>,
     reporter: &mut Reporter<'_>,
@@ -196,7 +196,7 @@ enum Ended {
 }
 
 /// Opens one `Watch` stream for `name` and reports each answer.
-async fn stream(link: &Link, name: &str, reporter: &mut Reporter<'_>) -> Ended {
+async fn stream(link: &SubchannelShared, name: &str, reporter: &mut Reporter<'_>) -> Ended {
     let failed = |why: String, answered| Ended::Failed {
         error: health_error(&link.address, name, &why),
         answered,
