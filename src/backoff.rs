@@ -72,7 +72,10 @@ impl Backoff {
     /// next one; grows the delay for the attempt after.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let base = self.current.as_secs_f64();
-        let grown = (base * self.config.multiplier).min(self.config.max.as_secs_f64());
+        // A multiplier under 1 (or NaN) would shrink the delays, or make them
+        // negative: treat it as 1.
+        let multiplier = self.config.multiplier.max(1.0);
+        let grown = (base * multiplier).min(self.config.max.as_secs_f64());
         self.current = Duration::from_secs_f64(grown);
         let jitter = self.config.jitter.clamp(0.0, 1.0);
         let factor = if jitter > 0.0 {

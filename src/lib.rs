@@ -48,11 +48,14 @@ pub mod balancer;
 pub mod channel;
 mod connectivity;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod metrics;
 pub mod orca;
 pub mod picker;
 #[cfg(feature = "etcd")]
 pub mod registration;
+mod registry;
 pub mod resolver;
 pub mod service_config;
 pub mod stats;

@@ -19,7 +19,7 @@ use support::etcd::{Etcd, TcpProxy};
 use support::proto::simple_client::SimpleClient;
 use support::{eventually, route, Backend};
 use tonic_balance::registration::{Registration, RegistrationStatus};
-use tonic_balance::resolver::EtcdResolverBuilder;
+use tonic_balance::resolver::{EtcdResolverBuilder, EtcdRetryConfig};
 use tonic_balance::subchannel::BackoffConfig;
 use tonic_balance::{BalancedChannel, ConnectivityState};
 
@@ -36,8 +36,14 @@ fn fast_backoff() -> BackoffConfig {
     }
 }
 
+fn fast_retry() -> EtcdRetryConfig {
+    EtcdRetryConfig::default()
+        .with_request_timeout(Duration::from_secs(2))
+        .with_backoff(fast_backoff())
+}
+
 fn fast_etcd() -> EtcdResolverBuilder {
-    EtcdResolverBuilder::default().with_backoff(fast_backoff())
+    EtcdResolverBuilder::default().with_retry(fast_retry())
 }
 
 fn channel(target: &str, resolver: EtcdResolverBuilder) -> BalancedChannel {
@@ -347,7 +353,7 @@ async fn a_registration_survives_an_etcd_restart_that_lost_every_lease() {
         let registration = Registration::builder("/grpclb/restart/", a.addr.to_string())
             .etcd_endpoints(&etcd.endpoint(0))
             .ttl(Duration::from_secs(2))
-            .backoff(fast_backoff())
+            .retry(fast_retry())
             .register()
             .await
             .unwrap();

@@ -46,7 +46,7 @@ use super::round_robin::Rotation;
 use super::{failure_message, Balancer, BuildOptions, Controller, LbConfig, LbPolicy};
 use crate::picker::{FailPicker, PickInfo, PickResult, Picker, QueuePicker};
 use crate::resolver::ResolverUpdate;
-use crate::subchannel::{Inner, SubchannelState};
+use crate::subchannel::{SubchannelOwner, SubchannelState};
 use crate::{ConnectivityState, Endpoint, Error, ErrorKind, Subchannel};
 
 /// One READY child as a [`ChildPickers`] sees it.
@@ -166,7 +166,7 @@ struct EndpointChild {
 }
 
 struct Route {
-    subchannel: Weak<Inner>,
+    subchannel: Weak<SubchannelOwner>,
     slots: Vec<usize>,
 }
 

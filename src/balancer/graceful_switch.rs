@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use super::child::{Asked, Child};
 use super::{Balancer, BuildOptions, Controller, LbConfig, LbPolicy};
 use crate::resolver::ResolverUpdate;
-use crate::subchannel::{Inner, SubchannelState};
+use crate::subchannel::{SubchannelOwner, SubchannelState};
 use crate::{ConnectivityState, Error, Subchannel};
 
 /// Switches between policies without a gap; see the [module docs](self).
@@ -88,7 +88,7 @@ struct Policy {
     child: Child,
     /// Subchannel id -> the subchannel, for routing its updates (dead
     /// ones are forgotten at each resolver update).
-    subchannels: HashMap<u64, Weak<Inner>>,
+    subchannels: HashMap<u64, Weak<SubchannelOwner>>,
 }
 
 impl GracefulSwitch {

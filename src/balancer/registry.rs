@@ -1,8 +1,7 @@
 //! Policies by name.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -10,6 +9,7 @@ use super::{
     BalancerBuilder, LbPolicy, LeastRequestBuilder, OutlierDetectionBuilder, PickFirstBuilder,
     RingHashBuilder, RoundRobinBuilder, WeightedRoundRobinBuilder,
 };
+use crate::registry::{Case, Global, Registry};
 use crate::service_config::ServiceConfig;
 use crate::{Error, ErrorKind};
 
@@ -17,10 +17,10 @@ use crate::{Error, ErrorKind};
 ///
 /// [`BalancerRegistry::new`] has the built-in policies; channels use a copy
 /// of the process-wide registry unless given one of their own, so tests can
-/// stay isolated from each other.
+/// stay isolated from each other. Names are case-sensitive.
 #[derive(Clone)]
 pub struct BalancerRegistry {
-    builders: HashMap<String, Arc<dyn BalancerBuilder>>,
+    builders: Registry<dyn BalancerBuilder>,
 }
 
 impl BalancerRegistry {
@@ -42,25 +42,23 @@ impl BalancerRegistry {
     /// A registry with no policies.
     pub fn empty() -> Self {
         BalancerRegistry {
-            builders: HashMap::new(),
+            builders: Registry::new(Case::Sensitive),
         }
     }
 
     /// Adds a policy, replacing any of the same name.
     pub fn register(&mut self, builder: Arc<dyn BalancerBuilder>) {
-        self.builders.insert(builder.name().to_owned(), builder);
+        self.builders.insert(builder.name(), builder.clone());
     }
 
     /// The policy called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<dyn BalancerBuilder>> {
-        self.builders.get(name).cloned()
+        self.builders.get(name)
     }
 
     /// The names of the registered policies, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.builders.keys().cloned().collect();
-        names.sort();
-        names
+        self.builders.names()
     }
 
     /// The policy called `name` with `json` as its config, parsed by the
@@ -106,10 +104,7 @@ impl BalancerRegistry {
 
     /// A copy of the process-wide registry.
     pub fn global() -> Self {
-        global()
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        GLOBAL.copy()
     }
 }
 
@@ -127,18 +122,12 @@ impl fmt::Debug for BalancerRegistry {
     }
 }
 
-fn global() -> &'static RwLock<BalancerRegistry> {
-    static GLOBAL: OnceLock<RwLock<BalancerRegistry>> = OnceLock::new();
-    GLOBAL.get_or_init(|| RwLock::new(BalancerRegistry::new()))
-}
+static GLOBAL: Global<BalancerRegistry> = Global::new();
 
 /// Registers a policy process-wide, like grpc-go's `balancer.Register`.
 /// Channels built afterwards can select it by name or service config.
 pub fn register(builder: Arc<dyn BalancerBuilder>) {
-    global()
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .register(builder);
+    GLOBAL.update(|registry| registry.register(builder));
 }
 
 #[cfg(test)]

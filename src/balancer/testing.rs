@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::{Balancer, Controller};
 use crate::channel::SubchannelTable;
 use crate::picker::{PickInfo, PickResult, Picker};
-use crate::subchannel::{Inner, SubchannelState};
+use crate::subchannel::{SubchannelOwner, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Subchannel};
 
 /// One thing a balancer asked of the [`FakeController`], in order.
@@ -64,7 +64,7 @@ type Log = Arc<Mutex<Vec<Event>>>;
 
 /// A subchannel (to tell it from a later one at the same address in
 /// memory) and the log of the controller that made it.
-type Owner = (Weak<Inner>, Weak<Mutex<Vec<Event>>>);
+type Owner = (Weak<SubchannelOwner>, Weak<Mutex<Vec<Event>>>);
 
 thread_local! {
     /// Which log records a subchannel's connection requests: the

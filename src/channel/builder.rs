@@ -417,7 +417,7 @@ impl BalancedChannelBuilder {
             connect.transport.tls = Some(tls.build()?);
         }
 
-        let (sink, resolver_rx) = UpdateSink::channel();
+        let (sink, resolver_rx) = UpdateSink::seeded_channel(seed);
         let resolver = resolver_builder.build(&target, sink)?;
         let picker = Arc::new(PickerCell::new(
             ConnectivityState::Connecting,

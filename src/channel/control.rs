@@ -35,7 +35,7 @@ use crate::balancer::{
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
 use crate::stats::{ChannelSnapshot, ResolverSnapshot};
-use crate::subchannel::{ConnectConfig, Inner, StateEvent, SubchannelState};
+use crate::subchannel::{ConnectConfig, StateEvent, SubchannelOwner, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
@@ -128,8 +128,8 @@ impl Failure {
 /// (`balancer::testing::FakeController`), whose subchannels are detached
 /// (no connection task).
 pub(crate) struct SubchannelTable {
-    by_addr: HashMap<Arc<str>, Weak<Inner>>,
-    by_id: HashMap<u64, Weak<Inner>>,
+    by_addr: HashMap<Arc<str>, Weak<SubchannelOwner>>,
+    by_id: HashMap<u64, Weak<SubchannelOwner>>,
     next_id: u64,
     /// How many entries there were after dead ones were last forgotten.
     kept: usize,
@@ -558,7 +558,7 @@ mod tests {
     struct Stub {
         log: Log,
         configs: Arc<Mutex<Vec<serde_json::Value>>>,
-        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        made: Arc<Mutex<Vec<Weak<SubchannelOwner>>>>,
         subchannels: Vec<Subchannel>,
         work_delay: Option<Duration>,
         /// Publishes nothing on subchannel updates.
@@ -632,7 +632,7 @@ mod tests {
         /// The configs its balancers were handed, and how many it built.
         configs: Arc<Mutex<Vec<serde_json::Value>>>,
         builds: Arc<Mutex<usize>>,
-        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        made: Arc<Mutex<Vec<Weak<SubchannelOwner>>>>,
         work_delay: Option<Duration>,
         quiet: bool,
     }
@@ -692,7 +692,7 @@ mod tests {
     struct Harness {
         log: Log,
         stub: StubBuilder,
-        made: Arc<Mutex<Vec<Weak<Inner>>>>,
+        made: Arc<Mutex<Vec<Weak<SubchannelOwner>>>>,
         resolutions: Arc<Mutex<usize>>,
         picker: Arc<PickerCell>,
         sink: UpdateSink,

@@ -10,8 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::keeper::{Keeper, Reply};
 use crate::address::validate_host_port;
-use crate::resolver::etcd::client::{default_backoff, parse_endpoints, EtcdSource, Retry};
-use crate::subchannel::BackoffConfig;
+use crate::etcd::{parse_endpoints, EtcdRetryConfig, EtcdSource, Retry};
 use crate::{Error, ErrorKind};
 
 /// How the registered value is written.
@@ -62,7 +61,7 @@ pub struct RegistrationBuilder {
     ttl: Duration,
     format: Option<ValueFormat>,
     metadata: Option<Value>,
-    backoff: BackoffConfig,
+    retry: EtcdRetryConfig,
 }
 
 impl Registration {
@@ -77,7 +76,7 @@ impl Registration {
             ttl: Duration::from_secs(10),
             format: None,
             metadata: None,
-            backoff: default_backoff(),
+            retry: EtcdRetryConfig::default(),
         }
     }
 
@@ -161,11 +160,12 @@ impl RegistrationBuilder {
         self
     }
 
-    /// Retry delays after a failed keep-alive or registration;
-    /// `min_connect_timeout` is the time limit of each etcd request (default:
-    /// 100 ms growing x1.6 up to 5 s; 5 s per request).
-    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
-        self.backoff = backoff;
+    /// The time limit of each etcd request and the delays before a failed
+    /// keep-alive or registration is retried (default:
+    /// [`EtcdRetryConfig::default`]: 5 s per request; 100 ms growing x1.6 up
+    /// to 5 s).
+    pub fn retry(mut self, retry: EtcdRetryConfig) -> Self {
+        self.retry = retry;
         self
     }
 
@@ -212,7 +212,7 @@ impl RegistrationBuilder {
         let source = self.source.clone().map_err(invalid)?;
         let value = self.value().map_err(invalid)?;
         let target = format!("etcd://{}/{service}", source.authority());
-        let retry = Retry::new(self.backoff);
+        let retry = Retry::new(self.retry, rand::random());
         let key = format!("{service}/{}", self.addr);
         let client = source.connect(retry.request_timeout()).await.map_err(|e| {
             Error::with_source(

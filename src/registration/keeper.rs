@@ -12,7 +12,7 @@ use etcd_client::{Client, PutOptions};
 use tokio::sync::{oneshot, watch};
 
 use super::etcd::RegistrationStatus;
-use crate::resolver::etcd::client::{call, Retry};
+use crate::etcd::{call, Retry};
 use crate::{Error, ErrorKind};
 
 /// Where the outcome of a requested shutdown goes.

@@ -45,4 +45,5 @@
 mod etcd;
 mod keeper;
 
+pub use crate::etcd::EtcdRetryConfig;
 pub use etcd::{Registration, RegistrationBuilder, RegistrationStatus, ValueFormat};

@@ -39,13 +39,15 @@ mod discover;
 #[cfg(feature = "dns")]
 mod dns;
 #[cfg(feature = "etcd")]
-pub(crate) mod etcd;
+mod etcd;
 mod fixed;
 mod literal;
 mod manual;
 mod registry;
 mod static_list;
 
+#[cfg(feature = "etcd")]
+pub use crate::etcd::EtcdRetryConfig;
 #[cfg(feature = "discover")]
 pub use discover::ResolverDiscover;
 #[cfg(feature = "dns")]
@@ -178,6 +180,8 @@ pub struct UpdateSink {
     /// Shared by every clone; when the last clone drops, the receiver
     /// learns that no more updates will come.
     _sender: Arc<SenderGuard>,
+    /// Seeds the resolver's randomness (retry jitter).
+    seed: u64,
 }
 
 /// The newest update and error a resolver sent, for one receiver.
@@ -251,14 +255,27 @@ impl Mailbox {
 }
 
 impl UpdateSink {
-    /// A sink and the receiving end of it.
+    /// A sink and the receiving end of it, with a random seed.
     pub(crate) fn channel() -> (UpdateSink, UpdateReceiver) {
+        UpdateSink::seeded_channel(rand::random())
+    }
+
+    /// A sink whose resolver draws its randomness from `seed` (the channel
+    /// builder's `rng_seed`), and the receiving end of it.
+    pub(crate) fn seeded_channel(seed: u64) -> (UpdateSink, UpdateReceiver) {
         let mailbox = Arc::new(Mailbox::default());
         let sink = UpdateSink {
             mailbox: mailbox.clone(),
             _sender: Arc::new(SenderGuard(mailbox.clone())),
+            seed,
         };
         (sink, UpdateReceiver { mailbox })
+    }
+
+    /// The seed for the resolver's randomness: the channel builder's
+    /// `rng_seed` when set, random otherwise.
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Sends a new full set, replacing one the channel has not read yet

@@ -1,22 +1,23 @@
 //! Resolver builders by scheme.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use super::{
     Ipv4ResolverBuilder, Ipv6ResolverBuilder, PassthroughResolverBuilder, ResolverBuilder,
     StaticResolverBuilder, UnixAbstractResolverBuilder, UnixResolverBuilder,
 };
+use crate::registry::{Case, Global, Registry};
 
 /// A set of resolver builders by scheme.
 ///
 /// [`ResolverRegistry::new`] has the built-in schemes (see
 /// [`ResolverRegistry::new`]). Channels use a copy of the
 /// process-wide registry (see [`register`]) unless given their own.
+/// Schemes are case-insensitive (RFC 3986 §3.1).
 #[derive(Clone)]
 pub struct ResolverRegistry {
-    builders: HashMap<String, Arc<dyn ResolverBuilder>>,
+    builders: Registry<dyn ResolverBuilder>,
 }
 
 impl ResolverRegistry {
@@ -41,34 +42,28 @@ impl ResolverRegistry {
     /// A registry with no schemes.
     pub fn empty() -> Self {
         ResolverRegistry {
-            builders: HashMap::new(),
+            builders: Registry::new(Case::Insensitive),
         }
     }
 
     /// Adds a builder, replacing any for the same scheme.
     pub fn register(&mut self, builder: Arc<dyn ResolverBuilder>) {
-        self.builders
-            .insert(builder.scheme().to_ascii_lowercase(), builder);
+        self.builders.insert(builder.scheme(), builder.clone());
     }
 
     /// The builder for `scheme` (case-insensitive).
     pub fn get(&self, scheme: &str) -> Option<Arc<dyn ResolverBuilder>> {
-        self.builders.get(&scheme.to_ascii_lowercase()).cloned()
+        self.builders.get(scheme)
     }
 
     /// The registered schemes, sorted.
     pub fn schemes(&self) -> Vec<String> {
-        let mut schemes: Vec<String> = self.builders.keys().cloned().collect();
-        schemes.sort();
-        schemes
+        self.builders.names()
     }
 
     /// A copy of the process-wide registry.
     pub fn global() -> Self {
-        global()
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        GLOBAL.copy()
     }
 }
 
@@ -86,16 +81,10 @@ impl fmt::Debug for ResolverRegistry {
     }
 }
 
-fn global() -> &'static RwLock<ResolverRegistry> {
-    static GLOBAL: OnceLock<RwLock<ResolverRegistry>> = OnceLock::new();
-    GLOBAL.get_or_init(|| RwLock::new(ResolverRegistry::new()))
-}
+static GLOBAL: Global<ResolverRegistry> = Global::new();
 
 /// Registers a resolver builder process-wide, like grpc-go's
 /// `resolver.Register`: channels built afterwards resolve its scheme.
 pub fn register(builder: Arc<dyn ResolverBuilder>) {
-    global()
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .register(builder);
+    GLOBAL.update(|registry| registry.register(builder));
 }

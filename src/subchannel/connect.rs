@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Link, SubchannelState};
+use super::{SubchannelShared, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::metrics::SubchannelMetrics;
 use crate::transport::{self, Lost};
@@ -38,7 +38,7 @@ pub(crate) struct StateEvent {
 }
 
 pub(crate) async fn run(
-    link: Arc<Link>,
+    link: Arc<SubchannelShared>,
     config: Arc<ConnectConfig>,
     events: mpsc::UnboundedSender<StateEvent>,
     mut shutdown: oneshot::Receiver<()>,
@@ -131,14 +131,14 @@ pub(crate) async fn run(
     }
 }
 
-pub(super) fn timed_out(link: &Link, after: Duration) -> Error {
+pub(super) fn timed_out(link: &SubchannelShared, after: Duration) -> Error {
     Error::new(
         ErrorKind::Connect,
         format!("{}: connect timed out after {after:?}", link.address),
     )
 }
 
-pub(super) fn connection_lost(link: &Link, reason: Option<Lost>) -> Error {
+pub(super) fn connection_lost(link: &SubchannelShared, reason: Option<Lost>) -> Error {
     let message = match reason {
         Some(lost) => format!("{}: connection {lost}", link.address),
         None => format!("{}: connection closed", link.address),

@@ -47,7 +47,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 use super::connect::{ConnectConfig, StateEvent};
 use super::stream::{describe, OnConnection, Restarts};
-use super::{Link, SubchannelState};
+use super::{SubchannelShared, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
 
 /// The health service name every subchannel of a channel checks (`None`:
@@ -79,7 +79,7 @@ impl HealthService {
 
 /// Sends the states health checking shows, skipping repeats.
 struct Reporter<'a> {
-    link: &'a Link,
+    link: &'a SubchannelShared,
     events: &'a mpsc::UnboundedSender<StateEvent>,
     last: Option<(ConnectivityState, Option<String>)>,
 }
@@ -107,7 +107,7 @@ impl Reporter<'_> {
 /// READY at once without health checking, else what the health service
 /// says. Follows changes of the channel's health service name.
 pub(super) async fn watch(
-    link: &Link,
+    link: &SubchannelShared,
     config: &ConnectConfig,
     events: &mpsc::UnboundedSender<StateEvent>,
 ) -> Infallible {
@@ -134,7 +134,7 @@ pub(super) async fn watch(
 }
 
 async fn serve(
-    link: &Link,
+    link: &SubchannelShared,
     config: &ConnectConfig,
     name: Option<Arc<str>>,
     reporter: &mut Reporter<'_>,
@@ -178,7 +178,7 @@ enum Ended {
 }
 
 /// Opens one `Watch` stream for `name` and reports each answer.
-async fn stream(link: &Link, name: &str, reporter: &mut Reporter<'_>) -> Ended {
+async fn stream(link: &SubchannelShared, name: &str, reporter: &mut Reporter<'_>) -> Ended {
     let failed = |why: String, answered| Ended::Failed {
         error: health_error(&link.address, name, &why),
         answered,

@@ -100,17 +100,17 @@ pub struct SubchannelState {
 /// are the same subchannel. Dropping every handle shuts it down.
 #[derive(Clone)]
 pub struct Subchannel {
-    inner: Arc<Inner>,
+    inner: Arc<SubchannelOwner>,
 }
 
 /// What the handle owns: dropping it signals the connection task.
-pub(crate) struct Inner {
-    link: Arc<Link>,
+pub(crate) struct SubchannelOwner {
+    link: Arc<SubchannelShared>,
     _shutdown: oneshot::Sender<()>,
 }
 
 /// What the handle and the connection task share.
-pub(crate) struct Link {
+pub(crate) struct SubchannelShared {
     id: u64,
     address: Address,
     origin: Origin,
@@ -208,8 +208,8 @@ impl Subchannel {
         id: u64,
         address: Address,
         origin: Origin,
-    ) -> (Subchannel, Arc<Link>, oneshot::Receiver<()>) {
-        let link = Arc::new(Link {
+    ) -> (Subchannel, Arc<SubchannelShared>, oneshot::Receiver<()>) {
+        let link = Arc::new(SubchannelShared {
             id,
             address,
             origin,
@@ -225,7 +225,7 @@ impl Subchannel {
             stats: Arc::default(),
         });
         let (tx, rx) = oneshot::channel();
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(SubchannelOwner {
             link: link.clone(),
             _shutdown: tx,
         });
@@ -279,11 +279,11 @@ impl Subchannel {
         link.connect_requested.store(false, Ordering::Release);
     }
 
-    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<SubchannelOwner> {
         Arc::downgrade(&self.inner)
     }
 
-    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Subchannel> {
+    pub(crate) fn upgrade(weak: &std::sync::Weak<SubchannelOwner>) -> Option<Subchannel> {
         weak.upgrade().map(|inner| Subchannel { inner })
     }
 
@@ -309,7 +309,7 @@ impl Subchannel {
 /// first poll reports READY, or CONNECTING until the health service
 /// answers) and ORCA's out-of-band stream.
 async fn while_ready(
-    link: &Link,
+    link: &SubchannelShared,
     config: &ConnectConfig,
     events: &mpsc::UnboundedSender<StateEvent>,
 ) -> std::convert::Infallible {
@@ -320,7 +320,7 @@ async fn while_ready(
     }
 }
 
-impl Link {
+impl SubchannelShared {
     /// See [`Subchannel::connection`].
     fn ready_connection(&self) -> Option<Connection> {
         if let Some(connection) = self.connection.load().as_deref() {

@@ -32,7 +32,7 @@ use tonic::Code;
 
 use super::connect::ConnectConfig;
 use super::stream::{describe, OnConnection, Restarts};
-use super::{Link, Subchannel};
+use super::{Subchannel, SubchannelShared};
 use crate::orca::proto::service::open_rca_service_client::OpenRcaServiceClient;
 use crate::orca::proto::service::OrcaLoadReportRequest;
 use crate::orca::OobListener;
@@ -50,7 +50,7 @@ pub(crate) type OobSlot = watch::Sender<Option<Arc<OobRequest>>>;
 /// the listener (and closes the stream) unless another one replaced it.
 #[must_use = "dropping the registration unregisters the listener"]
 pub struct OobRegistration {
-    link: Arc<Link>,
+    link: Arc<SubchannelShared>,
     request: Arc<OobRequest>,
 }
 
@@ -101,7 +101,7 @@ impl fmt::Debug for OobRegistration {
 /// Streams reports to the subchannel's listener for as long as its
 /// connection is READY (the caller drops this future when it goes).
 /// Follows registrations as they change.
-pub(super) async fn watch(link: &Link, config: &ConnectConfig) -> Infallible {
+pub(super) async fn watch(link: &SubchannelShared, config: &ConnectConfig) -> Infallible {
     let mut requests = link.oob.subscribe();
     loop {
         let request = requests.borrow_and_update().clone();
@@ -119,7 +119,7 @@ pub(super) async fn watch(link: &Link, config: &ConnectConfig) -> Infallible {
 }
 
 async fn serve(
-    link: &Link,
+    link: &SubchannelShared,
     config: &ConnectConfig,
     request: Option<Arc<OobRequest>>,
 ) -> Infallible {
@@ -157,7 +157,7 @@ enum Ended {
 }
 
 /// Opens one `StreamCoreMetrics` stream and hands each report over.
-async fn stream(link: &Link, request: &OobRequest) -> Ended {
+async fn stream(link: &SubchannelShared, request: &OobRequest) -> Ended {
     let failed = |why: String, answered| Ended::Failed { why, answered };
     let service = match OnConnection::new(link) {
         Ok(service) => service,

@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::connect::{connection_lost, timed_out, ConnectConfig, StateEvent};
-use super::{Link, SubchannelState};
+use super::{SubchannelShared, SubchannelState};
 use crate::backoff::Backoff;
 use crate::transport::{self, Connection, Lost};
 use crate::{ConnectivityState, Error};
@@ -40,7 +40,7 @@ enum SlotEvent {
 }
 
 pub(crate) async fn run(
-    link: Arc<Link>,
+    link: Arc<SubchannelShared>,
     config: Arc<ConnectConfig>,
     events: mpsc::UnboundedSender<StateEvent>,
     mut shutdown: oneshot::Receiver<()>,
@@ -143,7 +143,7 @@ pub(crate) async fn run(
 }
 
 /// Publishes the READY connections for calls.
-fn publish(link: &Link, ready: &[Option<Connection>]) {
+fn publish(link: &SubchannelShared, ready: &[Option<Connection>]) {
     let list: Vec<Connection> = ready.iter().flatten().cloned().collect();
     if list.is_empty() {
         link.pool.store(None);
@@ -155,7 +155,7 @@ fn publish(link: &Link, ready: &[Option<Connection>]) {
 /// One connection of the pool: connects, serves until lost, and connects
 /// again, on its own backoff, until the pool stops it (aborts the task).
 async fn slot(
-    link: Arc<Link>,
+    link: Arc<SubchannelShared>,
     config: Arc<ConnectConfig>,
     i: usize,
     seed: u64,

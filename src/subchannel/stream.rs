@@ -12,7 +12,7 @@ use tonic::body::Body;
 use tonic::Status;
 
 use super::connect::ConnectConfig;
-use super::Link;
+use super::SubchannelShared;
 use crate::backoff::Backoff;
 use crate::picker::Completion;
 use crate::transport::{Connection, Outgoing, SendError};
@@ -32,7 +32,7 @@ pub(super) struct OnConnection {
 
 impl OnConnection {
     /// The link's READY connection, or why there is none.
-    pub(super) fn new(link: &Link) -> Result<OnConnection, String> {
+    pub(super) fn new(link: &SubchannelShared) -> Result<OnConnection, String> {
         let connection = link
             .ready_connection()
             .ok_or_else(|| "no READY connection".to_owned())?;
@@ -97,7 +97,7 @@ pub(super) struct Restarts {
 impl Restarts {
     /// The schedule of one kind of stream (`salt` tells kinds apart in the
     /// jitter's seed) on `link`.
-    pub(super) fn new(link: &Link, config: &ConnectConfig, salt: u64) -> Restarts {
+    pub(super) fn new(link: &SubchannelShared, config: &ConnectConfig, salt: u64) -> Restarts {
         let seed = config.rng_seed ^ link.id.wrapping_mul(salt);
         Restarts {
             backoff: Backoff::new(config.backoff, seed),

@@ -335,7 +335,7 @@ pub(crate) async fn drive<IO>(
         cancels,
     } = connection;
     let pings = Pings::new(connection.ping_pong(), keepalive);
-    let mut watch = Watch {
+    let mut watch = DriveState {
         streams: probe.streams.clone(),
         probe: Some(probe),
         too_many_pings,
@@ -401,7 +401,7 @@ impl Coalesce {
 }
 
 /// What the drive task watches besides the connection itself.
-struct Watch {
+struct DriveState {
     probe: Option<Sender>,
     streams: Arc<Streams>,
     /// How many times a server of this channel said too_many_pings.
@@ -413,7 +413,7 @@ struct Watch {
     lost: Option<oneshot::Sender<Lost>>,
 }
 
-impl Watch {
+impl DriveState {
     fn report(&mut self, reason: Lost) {
         if let Lost::Draining(e) | Lost::Closed(Some(e)) = &reason {
             if is_too_many_pings(e) && self.lost.is_some() {

@@ -62,7 +62,7 @@ use self::eject::{run_interval, CallCounter, Ejection};
 use super::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller, LbConfig};
 use crate::picker::{PickInfo, PickResult, Picker};
 use crate::resolver::ResolverUpdate;
-use crate::subchannel::{Inner, SubchannelState};
+use crate::subchannel::{SubchannelOwner, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Subchannel};
 
 /// The name of the outlier detection policy (gRFC A50).
@@ -112,7 +112,7 @@ struct Tracked {
 }
 
 struct Watched {
-    subchannel: Weak<Inner>,
+    subchannel: Weak<SubchannelOwner>,
     address: Arc<str>,
     /// Its real state, as the channel last said.
     real: SubchannelState,

@@ -46,7 +46,6 @@
 //! connected with `ConnectOptions::with_require_leader(true)` for the same
 //! effect. `resolve_now` is ignored: the watch is already live.
 
-pub(crate) mod client;
 mod values;
 mod watch;
 
@@ -54,9 +53,8 @@ use std::fmt;
 
 use etcd_client::Client;
 
-use self::client::{default_backoff, EtcdSource};
 use super::{Resolver, ResolverBuilder, UpdateSink};
-use crate::subchannel::BackoffConfig;
+use crate::etcd::{EtcdRetryConfig, EtcdSource};
 use crate::{Error, Target};
 
 /// Builds resolvers for `etcd://[host:port,...]/<service>` targets.
@@ -76,16 +74,16 @@ use crate::{Error, Target};
 #[derive(Clone)]
 pub struct EtcdResolverBuilder {
     client: Option<Client>,
-    backoff: BackoffConfig,
+    retry: EtcdRetryConfig,
 }
 
 impl EtcdResolverBuilder {
     /// A builder that connects to the target's endpoints (or
-    /// `127.0.0.1:2379`), with the default watch backoff.
+    /// `127.0.0.1:2379`), with the default [`EtcdRetryConfig`].
     pub fn new() -> Self {
         EtcdResolverBuilder {
             client: None,
-            backoff: default_backoff(),
+            retry: EtcdRetryConfig::default(),
         }
     }
 
@@ -95,12 +93,11 @@ impl EtcdResolverBuilder {
         self
     }
 
-    /// How a broken watch is retried: `initial`, `multiplier`, `jitter` and
-    /// `max` shape the delays; `min_connect_timeout` is the time limit of
-    /// each etcd request (reading the prefix, creating the watch). The
-    /// default: 100 ms growing x1.6 (jitter 0.2) up to 5 s; 5 s per request.
-    pub fn with_backoff(mut self, backoff: BackoffConfig) -> Self {
-        self.backoff = backoff;
+    /// The time limit of each etcd request (reading the prefix, creating
+    /// the watch) and the delays before a broken watch is retried. The
+    /// retry jitter is drawn from the channel builder's `rng_seed` when set.
+    pub fn with_retry(mut self, retry: EtcdRetryConfig) -> Self {
+        self.retry = retry;
         self
     }
 
@@ -129,7 +126,7 @@ impl fmt::Debug for EtcdResolverBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdResolverBuilder")
             .field("client", &self.client.as_ref().map(|_| "Client"))
-            .field("backoff", &self.backoff)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -153,7 +150,7 @@ impl ResolverBuilder for EtcdResolverBuilder {
             Self::key_prefix(target),
             source,
             sink,
-            self.backoff,
+            self.retry,
         );
         Ok(Box::new(EtcdResolver {
             task: tokio::spawn(task.run()),

@@ -6,10 +6,9 @@ use std::convert::Infallible;
 
 use etcd_client::{Client, GetOptions, WatchOptions, WatchResponse};
 
-use super::client::{call, EtcdSource, Retry};
 use super::values::EndpointSet;
+use crate::etcd::{call, EtcdRetryConfig, EtcdSource, Retry};
 use crate::resolver::{ResolverUpdate, UpdateSink};
-use crate::subchannel::BackoffConfig;
 use crate::{Address, Error, ErrorKind};
 
 pub(super) struct WatchTask {
@@ -38,14 +37,14 @@ impl WatchTask {
         prefix: String,
         source: EtcdSource,
         sink: UpdateSink,
-        backoff: BackoffConfig,
+        retry: EtcdRetryConfig,
     ) -> Self {
         WatchTask {
             target: target.to_owned(),
             prefix,
             source,
+            retry: Retry::new(retry, sink.seed()),
             sink,
-            retry: Retry::new(backoff),
             client: None,
             set: EndpointSet::default(),
             revision: None,

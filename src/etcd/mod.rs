@@ -1,17 +1,25 @@
-//! Plumbing shared by the etcd resolver and registration: which etcd to
-//! talk to, connecting with the options discovery needs, bounded calls and
-//! retry delays.
+//! The etcd client plumbing shared by the [`etcd` resolver] and
+//! [registration]: which etcd to talk to, connecting with the options
+//! discovery needs, bounded calls and retry delays.
+//!
+//! Crate-private: users see etcd only through the resolver's and
+//! registration's builders.
+//!
+//! [`etcd` resolver]: crate::resolver::EtcdResolverBuilder
+//! [registration]: crate::registration
+
+mod retry;
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+
+pub use self::retry::EtcdRetryConfig;
+pub(crate) use self::retry::Retry;
 
 use crate::address::validate_host_port;
-use crate::subchannel::BackoffConfig;
 use crate::{Error, ErrorKind};
 
 /// The etcd a target with an empty authority and no client talks to.
@@ -21,18 +29,6 @@ pub(crate) const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
 /// (a partitioned member) is noticed within interval + timeout. Above
 /// etcd's default `--grpc-keepalive-min-time` of 5 s.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The retry defaults for etcd watches and registrations: 100 ms doubling
-/// (x1.6, jitter 0.2) up to 5 s; every etcd request is given 5 s.
-pub(crate) fn default_backoff() -> BackoffConfig {
-    BackoffConfig {
-        initial: Duration::from_millis(100),
-        multiplier: 1.6,
-        jitter: 0.2,
-        max: Duration::from_secs(5),
-        min_connect_timeout: Duration::from_secs(5),
-    }
-}
 
 /// Where an etcd client comes from: one the user built, or endpoints to
 /// connect to.
@@ -123,49 +119,6 @@ pub(crate) async fn call<T>(
     }
 }
 
-/// Jittered exponential retry delays (the shape of gRPC's connection
-/// backoff, with etcd-friendly defaults).
-#[derive(Debug)]
-pub(crate) struct Retry {
-    config: BackoffConfig,
-    current: Duration,
-    rng: SmallRng,
-}
-
-impl Retry {
-    pub(crate) fn new(config: BackoffConfig) -> Self {
-        Retry {
-            current: config.initial,
-            config,
-            rng: SmallRng::from_rng(&mut rand::rng()),
-        }
-    }
-
-    /// How long to wait before the next attempt; grows the one after.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let base = self.current.as_secs_f64();
-        let grown = (base * self.config.multiplier.max(1.0)).min(self.config.max.as_secs_f64());
-        self.current = Duration::from_secs_f64(grown.max(0.0));
-        let jitter = self.config.jitter.clamp(0.0, 1.0);
-        let factor = if jitter > 0.0 {
-            self.rng.random_range(1.0 - jitter..=1.0 + jitter)
-        } else {
-            1.0
-        };
-        Duration::from_secs_f64((base * factor).max(0.0))
-    }
-
-    /// Back to the initial delay, after a success.
-    pub(crate) fn reset(&mut self) {
-        self.current = self.config.initial;
-    }
-
-    /// The time limit of one etcd request.
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.config.min_connect_timeout
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,18 +139,5 @@ mod tests {
         assert_eq!(source.authority(), DEFAULT_ENDPOINT);
         let source = EtcdSource::from_authority("h:1,h:2", None).unwrap();
         assert_eq!(source.to_string(), "etcd at h:1,h:2");
-    }
-
-    #[test]
-    fn retry_delays_grow_to_the_maximum_and_reset() {
-        let mut retry = Retry::new(BackoffConfig {
-            jitter: 0.0,
-            ..default_backoff()
-        });
-        let delays: Vec<u128> = (0..12).map(|_| retry.next_delay().as_millis()).collect();
-        assert_eq!(&delays[..3], [100, 160, 256]);
-        assert_eq!(delays[11], 5000);
-        retry.reset();
-        assert_eq!(retry.next_delay(), Duration::from_millis(100));
     }
 }
