@@ -1124,7 +1124,7 @@ mod tests {
         assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
         let error = Error::new(
             ErrorKind::Health,
-            "a:1: health check of service \"s\": NOT_SERVING",
+            "health check: NOT_SERVING from a:1, service \"s\"",
         );
         let unhealthy = SubchannelState::health(TransientFailure).with_error(error);
         ctl.deliver_only(&mut *pf, "a:1", unhealthy);
