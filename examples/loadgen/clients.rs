@@ -8,6 +8,9 @@
 //!   connections per backend (`connections_per_address(4)`);
 //! - `ours-least_request` (only when asked for): a `BalancedChannel` with
 //!   `least_request` (gRFC A48, two random choices);
+//! - `ours-round_robin-outlier` (only when asked for): `ours-round_robin`
+//!   under `outlier_detection_experimental` (gRFC A50) with
+//!   failure-percentage ejection: what counting every call's outcome costs;
 //! - `ours-round_robin-otel` (only when asked for; build with `--features
 //!   otel`): `ours-round_robin` recording gRPC's OpenTelemetry metrics into
 //!   an SDK meter provider (in memory, never exported during the run);
@@ -50,6 +53,7 @@ pub enum Kind {
     OursPool,
     OursLeastRequest,
     OursOtel,
+    OursOutlier,
 }
 
 /// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
@@ -95,6 +99,7 @@ impl Kind {
             Kind::OursPool => "ours-round_robin-pool4",
             Kind::OursLeastRequest => "ours-least_request",
             Kind::OursOtel => "ours-round_robin-otel",
+            Kind::OursOutlier => "ours-round_robin-outlier",
         }
     }
 
@@ -102,6 +107,7 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .chain([Kind::OursPool, Kind::OursLeastRequest, Kind::OursOtel])
+            .chain([Kind::OursOutlier])
             .find(|k| k.name() == name)
     }
 }
@@ -139,6 +145,13 @@ pub enum Client {
 pub type Outcome = Result<usize, String>;
 
 const DATA: &str = "loadgen";
+
+/// `ours-round_robin-outlier`'s policy: A50's failure-percentage ejection
+/// (its defaults, every 10 s) over round_robin. The loadgen backends do not
+/// fail, so nothing is ejected: the run measures the counting.
+const OUTLIER_CONFIG: &str = r#"{"loadBalancingConfig": [{"outlier_detection_experimental": {
+    "failurePercentageEjection": {},
+    "childPolicy": [{"round_robin": {}}]}}]}"#;
 
 impl Client {
     /// Connects `kind` to the backends at `addrs`, waiting (at most 5 s)
@@ -187,6 +200,12 @@ impl Client {
                 } else {
                     builder
                 };
+                let channel = with_tls(builder, tls)?.connect(wait).await?;
+                Client::Ours(SimpleClient::new(channel))
+            }
+            Kind::OursOutlier => {
+                let builder =
+                    BalancedChannel::builder(static_target()).service_config(OUTLIER_CONFIG);
                 let channel = with_tls(builder, tls)?.connect(wait).await?;
                 Client::Ours(SimpleClient::new(channel))
             }

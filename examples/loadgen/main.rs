@@ -21,6 +21,8 @@
 //! Clients beyond the default set: `ours-round_robin-pool4` (a pool of 4
 //! connections per address, `connections_per_address(4)`) and
 //! `ours-least_request` (the `least_request` policy, gRFC A48).
+//! `ours-round_robin-outlier`: round_robin under outlier detection (gRFC
+//! A50) with failure-percentage ejection, counting every call's outcome.
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with
