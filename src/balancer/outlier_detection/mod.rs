@@ -57,6 +57,7 @@ mod eject;
 
 pub use config::{FailurePercentageEjection, OutlierDetectionConfig, SuccessRateEjection};
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -150,9 +151,9 @@ impl Endpoints {
                 let addr: Arc<str> = address.addr().into();
                 self.by_address.entry(addr).or_insert_with(|| key.clone());
             }
-            if !kept.contains_key(&key) {
-                let tracked = self.tracked.remove(&key).unwrap_or_default();
-                kept.insert(key, tracked);
+            if let Entry::Vacant(slot) = kept.entry(key) {
+                let tracked = self.tracked.remove(slot.key()).unwrap_or_default();
+                slot.insert(tracked);
             }
         }
         self.tracked = kept;
