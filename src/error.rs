@@ -141,6 +141,31 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether this error says only that no connection could be opened
+    /// (refused, unreachable, no such socket) rather than what went wrong
+    /// on one that was: a TLS or HTTP/2 failure on one address tells a
+    /// user more than a refusal on another, so a policy keeps the former.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        use std::io::ErrorKind as Io;
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    Io::ConnectionRefused
+                        | Io::NotFound
+                        | Io::AddrNotAvailable
+                        | Io::HostUnreachable
+                        | Io::NetworkUnreachable
+                );
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")

@@ -58,6 +58,14 @@ impl Target {
             return Ok(Target::from_parts(raw, scheme, authority, endpoint));
         }
         match trimmed.split_once(':') {
+            // `unix:` alone would otherwise read as a DNS name with no port.
+            Some((scheme, "")) if is_unix(scheme) => Err(Error::invalid_target(
+                raw,
+                format!(
+                    "a {scheme}: target needs a socket path after {scheme:?}, \
+                     as unix:/path/to/socket or unix-abstract:name"
+                ),
+            )),
             // `dns:host:port`, `unix:/path`: a scheme followed by an opaque
             // endpoint. `host:port` (the rest is a port number) and strings
             // whose head cannot be a scheme are DNS names.
@@ -98,6 +106,11 @@ impl Target {
     pub fn as_str(&self) -> &str {
         &self.raw
     }
+}
+
+/// `unix` or `unix-abstract`, in any case.
+fn is_unix(scheme: &str) -> bool {
+    scheme.eq_ignore_ascii_case("unix") || scheme.eq_ignore_ascii_case("unix-abstract")
 }
 
 fn is_scheme(s: &str) -> bool {
@@ -181,6 +194,17 @@ mod tests {
             p("dns", "", "svc.local:50051")
         );
         assert_eq!(parts("unix:/tmp/sock"), p("unix", "", "/tmp/sock"));
+    }
+
+    #[test]
+    fn a_unix_target_without_a_path_says_it_needs_one() {
+        for raw in ["unix:", "UNIX:", "unix-abstract:"] {
+            let error = Target::parse(raw).unwrap_err();
+            assert!(error.is_invalid_target(), "{error}");
+            let message = error.to_string();
+            assert!(message.contains("needs a socket path"), "{message}");
+            assert!(!message.contains("port"), "{message}");
+        }
     }
 
     #[test]

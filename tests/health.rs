@@ -118,10 +118,14 @@ async fn unhealthy_then_healthy(connections: usize) {
     let status = route(&mut client, "x").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let want = format!(
-        "{}: health check of service \"{SERVICE}\": NOT_SERVING",
+        "health check: NOT_SERVING from {}, service \"{SERVICE}\"",
         a.addr
     );
     assert!(status.message().contains(&want), "{status:?}");
+    assert!(
+        !status.message().contains("connection error"),
+        "the connection is fine: {status:?}"
+    );
     assert_eq!(a.calls(), 0);
     assert_eq!(a.open_connections(), connections, "the connections stay up");
 

@@ -146,6 +146,96 @@ async fn a_missing_client_certificate_is_unavailable_and_says_so() {
 }
 
 #[tokio::test]
+async fn a_tls_failure_is_not_hidden_by_a_refusal_from_an_address_tried_after_it() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // The first address speaks plaintext HTTP/2 (TLS fails there); the
+        // second refuses connections, and is tried after the first.
+        let plaintext = support::Backend::start();
+        let refused = support::ClosedPort::new();
+        let target = format!("static:///{},{}", plaintext.addr, refused.addr);
+        let tls = ClientTlsConfig::new().ca_certificate(Ca::new("test CA").pem);
+        let channel = BalancedChannel::builder(target)
+            .tls(tls)
+            .backoff(support::fast_backoff())
+            .build()
+            .unwrap();
+        let tls_error = format!("{}: TLS handshake", plaintext.addr);
+        // The first pass, then retries of both addresses (each refusal
+        // comes after a TLS failure).
+        for _ in 0..5 {
+            let status = call(&channel, "x").await.expect_err("the call fails");
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(status.message().contains(&tls_error), "{status:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let waited = channel
+            .wait_until_ready(Duration::from_millis(300))
+            .await
+            .expect_err("never ready")
+            .to_string();
+        assert!(waited.contains(&tls_error), "{waited}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A TLS server (certificate `leaf`, any client) that resets each
+/// connection right after the handshake, before any HTTP/2: what a client
+/// sees of a server that requires a client certificate when the socket is
+/// closed before the client reads the server's alert.
+async fn resets_after_the_handshake(leaf: &Leaf) -> SocketAddr {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let (tcp, _) = tls.into_inner();
+                tcp.set_zero_linger().ok();
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_server_closing_tls_after_the_handshake_is_said_to_want_a_client_certificate() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let ca = Ca::new("test CA");
+        let addr = resets_after_the_handshake(&ca.leaf(&["127.0.0.1"])).await;
+        let tls = ClientTlsConfig::new().ca_certificate(ca.pem.clone());
+        let status = failure(format!("static:///{addr}"), tls).await;
+        let message = status.message();
+        assert!(message.contains(&addr.to_string()), "{message}");
+        assert!(
+            message.contains("the server closed the TLS connection right after the handshake"),
+            "{message}"
+        );
+        assert!(
+            message.contains("requires a client certificate"),
+            "{message}"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
 async fn a_certificate_from_an_unknown_ca_is_unavailable_and_says_so() {
     tokio::time::timeout(TEST_LIMIT, async {
         let ca = Ca::new("test CA");

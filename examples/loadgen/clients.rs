@@ -18,6 +18,9 @@
 //!   (gRFC A76); every call sends a different key (a counter shared by the
 //!   workers), so calls spread over all backends and the cost measured
 //!   includes hashing the header and the ring's binary search;
+//! - `ours-round_robin-outlier` (only when asked for): `ours-round_robin`
+//!   under `outlier_detection_experimental` (gRFC A50) with
+//!   failure-percentage ejection: what counting every call's outcome costs;
 //! - `ours-round_robin-otel` (only when asked for; build with `--features
 //!   otel`): `ours-round_robin` recording gRPC's OpenTelemetry metrics into
 //!   an SDK meter provider (in memory, never exported during the run);
@@ -62,6 +65,7 @@ pub enum Kind {
     OursWeightedRoundRobin,
     OursRingHash,
     OursOtel,
+    OursOutlier,
 }
 
 /// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
@@ -109,6 +113,7 @@ impl Kind {
             Kind::OursWeightedRoundRobin => "ours-weighted_round_robin",
             Kind::OursRingHash => "ours-ring_hash",
             Kind::OursOtel => "ours-round_robin-otel",
+            Kind::OursOutlier => "ours-round_robin-outlier",
         }
     }
 
@@ -121,6 +126,7 @@ impl Kind {
                 Kind::OursWeightedRoundRobin,
                 Kind::OursRingHash,
                 Kind::OursOtel,
+                Kind::OursOutlier,
             ])
             .find(|k| k.name() == name)
     }
@@ -171,6 +177,13 @@ static NEXT_KEY: AtomicUsize = AtomicUsize::new(0);
 /// `ours-ring_hash`'s service config.
 const RING_HASH_CONFIG: &str =
     r#"{"loadBalancingConfig":[{"ring_hash":{"requestHashHeader":"x-loadgen-key"}}]}"#;
+
+/// `ours-round_robin-outlier`'s policy: A50's failure-percentage ejection
+/// (its defaults, every 10 s) over round_robin. The loadgen backends do not
+/// fail, so nothing is ejected: the run measures the counting.
+const OUTLIER_CONFIG: &str = r#"{"loadBalancingConfig": [{"outlier_detection_experimental": {
+    "failurePercentageEjection": {},
+    "childPolicy": [{"round_robin": {}}]}}]}"#;
 
 impl Client {
     /// Connects `kind` to the backends at `addrs`, waiting (at most 5 s)
@@ -230,6 +243,12 @@ impl Client {
                 } else {
                     Client::Ours(SimpleClient::new(builder.connect(wait).await?))
                 }
+            }
+            Kind::OursOutlier => {
+                let builder =
+                    BalancedChannel::builder(static_target()).service_config(OUTLIER_CONFIG);
+                let channel = with_tls(builder, tls)?.connect(wait).await?;
+                Client::Ours(SimpleClient::new(channel))
             }
             Kind::HyperRoundRobin | Kind::H2RoundRobin if tls.is_some() => {
                 return Err(format!("{} has no TLS", kind.name()).into())

@@ -24,6 +24,8 @@
 //! `ours-weighted_round_robin` (gRFC A58; no load reports, so equal
 //! weights) and `ours-ring_hash` (gRFC A42; a different
 //! `x-loadgen-key` header per call, its `requestHashHeader`).
+//! `ours-round_robin-outlier`: round_robin under outlier detection (gRFC
+//! A50) with failure-percentage ejection, counting every call's outcome.
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with

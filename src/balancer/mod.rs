@@ -483,12 +483,17 @@ pub fn aggregate_state(states: impl IntoIterator<Item = ConnectivityState>) -> C
 
 /// The message a failing picker gives calls because of `error`:
 /// `resolver error: ...` when the resolver failed or gave no usable
-/// addresses ([`ErrorKind::Resolver`](crate::ErrorKind::Resolver)), else
-/// `last connection error: ...`, so a user can tell a naming problem from a
-/// backend problem.
+/// addresses ([`ErrorKind::Resolver`](crate::ErrorKind::Resolver)); the
+/// error itself when the connection is up but the backend is unfit
+/// ([`ErrorKind::Health`](crate::ErrorKind::Health): e.g. `health check:
+/// NOT_SERVING from 10.0.0.1:50051, service "s"`); else `last connection
+/// error: ...`, so a user can tell a naming problem from a backend
+/// problem, and an unhealthy backend from a failed connection.
 pub fn failure_message(error: &Error) -> String {
     if error.is_resolver() {
         format!("resolver error: {error}")
+    } else if error.is_health() {
+        error.to_string()
     } else {
         format!("last connection error: {error}")
     }
@@ -532,6 +537,18 @@ mod tests {
         assert_eq!(
             failure_message(&connect),
             "last connection error: a:1: refused"
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_backend_is_not_reported_as_a_connection_error() {
+        let health = Error::new(
+            crate::ErrorKind::Health,
+            "health check: NOT_SERVING from a:1, service \"s\"",
+        );
+        assert_eq!(
+            failure_message(&health),
+            "health check: NOT_SERVING from a:1, service \"s\""
         );
     }
 

@@ -24,8 +24,11 @@
 //! its attempt down). The channel reports CONNECTING meanwhile.
 //!
 //! **After a failed pass.** Once every address has been started and every
-//! one has failed, the channel goes TRANSIENT_FAILURE with the last
-//! connection error and the policy asks for re-resolution (unless no attempt
+//! one has failed, the channel goes TRANSIENT_FAILURE with the pass's
+//! most telling connection error (the last one, except that "refused" or
+//! "unreachable" never hides a TLS or HTTP/2 failure of another address
+//! in the same pass or the retries after it) and the policy asks for
+//! re-resolution (unless no attempt
 //! failed during the pass: every address was still in backoff from the
 //! last one, so the resolver's answer would only end the next pass at once
 //! and ask again, in a loop). It stays
@@ -155,6 +158,7 @@ impl BalancerBuilder for PickFirstBuilder {
             phase: Phase::Waiting,
             state: ConnectivityState::Connecting,
             last_error: None,
+            error_in_pass: false,
             timer: None,
             work_requested: None,
             metrics: PickFirstMetrics::new(options),
@@ -179,6 +183,10 @@ struct PickFirst {
     /// The state last published.
     state: ConnectivityState,
     last_error: Option<Error>,
+    /// Whether `last_error` came from the current pass (or the retries
+    /// after it): then a refusal does not replace a more telling error
+    /// ([`Error::is_unreachable`]).
+    error_in_pass: bool,
     /// When the pass's current attempt has waited long enough to start the
     /// next address too; `None` when no such timer runs.
     timer: Option<Instant>,
@@ -254,6 +262,22 @@ impl PickFirst {
         ctl.update_picker(state, picker);
     }
 
+    /// Keeps `error` as the one calls see, unless this pass already saw a
+    /// more telling one (a TLS failure on 127.0.0.1 is not hidden by a
+    /// refusal on [::1] that came after it).
+    fn keep_error(&mut self, error: &Error) {
+        let hides_more = error.is_unreachable()
+            && self.error_in_pass
+            && self
+                .last_error
+                .as_ref()
+                .is_some_and(|e| !e.is_unreachable());
+        if !hides_more {
+            self.last_error = Some(error.clone());
+        }
+        self.error_in_pass = true;
+    }
+
     /// TRANSIENT_FAILURE: calls fail with `error`'s message.
     fn publish_failure(&mut self, error: Error, ctl: &mut dyn Controller) {
         let picker = FailPicker::unavailable(failure_message(&error));
@@ -265,6 +289,7 @@ impl PickFirst {
     /// TRANSIENT_FAILURE (A62) instead of reporting CONNECTING.
     fn start_pass(&mut self, sticky: bool, ctl: &mut dyn Controller) {
         let order = interleave(self.addresses.clone());
+        self.error_in_pass = false;
         let mut attempts = Vec::with_capacity(order.len());
         for address in &order {
             match ctl.new_subchannel(address) {
@@ -428,7 +453,7 @@ impl PickFirst {
                     retrying.failures = 0;
                     ctl.request_resolution();
                 }
-                if let Some(error) = state.error.clone() {
+                if let Some(error) = state.error.as_ref().and(self.last_error.clone()) {
                     self.publish_failure(error, ctl);
                 }
             }
@@ -547,7 +572,7 @@ impl Balancer for PickFirst {
             return;
         };
         if let Some(error) = &state.error {
-            self.last_error = Some(error.clone());
+            self.keep_error(error);
         }
         if state.connection_state() == ConnectivityState::Ready {
             // Connected: selected even while health checking does not show
@@ -1121,6 +1146,39 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_does_not_hide_a_tls_failure_of_the_same_pass() {
+        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
+        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let failed = |error: Error| SubchannelState::new(TransientFailure).with_error(error);
+        let tls = Error::new(ErrorKind::Connect, "a:1: TLS handshake failed: corrupt");
+        let refused = Error::with_source(
+            ErrorKind::Connect,
+            "b:1",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        ctl.deliver_only(&mut *pf, "a:1", failed(tls));
+        ctl.deliver_only(&mut *pf, "b:1", failed(refused.clone()));
+        assert_eq!(ctl.last_state(), TransientFailure);
+        let status = ctl.pick_status().unwrap();
+        assert!(status.message().contains("TLS handshake"), "{status:?}");
+        // Retries: b is refused again; a's TLS error still tells more.
+        ctl.deliver_only(&mut *pf, "b:1", SubchannelState::new(Idle));
+        ctl.deliver_only(&mut *pf, "b:1", failed(refused));
+        let status = ctl.pick_status().unwrap();
+        assert!(status.message().contains("TLS handshake"), "{status:?}");
+        // A new pass starts afresh: its refusal is all there is to say.
+        pf.resolver_update(&update(&["c:1"]), &LbConfig::empty(), &mut ctl);
+        let refused = Error::with_source(
+            ErrorKind::Connect,
+            "c:1",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        ctl.deliver_only(&mut *pf, "c:1", failed(refused));
+        let status = ctl.pick_status().unwrap();
+        assert!(status.message().contains("c:1"), "{status:?}");
+    }
+
+    #[test]
     fn an_unhealthy_selected_connection_stays_selected_and_fails_calls_with_the_health_error() {
         let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
@@ -1132,7 +1190,7 @@ mod tests {
         assert_eq!(ctl.pick_addr().as_deref(), Some("a:1"));
         let error = Error::new(
             ErrorKind::Health,
-            "a:1: health check of service \"s\": NOT_SERVING",
+            "health check: NOT_SERVING from a:1, service \"s\"",
         );
         let unhealthy = SubchannelState::health(TransientFailure).with_error(error);
         ctl.deliver_only(&mut *pf, "a:1", unhealthy);

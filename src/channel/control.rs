@@ -88,6 +88,12 @@ pub(crate) struct Failure {
     has_addresses: bool,
     /// The last error a subchannel reported.
     connection: Option<Error>,
+    /// The last error that says more than "unreachable"
+    /// ([`Error::is_unreachable`]: e.g. a TLS failure) and its address,
+    /// until that address reports again or leaves the resolver's list: it
+    /// wins over `connection`, so a refusal on another address does not
+    /// hide it.
+    telling: Option<(Arc<str>, Error)>,
     /// Changed since it was last published.
     changed: bool,
 }
@@ -98,7 +104,10 @@ impl Failure {
     /// connection failed yet).
     fn message(&self) -> Option<Arc<String>> {
         let error = if self.has_addresses {
-            self.connection.as_ref().or(self.resolver.as_ref())
+            let telling = self.telling.as_ref().map(|(_, e)| e);
+            telling
+                .or(self.connection.as_ref())
+                .or(self.resolver.as_ref())
         } else {
             self.resolver.as_ref()
         };
@@ -106,6 +115,11 @@ impl Failure {
     }
 
     fn resolved(&mut self, update: &ResolverUpdate) {
+        if let Some((address, _)) = &self.telling {
+            if !update.addresses().iter().any(|a| a.addr() == &**address) {
+                self.telling = None;
+            }
+        }
         self.has_addresses = !update.addresses().is_empty();
         self.resolver = (!self.has_addresses)
             .then(|| Error::new(ErrorKind::Resolver, "the resolver returned no addresses"));
@@ -117,7 +131,20 @@ impl Failure {
         self.changed = true;
     }
 
-    fn connection_failed(&mut self, error: &Error) {
+    /// `address` reported `state`.
+    fn subchannel_state(&mut self, address: &str, state: &SubchannelState) {
+        let error = state.error.as_ref();
+        let news = error.is_some() || state.connectivity == ConnectivityState::Ready;
+        if news && self.telling.as_ref().is_some_and(|(a, _)| &**a == address) {
+            self.telling = None;
+            self.changed = true;
+        }
+        let Some(error) = error else {
+            return;
+        };
+        if !error.is_unreachable() {
+            self.telling = Some((address.into(), error.clone()));
+        }
         self.connection = Some(error.clone());
         self.changed = true;
     }
@@ -451,9 +478,8 @@ impl Control {
         }
         sc.stats()
             .state_delivered(event.state.connectivity, event.state.error.as_ref());
-        if let Some(error) = &event.state.error {
-            self.failure.connection_failed(error);
-        }
+        self.failure
+            .subchannel_state(sc.address().addr(), &event.state);
         if event.state.connectivity == ConnectivityState::Ready {
             self.effects.wake_queued = true;
         }

@@ -10,8 +10,8 @@
 //! ```text
 //!   connection READY --stream opens--> CONNECTING (no answer yet)
 //!     SERVING                              -> READY
-//!     NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN -> TRANSIENT_FAILURE "... NOT_SERVING"
-//!     the stream fails or ends              -> TRANSIENT_FAILURE "... failed: ...",
+//!     NOT_SERVING, SERVICE_UNKNOWN, UNKNOWN -> TRANSIENT_FAILURE "health check: NOT_SERVING from ..."
+//!     the stream fails or ends              -> TRANSIENT_FAILURE "health check: stream failed: ...",
 //!                                              then CONNECTING again after backoff
 //!     UNIMPLEMENTED (no health service)     -> READY, a warning logged once
 //!   connection lost                         -> IDLE, as without health checking
@@ -220,6 +220,6 @@ async fn stream(link: &SubchannelShared, name: &str, reporter: &mut Reporter<'_>
 fn health_error(address: &Address, name: &str, why: &str) -> Error {
     Error::new(
         ErrorKind::Health,
-        format!("{address}: health check of service {name:?}: {why}"),
+        format!("health check: {why} from {address}, service {name:?}"),
     )
 }

@@ -123,21 +123,29 @@ where
     #[cfg(feature = "tls")]
     if let (Some(tls), Some(name)) = (&settings.tls, &origin.server_name) {
         let io = tls.connect(io, name, address).await?;
-        return handshake(io, address, settings).await;
+        return handshake(io, address, settings, true).await;
     }
-    handshake(io, address, settings).await
+    handshake(io, address, settings, false).await
 }
 
-async fn handshake<IO>(io: IO, address: &Address, settings: &Settings) -> Result<Established, Error>
+/// The HTTP/2 handshake on `io` (over TLS if `tls`: then a server that
+/// closes before its preface is described in TLS's terms).
+async fn handshake<IO>(
+    io: IO,
+    address: &Address,
+    settings: &Settings,
+    tls: bool,
+) -> Result<Established, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let failed = |e: h2::Error| {
-        Error::with_source(
+    let failed = |e: h2::Error| match closed_after_tls(settings, tls, Some(&e)) {
+        Some(reason) => Error::new(ErrorKind::Connect, format!("{address}: {reason}")),
+        None => Error::with_source(
             ErrorKind::Connect,
             format!("{address}: HTTP/2 handshake"),
             e,
-        )
+        ),
     };
     let (io, spoke) = PrefaceWatch::new(io);
     let (sender, connection) = http2::handshake(io, settings.http2).await.map_err(failed)?;
@@ -163,9 +171,14 @@ where
     if spoke.is_err() {
         // The drive task reported why the connection ended before it
         // dropped the socket.
-        let why = match lost.try_recv() {
-            Ok(Lost::Closed(Some(e))) => format!(": {}", describe_h2(&e)),
-            _ => String::new(),
+        let error = match lost.try_recv() {
+            Ok(Lost::Closed(e)) => e,
+            _ => None,
+        };
+        let why = match (closed_after_tls(settings, tls, error.as_ref()), &error) {
+            (Some(reason), _) => format!(": {reason}"),
+            (None, Some(e)) => format!(": {e}"),
+            (None, None) => String::new(),
         };
         return Err(Error::new(
             ErrorKind::Connect,
@@ -179,13 +192,14 @@ where
     })
 }
 
-/// An HTTP/2 error in words, with TLS's reason when TLS ended the
-/// connection (a server that requires a client certificate says so only
-/// after the client's handshake is done, on the first read).
-fn describe_h2(e: &h2::Error) -> String {
+/// TLS's reason for a connection over TLS (`tls`) that ended before the
+/// server's preface (a server that requires a client certificate says so
+/// only after the client's handshake is done).
+#[allow(unused_variables)]
+fn closed_after_tls(settings: &Settings, tls: bool, e: Option<&h2::Error>) -> Option<String> {
     #[cfg(feature = "tls")]
-    if let Some(reason) = super::tls::describe_ended(e) {
-        return reason;
+    if let (true, Some(connector)) = (tls, &settings.tls) {
+        return connector.describe_closed(e);
     }
-    e.to_string()
+    None
 }

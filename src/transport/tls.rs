@@ -120,6 +120,7 @@ impl ClientTlsConfig {
         Ok(TlsConnector {
             inner: tokio_rustls::TlsConnector::from(Arc::new(config)),
             server_name: self.server_name.clone(),
+            no_identity: self.rustls.is_none() && self.identity.is_none(),
         })
     }
 
@@ -202,6 +203,9 @@ fn config_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -
 pub(crate) struct TlsConnector {
     inner: tokio_rustls::TlsConnector,
     server_name: Option<String>,
+    /// No client certificate is configured (known only when the channel
+    /// built the rustls config).
+    no_identity: bool,
 }
 
 impl fmt::Debug for TlsConnector {
@@ -216,6 +220,44 @@ impl TlsConnector {
     /// The configured server name, which wins over every other.
     pub(crate) fn server_name_override(&self) -> Option<&str> {
         self.server_name.as_deref()
+    }
+
+    /// Why a connection that completed its TLS handshake ended before the
+    /// server's HTTP/2 preface (`e`: `h2`'s error, if it had one). A
+    /// server that requires a client certificate sends an alert after the
+    /// client's TLS 1.3 handshake is done; when it closes the socket
+    /// before the client reads the alert, the client sees only "broken
+    /// pipe" or "connection reset": say what that most likely means.
+    /// `None` when `e` is not the server closing the connection.
+    pub(crate) fn describe_closed(&self, e: Option<&h2::Error>) -> Option<String> {
+        if let Some(reason) = e.and_then(describe_ended) {
+            return Some(reason);
+        }
+        use std::io::ErrorKind as Io;
+        let closed = e.is_none_or(|e| {
+            e.get_io().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    Io::BrokenPipe
+                        | Io::ConnectionReset
+                        | Io::ConnectionAborted
+                        | Io::UnexpectedEof
+                )
+            })
+        });
+        if !closed {
+            return None;
+        }
+        let seen = e.map_or_else(|| "no reason given".to_owned(), ToString::to_string);
+        let guess = if self.no_identity {
+            "it probably requires a client certificate, and none is configured \
+             (ClientTlsConfig::identity)"
+        } else {
+            "it may have rejected the client certificate"
+        };
+        Some(format!(
+            "TLS: the server closed the TLS connection right after the handshake; {guess} ({seen})"
+        ))
     }
 
     /// The TLS handshake on `io` for `name`; then the server must have

@@ -1,5 +1,7 @@
 //! Call counters and gRFC A50's ejection algorithms, as pure functions of
-//! the counts, the config, the time and a random source.
+//! the counts, the config, the time and a random source. The units judged
+//! ("addresses" below, as A50 says) are endpoints since gRFC A61: the
+//! policy gives one [`Ejection`] per endpoint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

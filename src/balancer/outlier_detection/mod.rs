@@ -15,28 +15,34 @@
 //! (the values shown are A50's defaults; [`OutlierDetectionConfig`]).
 //!
 //! **How.** The policy runs its `childPolicy` and stands between it and
-//! the channel. Each address has a lock-free call counter (one atomic:
-//! successes and failures of the current interval). Every `interval`
+//! the channel. Each endpoint (gRFC A61: one backend, with one or more
+//! addresses; its identity is its set of addresses) has a lock-free call
+//! counter (one atomic: successes and failures of the current interval),
+//! shared by the subchannels of all its addresses, so its counts survive
+//! a change of the address that serves it. Every `interval`
 //! (its timer is [`Controller::schedule_work`]) it takes the counts and
-//! runs A50's algorithms: success rate (an address whose success rate is
+//! runs A50's algorithms over the endpoints: success rate (an endpoint
+//! whose success rate is
 //! more than `stdevFactor / 1000` standard deviations below the mean of
 //! those with at least `requestVolume` calls, if there are `minimumHosts`
 //! of them) and failure percentage (failures above `threshold` percent).
 //! An outlier is ejected with probability `enforcementPercentage`, and only
-//! while fewer than `maxEjectionPercent` of the addresses are ejected
-//! (checked before each ejection, as in gRPC: one address can always be).
+//! while fewer than `maxEjectionPercent` of the endpoints are ejected
+//! (checked before each ejection, as in gRPC: one endpoint can always be).
 //!
-//! **What the child sees.** An ejected address's subchannels are shown to
-//! the child as TRANSIENT_FAILURE, with the error `<address>: ejected by
-//! outlier detection (gRFC A50)`; their real state changes are kept, not
-//! passed on, until the ejection ends. An ejection lasts `baseEjectionTime`
-//! times the number of times the address was ejected (one less for each
+//! **What the child sees.** An ejected endpoint is ejected as a whole: the
+//! subchannels of every one of its addresses (also those made while it is
+//! ejected) are shown to the child as TRANSIENT_FAILURE, with the error
+//! `<address>: ejected by outlier detection (gRFC A50)`; their real state
+//! changes are kept, not passed on, until the ejection ends. An ejection
+//! lasts `baseEjectionTime` times the number of times the endpoint was
+//! ejected (one less for each
 //! interval it was not), at most `max(baseEjectionTime, maxEjectionTime)`;
 //! then the child gets the real state again. Without either algorithm the
 //! policy only passes everything through.
 //!
 //! **Call outcomes.** The policy wraps its child's picker: each pick of a
-//! counted subchannel carries that address's counter as its
+//! counted subchannel carries its endpoint's counter as its
 //! [`CallObserver`](crate::picker::CallObserver), which hears the call's
 //! [`DoneInfo`](crate::picker::DoneInfo): status OK is a success, any other
 //! status a failure, and an attempt that never reached the server
@@ -51,6 +57,7 @@ mod eject;
 
 pub use config::{FailurePercentageEjection, OutlierDetectionConfig, SuccessRateEjection};
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
@@ -59,6 +66,7 @@ use rand::SeedableRng;
 use tokio::time::Instant;
 
 use self::eject::{run_interval, CallCounter, Ejection};
+use super::child_manager::endpoint_key;
 use super::{Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller, LbConfig};
 use crate::picker::{PickInfo, PickResult, Picker};
 use crate::resolver::ResolverUpdate;
@@ -97,8 +105,8 @@ struct OutlierDetection {
     /// When the child asked for its `work`.
     child_work_at: Option<Instant>,
     config: Option<OutlierDetectionConfig>,
-    /// Every address of the last update, with its counter and ejection.
-    addresses: HashMap<Arc<str>, Tracked>,
+    /// Every endpoint of the last update, with its counter and ejection.
+    endpoints: Endpoints,
     /// The subchannels the child made, by id.
     watched: HashMap<u64, Watched>,
     /// When the next interval ends.
@@ -109,6 +117,47 @@ struct OutlierDetection {
 struct Tracked {
     counter: Arc<CallCounter>,
     ejection: Ejection,
+}
+
+/// The endpoints of the last update, by their key (sorted addresses), and
+/// which endpoint each address belongs to.
+#[derive(Default)]
+struct Endpoints {
+    tracked: HashMap<Arc<str>, Tracked>,
+    /// Address -> its endpoint's key (the first endpoint, if a resolver
+    /// lists an address twice).
+    by_address: HashMap<Arc<str>, Arc<str>>,
+}
+
+impl Endpoints {
+    /// The endpoint `address` belongs to.
+    fn of(&self, address: &str) -> Option<&Tracked> {
+        self.tracked.get(self.by_address.get(address)?)
+    }
+
+    fn is_ejected(&self, address: &str) -> bool {
+        self.of(address)
+            .is_some_and(|t| t.ejection.ejected_at.is_some())
+    }
+
+    /// Keeps the endpoints of `update` (new ones start with no calls and
+    /// no ejection).
+    fn sync(&mut self, update: &ResolverUpdate) {
+        let mut kept = HashMap::with_capacity(update.endpoints().len());
+        self.by_address.clear();
+        for endpoint in update.endpoints() {
+            let key: Arc<str> = endpoint_key(endpoint).into();
+            for address in endpoint.addresses() {
+                let addr: Arc<str> = address.addr().into();
+                self.by_address.entry(addr).or_insert_with(|| key.clone());
+            }
+            if let Entry::Vacant(slot) = kept.entry(key) {
+                let tracked = self.tracked.remove(slot.key()).unwrap_or_default();
+                slot.insert(tracked);
+            }
+        }
+        self.tracked = kept;
+    }
 }
 
 struct Watched {
@@ -126,7 +175,7 @@ impl OutlierDetection {
             child: None,
             child_work_at: None,
             config: None,
-            addresses: HashMap::new(),
+            endpoints: Endpoints::default(),
             watched: HashMap::new(),
             timer: None,
         }
@@ -143,7 +192,7 @@ impl OutlierDetection {
         };
         let mut view = ChildView {
             parent: ctl,
-            addresses: &self.addresses,
+            endpoints: &self.endpoints,
             watched: &mut self.watched,
             work_at: &mut self.child_work_at,
         };
@@ -157,11 +206,11 @@ impl OutlierDetection {
             return;
         };
         let now = Instant::now();
-        let keys: Vec<Arc<str>> = self.addresses.keys().cloned().collect();
+        let keys: Vec<Arc<str>> = self.endpoints.tracked.keys().cloned().collect();
         let mut ejections: Vec<Ejection> = keys
             .iter()
             .map(|k| {
-                let tracked = &self.addresses[k];
+                let tracked = &self.endpoints.tracked[k];
                 Ejection {
                     calls: tracked.counter.take(),
                     ..tracked.ejection
@@ -170,28 +219,33 @@ impl OutlierDetection {
             .collect();
         let (ejected, unejected) = run_interval(&mut ejections, &config, now, &mut self.rng);
         for (key, ejection) in keys.iter().zip(&ejections) {
-            if let Some(tracked) = self.addresses.get_mut(key) {
+            if let Some(tracked) = self.endpoints.tracked.get_mut(key) {
                 tracked.ejection = *ejection;
             }
         }
         for &i in ejected.iter().chain(&unejected) {
-            tracing::info!(address = %keys[i], ejected = ejected.contains(&i), "outlier detection");
+            tracing::info!(endpoint = %keys[i], ejected = ejected.contains(&i), "outlier detection");
             self.show(&keys[i], ctl);
         }
         self.timer = Some(now + config.interval);
         ctl.schedule_work(now + config.interval);
     }
 
-    /// Shows the child the state of every subchannel of `address`: the
-    /// ejected state, or the real one.
-    fn show(&mut self, address: &Arc<str>, ctl: &mut dyn Controller) {
+    /// Shows the child the state of every subchannel of the endpoint
+    /// `key` (all its addresses): the ejected state, or the real one.
+    fn show(&mut self, key: &Arc<str>, ctl: &mut dyn Controller) {
+        let of_endpoint = |w: &&Watched| self.endpoints.by_address.get(&w.address) == Some(key);
         let subchannels: Vec<(Subchannel, SubchannelState)> = self
             .watched
             .values()
-            .filter(|w| &w.address == address)
+            .filter(of_endpoint)
             .filter_map(|w| Subchannel::upgrade(&w.subchannel).map(|s| (s, w.real.clone())))
             .collect();
-        let ejected = self.is_ejected(address);
+        let ejected = self
+            .endpoints
+            .tracked
+            .get(key)
+            .is_some_and(|t| t.ejection.ejected_at.is_some());
         for (subchannel, real) in subchannels {
             let state = if ejected {
                 ejected_state(subchannel.address(), &real)
@@ -204,27 +258,35 @@ impl OutlierDetection {
         }
     }
 
-    fn is_ejected(&self, address: &str) -> bool {
-        self.addresses
-            .get(address)
-            .is_some_and(|t| t.ejection.ejected_at.is_some())
-    }
-
-    /// Keeps the addresses of `update` (new ones start with no calls and
-    /// no ejection) and forgets dead subchannels.
-    fn sync_addresses(&mut self, update: &ResolverUpdate) {
-        let mut kept = HashMap::with_capacity(update.addresses().len());
-        for address in update.addresses() {
-            let key: Arc<str> = address.addr().into();
-            let tracked = self.addresses.remove(&key).unwrap_or_default();
-            kept.insert(key, tracked);
-        }
-        self.addresses = kept;
+    /// Keeps the endpoints of `update` and forgets dead subchannels. A
+    /// subchannel shown ejected whose address now belongs to an endpoint
+    /// that is not (the endpoint changed its addresses, so it is a new
+    /// one) is shown its real state again.
+    fn sync_endpoints(&mut self, update: &ResolverUpdate, ctl: &mut dyn Controller) {
         self.watched.retain(|_, w| w.subchannel.strong_count() > 0);
+        let shown_ejected: Vec<u64> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| self.endpoints.is_ejected(&w.address))
+            .map(|(id, _)| *id)
+            .collect();
+        self.endpoints.sync(update);
+        for id in shown_ejected {
+            let Some(w) = self.watched.get(&id) else {
+                continue;
+            };
+            if self.endpoints.is_ejected(&w.address) {
+                continue;
+            }
+            let real = w.real.clone();
+            if let Some(subchannel) = Subchannel::upgrade(&w.subchannel) {
+                self.with_child(ctl, |b, view| b.subchannel_update(&subchannel, &real, view));
+            }
+        }
     }
 
     /// Applies a new config: the timer starts (or stops, un-ejecting every
-    /// address, when no algorithm is configured).
+    /// endpoint, when no algorithm is configured).
     fn configure(&mut self, config: OutlierDetectionConfig, ctl: &mut dyn Controller) {
         let ejects = config.ejects();
         let interval = config.interval;
@@ -232,7 +294,8 @@ impl OutlierDetection {
         if !ejects {
             self.timer = None;
             let ejected: Vec<Arc<str>> = self
-                .addresses
+                .endpoints
+                .tracked
                 .iter_mut()
                 .filter_map(|(k, t)| t.ejection.ejected_at.take().map(|_| k.clone()))
                 .collect();
@@ -246,10 +309,14 @@ impl OutlierDetection {
         }
     }
 
-    /// The counter of `address`, for tests that play the calls.
+    /// The counter of `address`'s endpoint, for tests that play the calls.
     #[cfg(test)]
     fn counter(&self, address: &str) -> Arc<CallCounter> {
-        self.addresses[address].counter.clone()
+        self.endpoints
+            .of(address)
+            .expect("a known address")
+            .counter
+            .clone()
     }
 }
 
@@ -283,7 +350,7 @@ impl Balancer for OutlierDetection {
                 return;
             }
         };
-        self.sync_addresses(update);
+        self.sync_endpoints(update, ctl);
         let child_policy = parsed.child_policy.clone();
         if self.child.as_ref().map(|(name, _)| name.as_str()) != Some(child_policy.name()) {
             let child = child_policy.builder().build(&self.options);
@@ -308,7 +375,7 @@ impl Balancer for OutlierDetection {
     ) {
         if let Some(watched) = self.watched.get_mut(&subchannel.id()) {
             watched.real = state.clone();
-            if self.is_ejected(subchannel.address().addr()) {
+            if self.endpoints.is_ejected(subchannel.address().addr()) {
                 return;
             }
         }
@@ -333,11 +400,11 @@ impl Balancer for OutlierDetection {
     }
 }
 
-/// The controller the child sees: subchannels of ejected addresses come
+/// The controller the child sees: subchannels of ejected endpoints come
 /// out TRANSIENT_FAILURE, and its pickers are wrapped to count calls.
 struct ChildView<'a> {
     parent: &'a mut dyn Controller,
-    addresses: &'a HashMap<Arc<str>, Tracked>,
+    endpoints: &'a Endpoints,
     watched: &'a mut HashMap<u64, Watched>,
     work_at: &'a mut Option<Instant>,
 }
@@ -349,10 +416,7 @@ impl Controller for ChildView<'_> {
     ) -> Result<(Subchannel, SubchannelState), Error> {
         let (subchannel, state) = self.parent.new_subchannel(address)?;
         let key: Arc<str> = address.addr().into();
-        let ejected = self
-            .addresses
-            .get(&key)
-            .is_some_and(|t| t.ejection.ejected_at.is_some());
+        let ejected = self.endpoints.is_ejected(&key);
         self.watched.insert(
             subchannel.id(),
             Watched {
@@ -373,7 +437,7 @@ impl Controller for ChildView<'_> {
         let counters = self
             .watched
             .iter()
-            .filter_map(|(id, w)| Some((*id, self.addresses.get(&w.address)?.counter.clone())))
+            .filter_map(|(id, w)| Some((*id, self.endpoints.of(&w.address)?.counter.clone())))
             .collect();
         let picker = Arc::new(CountingPicker {
             child: picker,
