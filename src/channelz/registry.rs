@@ -58,3 +58,17 @@ pub(crate) fn get(id: i64) -> Option<BalancedChannel> {
     let channel = channels().get(&id)?.clone();
     BalancedChannel::upgrade(&channel)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_a_registration_removes_its_entry() {
+        let registration = Registration::new(Weak::new());
+        let id = registration.id;
+        assert!(channels().contains_key(&id));
+        drop(registration);
+        assert!(!channels().contains_key(&id), "entry {id} leaked");
+    }
+}
