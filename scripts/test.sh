@@ -42,6 +42,8 @@ cargo check --lib --no-default-features --features discover
 cargo check --lib --no-default-features --features tls
 cargo check --lib --no-default-features --features tls-native-roots
 cargo check --lib --no-default-features --features tls-webpki-roots
+cargo check --lib --no-default-features --features otel
+cargo check --lib --no-default-features --features channelz
 echo "== cargo doc (warnings are errors: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== cargo test"

@@ -46,6 +46,8 @@ mod address;
 pub mod backoff;
 pub mod balancer;
 pub mod channel;
+#[cfg(feature = "channelz")]
+pub mod channelz;
 mod connectivity;
 mod error;
 #[cfg(feature = "etcd")]

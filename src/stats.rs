@@ -34,7 +34,7 @@
 //!    "connection_attempts":1,"connection_failures":0}]}
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -88,6 +88,10 @@ pub struct SubchannelSnapshot {
     pub last_change: Option<SystemTime>,
     /// The error of the last failed attempt or lost connection.
     pub last_error: Option<String>,
+    /// The subchannel's id, from the process-wide counter of channelz ids.
+    #[serde(skip)]
+    #[cfg_attr(not(feature = "channelz"), allow(dead_code))]
+    pub(crate) id: i64,
     /// Calls sent on this subchannel: every attempt counts, also one that
     /// was sent again elsewhere because its connection turned out to be
     /// gone or the server refused its stream (it then counts as failed).
@@ -105,10 +109,19 @@ pub struct SubchannelSnapshot {
     pub connection_failures: u64,
 }
 
+/// The next id of a channel or subchannel: one process-wide counter, as
+/// gRPC's channelz has (ids start at 1; 0 asks channelz for the first page).
+pub(crate) fn next_id() -> i64 {
+    static NEXT: AtomicI64 = AtomicI64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A subchannel's counters, shared by its handle, the control task and
 /// the calls sent on it. Relaxed atomics: each is a count on its own.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SubchannelStats {
+    /// Its channelz id ([`next_id`]), given when the subchannel is made.
+    id: i64,
     calls_started: AtomicU64,
     calls_succeeded: AtomicU64,
     calls_failed: AtomicU64,
@@ -116,6 +129,20 @@ pub(crate) struct SubchannelStats {
     connection_failures: AtomicU64,
     /// Written by the control task only.
     last: Mutex<LastChange>,
+}
+
+impl Default for SubchannelStats {
+    fn default() -> Self {
+        SubchannelStats {
+            id: next_id(),
+            calls_started: AtomicU64::default(),
+            calls_succeeded: AtomicU64::default(),
+            calls_failed: AtomicU64::default(),
+            connection_attempts: AtomicU64::default(),
+            connection_failures: AtomicU64::default(),
+            last: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -174,6 +201,7 @@ impl SubchannelStats {
             state,
             last_change: last.at,
             last_error: last.error.clone(),
+            id: self.id,
             calls_started: started,
             calls_succeeded: succeeded,
             calls_failed: failed,

@@ -58,6 +58,8 @@ pub struct BalancedChannelBuilder {
     meter: Option<opentelemetry::metrics::Meter>,
     #[cfg(feature = "otel")]
     methods: Vec<String>,
+    #[cfg(feature = "channelz")]
+    channelz: bool,
 }
 
 enum PolicyChoice {
@@ -91,7 +93,19 @@ impl BalancedChannelBuilder {
             meter: None,
             #[cfg(feature = "otel")]
             methods: Vec::new(),
+            #[cfg(feature = "channelz")]
+            channelz: false,
         }
+    }
+
+    /// Lists the channel in gRPC's channelz (feature `channelz`, gRFC A14):
+    /// it gets an id when built, [`ChannelzServer`](crate::channelz::ChannelzServer)
+    /// shows it and its subchannels, and it leaves channelz when its last
+    /// handle (and its last call) is dropped. Off by default.
+    #[cfg(feature = "channelz")]
+    pub fn channelz(mut self, enabled: bool) -> Self {
+        self.channelz = enabled;
+        self
     }
 
     /// Records gRPC's OpenTelemetry metrics (gRFC A66 per call, A94 per
@@ -453,14 +467,18 @@ impl BalancedChannelBuilder {
             policy = control.default_policy.name()
         );
         tokio::spawn(control.run().instrument(span));
+        #[cfg(feature = "channelz")]
+        let channelz = self.channelz;
         Ok(BalancedChannel {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|_shared| Shared {
                 target,
                 picker,
                 requests: requests_tx,
                 defaults,
                 states,
                 metrics: call_metrics,
+                #[cfg(feature = "channelz")]
+                _channelz: channelz.then(|| crate::channelz::Registration::new(_shared.clone())),
             }),
         })
     }

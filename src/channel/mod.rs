@@ -44,6 +44,8 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+#[cfg(feature = "channelz")]
+use std::sync::Weak;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,6 +85,9 @@ pub(crate) struct Shared {
     states: Arc<watch::Sender<ConnectivityState>>,
     /// gRFC A66's per-call instruments (empty without `otel`).
     metrics: crate::metrics::CallMetrics,
+    /// The channel's entry in channelz, removed when this drops.
+    #[cfg(feature = "channelz")]
+    _channelz: Option<crate::channelz::Registration>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +133,13 @@ impl BalancedChannel {
     /// Must be called inside a tokio runtime.
     pub fn from_target(target: impl Into<String>) -> Result<Self, Error> {
         Self::builder(target).build()
+    }
+
+    /// The channel behind a weak reference (channelz's registry), if it
+    /// is still there.
+    #[cfg(feature = "channelz")]
+    pub(crate) fn upgrade(shared: &Weak<Shared>) -> Option<Self> {
+        shared.upgrade().map(|shared| BalancedChannel { shared })
     }
 
     /// The channel's target.

@@ -159,6 +159,8 @@ impl ResolverBuilder for DnsResolverBuilder {
             .clone()
             .unwrap_or_else(|| Arc::new(HickoryLookup::new(server, self.timing.lookup_timeout)));
         let wake = Arc::new(Wake::default());
+        // Retry jitter from the channel's `rng_seed` (reproducible in tests).
+        let seed = sink.seed();
         let task = Task {
             target: target.as_str().to_owned(),
             host,
@@ -167,7 +169,7 @@ impl ResolverBuilder for DnsResolverBuilder {
             timing: self.timing,
             sink,
             wake: wake.clone(),
-            rng: SmallRng::seed_from_u64(rand::random()),
+            rng: SmallRng::seed_from_u64(seed),
         };
         let handle = runtime.spawn(task.run());
         Ok(Box::new(DnsResolver { wake, handle }))

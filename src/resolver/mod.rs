@@ -181,6 +181,7 @@ pub struct UpdateSink {
     /// learns that no more updates will come.
     _sender: Arc<SenderGuard>,
     /// Seeds the resolver's randomness (retry jitter).
+    #[cfg_attr(not(any(feature = "dns", feature = "etcd")), allow(dead_code))]
     seed: u64,
 }
 
@@ -255,7 +256,9 @@ impl Mailbox {
 }
 
 impl UpdateSink {
-    /// A sink and the receiving end of it, with a random seed.
+    /// A sink and the receiving end of it, with a random seed (the
+    /// `Discover` bridge; tests).
+    #[cfg(any(test, feature = "discover"))]
     pub(crate) fn channel() -> (UpdateSink, UpdateReceiver) {
         UpdateSink::seeded_channel(rand::random())
     }
@@ -274,6 +277,7 @@ impl UpdateSink {
 
     /// The seed for the resolver's randomness: the channel builder's
     /// `rng_seed` when set, random otherwise.
+    #[cfg_attr(not(any(feature = "dns", feature = "etcd")), allow(dead_code))]
     pub(crate) fn seed(&self) -> u64 {
         self.seed
     }
