@@ -170,6 +170,24 @@ fn config_error(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::Config, message)
 }
 
+/// A protobuf JSON duration, `"<seconds>[.<fraction>]s"`: not negative,
+/// at most 9 fraction digits and 315,576,000,000 s (protobuf's limit), so
+/// adding it to an `Instant` cannot overflow. `None` for anything else.
+pub(crate) fn proto_duration(text: &str) -> Option<std::time::Duration> {
+    let number = text.strip_suffix('s')?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 9 {
+        return None;
+    }
+    let seconds: u64 = whole.parse().ok()?;
+    if seconds > 315_576_000_000 {
+        return None;
+    }
+    let nanos: u32 = format!("{fraction:0<9}").parse().ok()?;
+    Some(std::time::Duration::new(seconds, nanos))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

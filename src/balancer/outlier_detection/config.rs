@@ -204,19 +204,10 @@ fn duration(obj: &Map<String, Value>, name: &str, default: Duration) -> Result<D
             "{name:?} must be a duration such as \"10s\" or \"0.5s\", not {value}"
         ))
     };
-    let text = value.as_str().ok_or_else(invalid)?;
-    let number = text.strip_suffix('s').ok_or_else(invalid)?;
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 9 {
-        return Err(invalid());
-    }
-    let seconds: u64 = whole.parse().map_err(|_| invalid())?;
-    if seconds > 315_576_000_000 {
-        return Err(invalid());
-    }
-    let nanos: u32 = format!("{fraction:0<9}").parse().map_err(|_| invalid())?;
-    Ok(Duration::new(seconds, nanos))
+    value
+        .as_str()
+        .and_then(crate::service_config::proto_duration)
+        .ok_or_else(invalid)
 }
 
 fn bad(message: impl std::fmt::Display) -> Error {

@@ -44,9 +44,7 @@ fn duration(json: &Value, field: &str, default: Duration) -> Result<Duration, Er
     };
     value
         .as_str()
-        .and_then(|s| s.strip_suffix('s'))
-        .and_then(|s| s.parse::<f64>().ok())
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .and_then(crate::service_config::proto_duration)
         .ok_or_else(|| {
             error(format!(
                 "\"{field}\" must be a duration like \"10s\" or \"0.5s\", not {value}"
@@ -175,6 +173,14 @@ mod tests {
                 "errorUtilizationPenalty",
             ),
             (json!({"enableOobLoadReport": "yes"}), "enableOobLoadReport"),
+            // Past protobuf's limit: it once overflowed `Instant + period`
+            // in the update timer and panicked the control task.
+            (json!({"weightUpdatePeriod": "1e19s"}), "weightUpdatePeriod"),
+            (
+                json!({"weightUpdatePeriod": "315576000001s"}),
+                "weightUpdatePeriod",
+            ),
+            (json!({"blackoutPeriod": "1e1s"}), "blackoutPeriod"),
             (json!([]), "object"),
         ] {
             let err = WrrConfig::parse(&json).unwrap_err();
