@@ -34,8 +34,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use tokio::task::JoinHandle;
 
 use super::fixed::fixed;
@@ -169,7 +167,7 @@ impl ResolverBuilder for DnsResolverBuilder {
             timing: self.timing,
             sink,
             wake: wake.clone(),
-            rng: SmallRng::seed_from_u64(seed),
+            backoff: crate::backoff::Backoff::new(self.timing.backoff, seed),
         };
         let handle = runtime.spawn(task.run());
         Ok(Box::new(DnsResolver { wake, handle }))

@@ -19,12 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::Rng;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 
 use super::lookup::{DnsAnswer, DnsLookup};
+use crate::backoff::Backoff;
 use crate::resolver::{ResolverUpdate, UpdateSink};
 use crate::subchannel::BackoffConfig;
 use crate::{Address, Error, ErrorKind};
@@ -47,21 +46,6 @@ impl Timing {
             (Some((min, max)), Some(ttl)) => ttl.clamp(min, max.max(min)),
             _ => self.refresh,
         }
-    }
-
-    /// The delay after the `failures`-th failure in a row (0-based): gRPC's
-    /// exponential backoff, jittered.
-    fn backoff_after(&self, failures: u32, rng: &mut SmallRng) -> Duration {
-        let config = &self.backoff;
-        let grown = config.initial.as_secs_f64() * config.multiplier.max(1.0).powi(failures as i32);
-        let base = grown.min(config.max.as_secs_f64()).max(0.0);
-        let jitter = config.jitter.clamp(0.0, 1.0);
-        let factor = if jitter > 0.0 {
-            rng.random_range(1.0 - jitter..=1.0 + jitter)
-        } else {
-            1.0
-        };
-        Duration::try_from_secs_f64(base * factor).unwrap_or(config.max)
     }
 }
 
@@ -101,7 +85,9 @@ pub(super) struct Task {
     pub(super) timing: Timing,
     pub(super) sink: UpdateSink,
     pub(super) wake: Arc<Wake>,
-    pub(super) rng: SmallRng,
+    /// gRPC's backoff between failed lookups, seeded from the channel's
+    /// `rng_seed`.
+    pub(super) backoff: Backoff,
 }
 
 impl Task {
@@ -127,10 +113,11 @@ impl Task {
                         sent = Some(sorted);
                     }
                     failures = 0;
+                    self.backoff.reset();
                     started + self.timing.refresh_after(ttl)
                 }
                 Err(error) => {
-                    let delay = self.timing.backoff_after(failures, &mut self.rng);
+                    let delay = self.backoff.next_delay();
                     tracing::debug!(target = %self.target, %error, ?delay, "dns: lookup failed; retrying");
                     self.sink.error(error);
                     failures = failures.saturating_add(1);
@@ -216,7 +203,6 @@ pub(super) fn addresses(ips: &[IpAddr], port: u16) -> Vec<Address> {
 mod tests {
     use std::sync::Mutex;
 
-    use rand::SeedableRng;
 
     use super::*;
     use crate::resolver::dns::DnsResolverBuilder;
@@ -466,16 +452,13 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_the_maximum_and_jitter_stays_within_bounds() {
-        let mut rng = SmallRng::seed_from_u64(3);
-        let mut timing = DnsResolverBuilder::default().timing;
-        timing.backoff = no_jitter(1, 120);
-        let delays: Vec<u64> = (0..9)
-            .map(|n| timing.backoff_after(n, &mut rng).as_secs())
-            .collect();
+        let mut backoff = Backoff::new(no_jitter(1, 120), 3);
+        let delays: Vec<u64> = (0..9).map(|_| backoff.next_delay().as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 120, 120]);
-        timing.backoff = BackoffConfig::default();
-        for _ in 0..100 {
-            let d = timing.backoff_after(0, &mut rng).as_secs_f64();
+        for seed in 0..100 {
+            let d = Backoff::new(BackoffConfig::default(), seed)
+                .next_delay()
+                .as_secs_f64();
             assert!((0.8..=1.2).contains(&d), "{d}");
         }
     }
