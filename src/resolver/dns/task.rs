@@ -203,7 +203,6 @@ pub(super) fn addresses(ips: &[IpAddr], port: u16) -> Vec<Address> {
 mod tests {
     use std::sync::Mutex;
 
-
     use super::*;
     use crate::resolver::dns::DnsResolverBuilder;
     use crate::resolver::{Resolver, ResolverBuilder, UpdateReceiver};
