@@ -47,13 +47,22 @@ impl Ring {
         // depend on the resolver's order.
         let mut order: Vec<usize> = (0..endpoints.len()).collect();
         order.sort_by(|&a, &b| endpoints[a].key.cmp(endpoints[b].key));
+        // One buffer for every point's "{key}_{n}": the key and `_` are
+        // written once per endpoint, only the index's digits per point.
+        let mut name = Vec::new();
+        let mut digits = itoa::Buffer::new();
         for i in order {
             target += scale * normalized[i];
+            name.clear();
+            name.extend_from_slice(endpoints[i].key.as_bytes());
+            name.push(b'_');
+            let prefix = name.len();
             let mut n = 0u64;
             while current < target {
-                let hash = xxh64(format!("{}_{n}", endpoints[i].key).as_bytes(), 0);
+                name.truncate(prefix);
+                name.extend_from_slice(digits.format(n).as_bytes());
                 points.push(Point {
-                    hash,
+                    hash: xxh64(&name, 0),
                     endpoint: i as u32,
                 });
                 n += 1;
