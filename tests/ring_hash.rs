@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{fast_backoff, static_target, Backend};
+use support::{fast_backoff, static_target, Backend, ClosedPort};
 use tonic::Status;
-use tonic_balance::resolver::ManualResolver;
-use tonic_balance::{BalancedChannel, Peer, WaitForReady};
+use tonic_balance::resolver::{ManualResolver, ResolverUpdate};
+use tonic_balance::{Address, BalancedChannel, Endpoint, Peer, WaitForReady};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -162,6 +162,44 @@ async fn a_dead_backends_keys_move_to_the_others_and_come_back_when_it_returns()
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(back, "every key is back where it was");
+    })
+    .await
+    .unwrap();
+}
+
+/// gRFC A61: each endpoint is a pick_first child over all its addresses,
+/// so an endpoint whose first address is dead keeps its keys on its
+/// second (before, ring_hash connected only the first address, and the
+/// endpoint's keys went to the next endpoint on the ring).
+#[tokio::test]
+async fn an_endpoint_whose_first_address_is_dead_serves_its_keys_from_its_second() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let dead = ClosedPort::new();
+        let (second, other) = (Backend::start(), Backend::start());
+        let address = |a: std::net::SocketAddr| Address::from(a.to_string());
+        let manual = ManualResolver::new("manual");
+        manual.update_state(ResolverUpdate::from_endpoints(vec![
+            Endpoint::new(vec![address(dead.addr), address(second.addr)]),
+            Endpoint::new(vec![address(other.addr)]),
+        ]));
+        let mut client = SimpleClient::new(channel("manual:///ring", Some(&manual)));
+        let keys = keys(100);
+        let first = owners(&mut client, &keys).await;
+        assert_eq!(owners(&mut client, &keys).await, first, "keys stay put");
+        let count = |b: &Backend| first.values().filter(|o| **o == b.addr.to_string()).count();
+        // The dead address's endpoint owns about half the ring.
+        assert!(
+            count(&second) >= 20,
+            "{} keys on the second address",
+            count(&second)
+        );
+        assert!(
+            count(&other) >= 20,
+            "{} keys on the other endpoint",
+            count(&other)
+        );
+        assert_eq!(count(&second) + count(&other), keys.len());
+        assert_eq!(second.accepted_connections(), 1);
     })
     .await
     .unwrap();

@@ -18,6 +18,14 @@
 //! else TRANSIENT_FAILURE (also with no endpoints). A child that reports
 //! IDLE is asked to leave it at once (grpc-go's round_robin: a pick_first
 //! child whose connection was lost reconnects without waiting for a call).
+//!
+//! **Lazy children** (for ring_hash, gRFC A42/A61: grpc-go's
+//! endpointsharding with `DisableAutoReconnect` over `lazy` pick_first
+//! children). A manager made lazy (`ChildManager::lazy`) starts each new
+//! child IDLE without giving it its endpoint, and leaves a child that
+//! reports IDLE alone: a child starts (gets its endpoint) or leaves IDLE
+//! only when its parent asks for that child. A child not started yet is
+//! not sent resolver errors; it gets the latest endpoint when it starts.
 //! In TRANSIENT_FAILURE calls fail with the last connection error (or the
 //! resolver's).
 //!
@@ -154,6 +162,8 @@ pub struct ChildManager {
     ready_changed: bool,
     /// Work was asked for to rebuild the picker and has not run yet.
     rebuild_scheduled: bool,
+    /// Children start IDLE and leave it only when asked (module docs).
+    lazy: bool,
 }
 
 struct EndpointChild {
@@ -163,6 +173,8 @@ struct EndpointChild {
     counted: ConnectivityState,
     /// It is listed in `waiting`.
     waiting: bool,
+    /// It was given its endpoint (a lazy manager's children start without).
+    started: bool,
 }
 
 struct Route {
@@ -247,7 +259,60 @@ impl ChildManager {
             published: None,
             ready_changed: false,
             rebuild_scheduled: false,
+            lazy: false,
         }
+    }
+
+    /// Makes the children lazy (see the module docs): each starts IDLE,
+    /// without its endpoint, and a child leaves IDLE only through
+    /// `exit_idle_child`.
+    pub(crate) fn lazy(mut self) -> Self {
+        self.lazy = true;
+        self
+    }
+
+    /// The state and picker the child of the endpoint whose
+    /// `endpoint_key` is `key` last published, if it has one.
+    pub(crate) fn child(&self, key: &str) -> Option<(ConnectivityState, &Arc<dyn Picker>)> {
+        let slot = *self.by_key.get(key)?;
+        let entry = self.slots.get(slot)?.as_ref()?;
+        Some((entry.child.state, &entry.child.picker))
+    }
+
+    /// Starts the child of the endpoint whose `endpoint_key` is `key`
+    /// (gives it its endpoint) if it has not started, or asks it to leave
+    /// IDLE if it is IDLE; does nothing otherwise.
+    pub(crate) fn exit_idle_child(&mut self, key: &str, ctl: &mut dyn Controller) {
+        if let Some(&slot) = self.by_key.get(key) {
+            self.exit_idle_slot(slot, ctl);
+        }
+    }
+
+    fn exit_idle_slot(&mut self, slot: usize, ctl: &mut dyn Controller) {
+        let Some(entry) = self.slots.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        if !entry.started {
+            self.start_child(slot, ctl);
+        } else if entry.child.state == ConnectivityState::Idle {
+            self.call(slot, ctl, |child, ctl| {
+                child.call(ctl, |b, ctl| b.exit_idle(ctl))
+            });
+        }
+    }
+
+    /// Gives the child in `slot` its endpoint, with the child policy's
+    /// config.
+    fn start_child(&mut self, slot: usize, ctl: &mut dyn Controller) {
+        let Some(entry) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        entry.started = true;
+        let update = ResolverUpdate::from_endpoints(vec![entry.endpoint.clone()]);
+        let config = self.child_policy.config().clone();
+        self.call(slot, ctl, |child, ctl| {
+            child.call(ctl, |b, ctl| b.resolver_update(&update, &config, ctl))
+        });
     }
 
     /// How many children there are.
@@ -308,7 +373,7 @@ impl ChildManager {
             self.ready_changed = true;
         }
         self.schedule_rebuild(ctl);
-        if now == ConnectivityState::Idle && was != ConnectivityState::Idle {
+        if now == ConnectivityState::Idle && was != ConnectivityState::Idle && !self.lazy {
             self.call(slot, ctl, |child, ctl| {
                 child.call(ctl, |b, ctl| b.exit_idle(ctl))
             });
@@ -444,13 +509,18 @@ impl ChildManager {
 
     fn new_child(&mut self, endpoint: Endpoint) -> usize {
         let balancer = self.child_policy.builder().build(&self.options);
+        let mut child = Child::new(balancer);
+        if self.lazy {
+            child.state = ConnectivityState::Idle;
+        }
         let entry = EndpointChild {
             endpoint,
-            child: Child::new(balancer),
-            counted: ConnectivityState::Connecting,
+            counted: child.state,
+            child,
             waiting: false,
+            started: !self.lazy,
         };
-        self.counts.add(ConnectivityState::Connecting, true);
+        self.counts.add(entry.counted, true);
         match self.free.pop() {
             Some(slot) => {
                 self.slots[slot] = Some(entry);
@@ -472,7 +542,8 @@ impl Balancer for ChildManager {
         self.has_endpoints = !self.by_key.is_empty();
         let config = self.child_policy.config().clone();
         for slot in changed {
-            let Some(endpoint) = self.slots[slot].as_ref().map(|e| e.endpoint.clone()) else {
+            let started = self.slots[slot].as_ref().filter(|e| e.started);
+            let Some(endpoint) = started.map(|e| e.endpoint.clone()) else {
                 continue;
             };
             let child_update = ResolverUpdate::from_endpoints(vec![endpoint]);
@@ -503,9 +574,11 @@ impl Balancer for ChildManager {
             return;
         }
         for slot in 0..self.slots.len() {
-            self.call(slot, ctl, |child, ctl| {
-                child.call(ctl, |b, ctl| b.resolver_error(error, ctl))
-            });
+            if self.slots[slot].as_ref().is_some_and(|e| e.started) {
+                self.call(slot, ctl, |child, ctl| {
+                    child.call(ctl, |b, ctl| b.resolver_error(error, ctl))
+                });
+            }
         }
     }
 
@@ -538,16 +611,11 @@ impl Balancer for ChildManager {
         }
     }
 
+    /// Asks every IDLE child to leave IDLE (starts a lazy manager's
+    /// children that have not started).
     fn exit_idle(&mut self, ctl: &mut dyn Controller) {
         for slot in 0..self.slots.len() {
-            let idle = self.slots[slot]
-                .as_ref()
-                .is_some_and(|e| e.child.state == ConnectivityState::Idle);
-            if idle {
-                self.call(slot, ctl, |child, ctl| {
-                    child.call(ctl, |b, ctl| b.exit_idle(ctl))
-                });
-            }
+            self.exit_idle_slot(slot, ctl);
         }
     }
 
@@ -679,6 +747,32 @@ mod tests {
         assert_eq!(ctl.last_state(), Ready);
         let picks: Vec<String> = (0..4).filter_map(|_| ctl.pick_addr()).collect();
         assert_eq!(picks, ["s:1"; 4], "both children selected s:1");
+    }
+
+    #[test]
+    fn lazy_children_start_idle_and_leave_it_only_when_asked() {
+        let (mut m, mut ctl) = (
+            manager(Box::new(RoundRobinPickers::new(1))).lazy(),
+            FakeController::new(),
+        );
+        let update = ResolverUpdate::from_endpoints(vec![
+            Endpoint::new(vec!["a:1".into(), "a:2".into()]),
+            Endpoint::new(vec!["b:1".into()]),
+        ]);
+        m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
+        assert_eq!(ctl.last_state(), Idle);
+        assert!(ctl.connected_addrs().is_empty(), "nothing connects");
+        m.resolver_error(&Error::new(ErrorKind::Resolver, "down"), &mut ctl);
+        assert_eq!(m.child("b:1").map(|c| c.0), Some(Idle), "not started");
+        m.exit_idle_child("a:1,a:2", &mut ctl);
+        assert_eq!(ctl.connected_addrs(), ["a:1"], "started: its first address");
+        ctl.deliver(&mut m, "a:1", Ready);
+        assert_eq!(ctl.last_state(), Ready);
+        ctl.deliver(&mut m, "a:1", Idle);
+        assert_eq!(m.child("a:1,a:2").map(|c| c.0), Some(Idle));
+        assert_eq!(ctl.connects("a:1"), 1, "an IDLE child is left alone");
+        m.exit_idle_child("a:1,a:2", &mut ctl);
+        assert_eq!(ctl.connects("a:1"), 2, "until asked");
     }
 
     #[test]

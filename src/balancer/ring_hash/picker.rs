@@ -10,13 +10,26 @@ use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 use super::ring::Ring;
 use super::RequestHash;
-use crate::picker::{Pick, PickInfo, PickResult, Picker};
+use crate::picker::{PickInfo, PickResult, Picker};
 use crate::{ConnectivityState, Subchannel};
 
-/// One endpoint as the picker sees it.
+/// One endpoint as the picker sees it: its child's state and picker, and
+/// the subchannel of its first address, which a call connects to wake an
+/// IDLE child.
 pub(crate) struct EndpointSnapshot {
     pub(crate) subchannel: Subchannel,
     pub(crate) state: ConnectivityState,
+    pub(crate) picker: Option<Arc<dyn Picker>>,
+}
+
+impl EndpointSnapshot {
+    /// A READY child's pick.
+    fn pick<'a>(&'a self, info: &PickInfo<'_>) -> PickResult<'a> {
+        match &self.picker {
+            Some(picker) => picker.pick(info),
+            None => PickResult::Queue,
+        }
+    }
 }
 
 pub(crate) struct RingPicker {
@@ -84,15 +97,13 @@ impl RingPicker {
 
     /// A42/A61: the first endpoint from `start` on that is not in
     /// TRANSIENT_FAILURE decides.
-    fn pick_keyed(&self, start: usize) -> PickResult<'_> {
+    fn pick_keyed(&self, start: usize, info: &PickInfo<'_>) -> PickResult<'_> {
         for i in 0..self.ring.points().len() {
             let Some(endpoint) = self.endpoint_at(start + i) else {
                 break;
             };
             match endpoint.state {
-                ConnectivityState::Ready => {
-                    return PickResult::Pick(Pick::borrowed(&endpoint.subchannel))
-                }
+                ConnectivityState::Ready => return endpoint.pick(info),
                 ConnectivityState::Connecting => return PickResult::Queue,
                 ConnectivityState::Idle => {
                     endpoint.subchannel.connect();
@@ -106,16 +117,14 @@ impl RingPicker {
 
     /// A76: the first READY endpoint from `start` on, starting at most one
     /// connection on the way (none if one is CONNECTING already).
-    fn pick_random(&self, start: usize) -> PickResult<'_> {
+    fn pick_random(&self, start: usize, info: &PickInfo<'_>) -> PickResult<'_> {
         let mut requested = self.any_connecting;
         for i in 0..self.ring.points().len() {
             let Some(endpoint) = self.endpoint_at(start + i) else {
                 break;
             };
             match endpoint.state {
-                ConnectivityState::Ready => {
-                    return PickResult::Pick(Pick::borrowed(&endpoint.subchannel))
-                }
+                ConnectivityState::Ready => return endpoint.pick(info),
                 ConnectivityState::Idle if !requested => {
                     endpoint.subchannel.connect();
                     requested = true;
@@ -159,9 +168,9 @@ impl Picker for RingPicker {
             return PickResult::Fail(tonic::Status::unavailable(self.failure.clone()));
         };
         if random {
-            self.pick_random(start)
+            self.pick_random(start, info)
         } else {
-            self.pick_keyed(start)
+            self.pick_keyed(start, info)
         }
     }
 }

@@ -323,3 +323,75 @@ fn without_a_header_config_the_callers_request_hash_decides() {
         assert_eq!(got, vec![ring_order(&rh, &key)[0].clone(); 3], "{key}");
     }
 }
+
+/// An endpoint of two addresses (gRFC A61) and one of one.
+fn two_address_ring_hash() -> (RingHash, FakeController) {
+    let update = ResolverUpdate::from_endpoints(vec![
+        Endpoint::new(vec!["a:1".into(), "a:2".into()]),
+        Endpoint::new(vec!["b:1".into()]),
+    ]);
+    let (mut rh, mut ctl) = (RingHash::new(1), FakeController::new());
+    rh.resolver_update(&update, &header_config(), &mut ctl);
+    (rh, ctl)
+}
+
+/// A key the ring puts on the endpoint whose first address is `addr`.
+fn key_of(rh: &RingHash, addr: &str) -> String {
+    (0..1000)
+        .map(|k| format!("user-{k}"))
+        .find(|k| ring_order(rh, k)[0] == addr)
+        .unwrap_or_else(|| panic!("no key on {addr}"))
+}
+
+#[test]
+fn an_endpoint_fails_over_to_its_second_address_and_keeps_its_keys() {
+    let (mut rh, mut ctl) = two_address_ring_hash();
+    let key = key_of(&rh, "a:1");
+    assert!(matches!(pick_key(&ctl, &key), PickResult::Queue));
+    assert_eq!(
+        ctl.connected_addrs(),
+        ["a:1"],
+        "the call wakes its endpoint"
+    );
+    ctl.deliver(&mut rh, "a:1", Connecting);
+    ctl.deliver_error(&mut rh, "a:1", TransientFailure, "a:1: refused");
+    assert_eq!(ctl.connects("a:2"), 1, "the endpoint's second address");
+    assert!(matches!(pick_key(&ctl, &key), PickResult::Queue));
+    ctl.deliver(&mut rh, "a:2", Ready);
+    assert_eq!(ctl.last_state(), Ready);
+    assert_eq!(picked(&ctl, &key).as_deref(), Some("a:2"));
+    assert_eq!(ctl.connects("b:1"), 0, "nothing went to the next endpoint");
+}
+
+#[test]
+fn a_lost_connection_waits_for_a_call_and_then_tries_the_first_address_again() {
+    let (mut rh, mut ctl) = two_address_ring_hash();
+    let key = key_of(&rh, "a:1");
+    pick_key(&ctl, &key);
+    ctl.deliver(&mut rh, "a:1", Connecting);
+    ctl.deliver_error(&mut rh, "a:1", TransientFailure, "a:1: refused");
+    ctl.deliver(&mut rh, "a:2", Ready);
+    ctl.deliver(&mut rh, "a:1", Idle);
+    ctl.deliver(&mut rh, "a:2", Idle);
+    assert_eq!(ctl.last_state(), Idle);
+    assert_eq!((ctl.connects("a:1"), ctl.connects("a:2")), (1, 1), "lazy");
+    assert!(matches!(pick_key(&ctl, &key), PickResult::Queue));
+    assert_eq!(ctl.connects("a:1"), 2, "a new pass, from the top");
+    ctl.deliver(&mut rh, "a:1", Connecting);
+    ctl.deliver(&mut rh, "a:1", Ready);
+    assert_eq!(picked(&ctl, &key).as_deref(), Some("a:1"));
+}
+
+#[test]
+fn a_child_that_goes_idle_while_its_first_address_backs_off_reconnects_at_once() {
+    // A call cannot wake such a child (its first address is not IDLE),
+    // so the policy does.
+    let (mut rh, mut ctl) = two_address_ring_hash();
+    pick_key(&ctl, &key_of(&rh, "a:1"));
+    ctl.deliver(&mut rh, "a:1", Connecting);
+    ctl.deliver_error(&mut rh, "a:1", TransientFailure, "a:1: refused");
+    ctl.deliver(&mut rh, "a:2", Ready);
+    ctl.deliver(&mut rh, "a:2", Idle);
+    assert_eq!(ctl.connects("a:2"), 2);
+    assert_eq!(ctl.last_state(), Connecting);
+}
