@@ -50,9 +50,16 @@
 //! **State (A42).** READY if any endpoint is READY; else TRANSIENT_FAILURE
 //! if two or more are; else CONNECTING if any is, or if one is in
 //! TRANSIENT_FAILURE and there are others; else IDLE if any is; else
-//! TRANSIENT_FAILURE. When there are failed endpoints and none is
-//! CONNECTING, the policy starts the first IDLE one (in key order)
-//! itself, so the channel recovers without waiting for calls.
+//! TRANSIENT_FAILURE. When no endpoint is READY, some are in
+//! TRANSIENT_FAILURE and none is CONNECTING, the policy starts the first
+//! IDLE one (in key order) itself, so the channel recovers without waiting
+//! for calls (as grpc-go does, only while the state is CONNECTING or
+//! TRANSIENT_FAILURE). An endpoint started that way, or one a call with a
+//! random hash or a failover woke, stays connected when no key lands on
+//! it: e.g. with one key (the `client` example's `--metadata`), killing
+//! the backend that has it moves the key to its ring successor, and this
+//! rule may also connect another backend, which then shows READY with no
+//! calls. That is A42's behaviour, not a leak.
 //!
 //! **Cost.** A pick is one binary search over the ring (log2 of 4096
 //! points is 12 steps), reads of an immutable snapshot and the READY
@@ -70,7 +77,10 @@
 //! **Config** (`{"ring_hash": {...}}` in `loadBalancingConfig`):
 //! `minRingSize` (1024), `maxRingSize` (4096), both positive, at most
 //! 8,388,608, min ≤ max; `requestHashHeader` (none): a header name, not a
-//! `-bin` one.
+//! `-bin` one. An empty `requestHashHeader` (`""`) is the same as none, as
+//! in grpc-go (whose config parsing checks the name only when it is not
+//! empty and then reads the hash from the call's context): the caller's
+//! [`RequestHash`], else a random hash.
 //!
 //! ```
 //! # use tonic_balance::balancer::{BalancerBuilder, ring_hash::{RingHashBuilder, RingHashConfig}};
@@ -217,7 +227,7 @@ impl BalancerBuilder for RingHashBuilder {
 
     /// Errors name the field: a ring size of 0 or above 8,388,608, a min
     /// above the max, a `requestHashHeader` that is not a header name or
-    /// is a `-bin` one.
+    /// is a `-bin` one (an empty one is no header, as in grpc-go).
     fn parse_config(&self, json: &Value) -> Result<LbConfig, Error> {
         if !json.is_object() && !json.is_null() {
             return Err(config_error(format_args!(
@@ -425,7 +435,7 @@ impl RingHash {
     /// Starts the children that must leave IDLE: one whose first-address
     /// subchannel left IDLE (a call connected it, or it was already busy
     /// when the child went IDLE, so a call could not), and A42's first
-    /// IDLE one when there are failed endpoints and none is CONNECTING
+    /// IDLE one when none is READY, some failed and none is CONNECTING
     /// (the channel must not wait for calls to recover).
     fn wake_children(&mut self, ctl: &mut dyn Controller) {
         use ConnectivityState::*;
@@ -437,7 +447,7 @@ impl RingHash {
         }
         self.read_states();
         let any = |s| self.endpoints.iter().any(|e: &EndpointState| e.state == s);
-        if any(TransientFailure) && !any(Connecting) {
+        if any(TransientFailure) && !any(Connecting) && !any(Ready) {
             if let Some(e) = self.endpoints.iter().find(|e| e.state == Idle) {
                 self.manager.exit_idle_child(&e.child, &mut Children(ctl));
                 self.read_states();

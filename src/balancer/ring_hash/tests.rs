@@ -395,3 +395,26 @@ fn a_child_that_goes_idle_while_its_first_address_backs_off_reconnects_at_once()
     assert_eq!(ctl.connects("a:2"), 2);
     assert_eq!(ctl.last_state(), Connecting);
 }
+
+#[test]
+fn a_failed_endpoint_does_not_connect_idle_ones_while_another_is_ready() {
+    let (mut rh, mut ctl) = ring_hash(&["a:1", "b:1", "c:1"]);
+    ctl.deliver(&mut rh, "a:1", Ready);
+    ctl.deliver_error(&mut rh, "b:1", TransientFailure, "b:1: refused");
+    assert_eq!(ctl.last_state(), Ready);
+    assert_eq!(
+        ctl.connects("c:1"),
+        0,
+        "A42 connects one only with none READY"
+    );
+    ctl.deliver(&mut rh, "a:1", Idle);
+    // None READY now: the first IDLE one (by key) is connected.
+    assert_eq!((ctl.connects("a:1"), ctl.connects("c:1")), (1, 0));
+}
+
+#[test]
+fn an_empty_request_hash_header_is_no_header_as_in_grpc_go() {
+    let parsed = config(serde_json::json!({"requestHashHeader": ""}));
+    let parsed = parsed.get::<RingHashConfig>().unwrap();
+    assert_eq!(parsed.request_hash_header(), None);
+}
