@@ -79,8 +79,9 @@
 //! 8,388,608, min ≤ max; `requestHashHeader` (none): a header name, not a
 //! `-bin` one. An empty `requestHashHeader` (`""`) is the same as none, as
 //! in grpc-go (whose config parsing checks the name only when it is not
-//! empty and then reads the hash from the call's context): the caller's
-//! [`RequestHash`], else a random hash.
+//! empty, and whose picker then reads the hash from the call's context):
+//! the caller's [`RequestHash`], else a random hash (where grpc-go fails
+//! a call that carries no hash).
 //!
 //! ```
 //! # use tonic_balance::balancer::{BalancerBuilder, ring_hash::{RingHashBuilder, RingHashConfig}};
