@@ -70,9 +70,12 @@
 //! update rebuilds the ring only when the keys, weights or ring sizes
 //! changed (O(ring size · log)), on the channel's control task: every
 //! other event of the channel waits for it. A ring of 8,388,608 points
-//! (the largest) took 2.4 to 3.6 s to build in a release build on a
-//! 2-core machine under a load of 6 (1.4 to 1.9 s of it sorting the
-//! points), 8 to 9 s before the points were hashed without allocating.
+//! (the largest), on a shared 2-core machine: 0.7 to 0.9 s in a release
+//! build at a load of 2.5 (half of it sorting the points; 1.2 to 2.5 s
+//! before the points were hashed without allocating), and 17 to 23 s in
+//! a debug build at a load of 4 (17 s before: there the unoptimized sort
+//! and hashing dominate). Keep `maxRingSize` near the default unless the
+//! resolution is needed.
 //!
 //! **Config** (`{"ring_hash": {...}}` in `loadBalancingConfig`):
 //! `minRingSize` (1024), `maxRingSize` (4096), both positive, at most

@@ -157,6 +157,21 @@ mod tests {
         assert_eq!(Ring::default().find(7), None);
     }
 
+    /// Not a check of speed: prints how long the largest ring takes to
+    /// build (`cargo test [--release] --lib -- --ignored
+    /// the_largest_ring --nocapture`), the figure the module docs give.
+    #[test]
+    #[ignore = "a measurement: 8,388,608 points take seconds in a debug build"]
+    fn the_largest_ring_has_every_point_and_prints_its_build_time() {
+        let keys: Vec<String> = (0..3).map(|i| format!("10.0.0.{i}:50051")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let size = crate::balancer::ring_hash::MAX_RING_SIZE;
+        let start = std::time::Instant::now();
+        let ring = Ring::new(&inputs(&keys, &[1, 1, 1]), size, size);
+        println!("{size} points in {:?}", start.elapsed());
+        assert_eq!(ring.points().len() as u64, size);
+    }
+
     #[test]
     fn the_ring_does_not_depend_on_the_endpoint_order() {
         let one = Ring::new(&inputs(&["a:1", "b:1"], &[1, 2]), 64, 64);
