@@ -17,7 +17,10 @@
 //! of its children's: READY if any is READY, else CONNECTING, else IDLE,
 //! else TRANSIENT_FAILURE (also with no endpoints). A child that reports
 //! IDLE is asked to leave it at once (grpc-go's round_robin: a pick_first
-//! child whose connection was lost reconnects without waiting for a call).
+//! child whose connection was lost reconnects without waiting for a
+//! call), unless the children are lazy (below).
+//! In TRANSIENT_FAILURE calls fail with the last connection error (or the
+//! resolver's).
 //!
 //! **Lazy children** (for ring_hash, gRFC A42/A61: grpc-go's
 //! endpointsharding with `DisableAutoReconnect` over `lazy` pick_first
@@ -26,14 +29,13 @@
 //! reports IDLE alone: a child starts (gets its endpoint) or leaves IDLE
 //! only when its parent asks for that child. A child not started yet is
 //! not sent resolver errors; it gets the latest endpoint when it starts.
-//! In TRANSIENT_FAILURE calls fail with the last connection error (or the
-//! resolver's).
 //!
 //! **Picker.** While READY, calls go to the READY children's pickers: by
 //! default in turn ([`RoundRobinPickers`], the round_robin rotation), or
 //! through a picker the parent builds from the READY children's endpoints
-//! and pickers ([`ChildPickers`]: weighted round robin, least request and
-//! ring hash will need that). A new picker is built only when the state,
+//! and pickers ([`ChildPickers`]: weighted round robin and least request
+//! do). ring_hash reads every child's state and picker instead and
+//! publishes its own picker. A new picker is built only when the state,
 //! the READY set or a READY child's picker changed.
 //!
 //! **Cost.** A subchannel event is O(1): one routing lookup, the child's
