@@ -27,25 +27,30 @@
 //! or first address, so adding addresses to an endpoint moves no key.
 //! Endpoints with the same first address after the first are ignored.
 //!
-//! **Lazy connections (A42, A61).** A child is IDLE, with no connection,
-//! until a call lands on it. The picker cannot call into the policy, so
-//! the policy keeps each endpoint's first-address subchannel as its bell:
-//! the picker asks it to connect and queues the call; when that
-//! subchannel leaves IDLE the policy starts the child, whose pass begins
-//! with that same connection attempt. A call whose endpoint is in
-//! TRANSIENT_FAILURE goes to the next endpoint on the ring that is not
-//! (READY: the child's pick; CONNECTING: queued; IDLE: woken and queued);
-//! if every endpoint is in TRANSIENT_FAILURE the call fails with the last
+//! **Lazy connections (A42, A61).** A child is IDLE, with no
+//! connection, until a call lands on it. The picker cannot call into
+//! the policy, so the policy keeps each endpoint's first-address
+//! subchannel as its bell: the picker asks it to connect and queues the
+//! call; when that subchannel leaves IDLE the policy starts the child,
+//! whose pass begins with that same connection attempt. (That
+//! subchannel lives as long as its endpoint, also while the child is
+//! connected through another address; an attempt of it still running
+//! then may finish and leave a spare connection, reused when the child
+//! next starts a pass.) A call whose endpoint is in TRANSIENT_FAILURE
+//! goes to the next endpoint on the ring that is not (READY: the
+//! child's pick; CONNECTING: queued; IDLE: woken and queued); if every
+//! endpoint is in TRANSIENT_FAILURE the call fails with the last
 //! connection error. A call with a random hash takes the first READY
-//! endpoint from its point on, and wakes at most one endpoint on the way
-//! (none when one is already CONNECTING). An endpoint's TRANSIENT_FAILURE
-//! is sticky (pick_first's, gRFC A62): after a failed pass its addresses
-//! retry on their backoffs and it stays in TRANSIENT_FAILURE until one is
-//! READY, so its keys stay with their ring successor until it is back. A
-//! child whose READY connection is lost goes IDLE and waits for the next
-//! call, which starts a new pass from its first address; if that address
-//! is still backing off from an earlier failure (not IDLE, so a call
-//! could not wake the child), the policy starts the pass at once.
+//! endpoint from its point on, and wakes at most one endpoint on the
+//! way (none when one is already CONNECTING). An endpoint's
+//! TRANSIENT_FAILURE is sticky (pick_first's, gRFC A62): after a failed
+//! pass its addresses retry on their backoffs and it stays in
+//! TRANSIENT_FAILURE until one is READY, so its keys stay with their
+//! ring successor until it is back. A child whose READY connection is
+//! lost goes IDLE and waits for the next call, which starts a new pass
+//! from its first address; if that address is still backing off from an
+//! earlier failure (not IDLE, so a call could not wake the child), the
+//! policy starts the pass at once.
 //!
 //! **State (A42).** READY if any endpoint is READY; else TRANSIENT_FAILURE
 //! if two or more are; else CONNECTING if any is, or if one is in
