@@ -170,12 +170,22 @@ async fn backends_reporting_utilization_0_9_0_5_0_1_get_calls_inversely_to_it() 
 /// out-of-band service with `recorder`'s report (at most every 50 ms),
 /// and no per-call reports.
 async fn oob_backend(recorder: ServerMetricsRecorder) -> std::net::SocketAddr {
+    // A recorder with nothing set adds no per-call reports.
+    oob_and_per_call_backend(recorder, ServerMetricsRecorder::new()).await
+}
+
+/// [`oob_backend`], with `per_call`'s reports on every response too.
+async fn oob_and_per_call_backend(
+    recorder: ServerMetricsRecorder,
+    per_call: ServerMetricsRecorder,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let oob = OrcaOobService::new(recorder).min_reporting_interval(Duration::from_millis(50));
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(OrcaLayer::new(per_call))
             .add_service(simple_server(addr))
             .add_service(oob.into_server())
             .serve_with_incoming(incoming),
@@ -203,18 +213,19 @@ async fn out_of_band_reports_of_utilization_0_9_0_5_0_1_split_calls_inversely_to
 #[tokio::test]
 async fn with_out_of_band_reports_on_per_call_reports_are_ignored() {
     tokio::time::timeout(TEST_LIMIT, async {
-        // Per-call reports only, and no ORCA service: UNIMPLEMENTED.
+        // Out of band 0.9, 0.5, 0.1; per call the other way round.
         let mut addrs = Vec::new();
-        for utilization in [0.9, 0.5, 0.1] {
-            addrs.push(orca_backend(recorder(utilization)).await.to_string());
+        for (oob, per_call) in [(0.9, 0.1), (0.5, 0.5), (0.1, 0.9)] {
+            let addr = oob_and_per_call_backend(recorder(oob), recorder(per_call)).await;
+            addrs.push(addr.to_string());
         }
         let mut client = wrr_client(&addrs, OOB_CONFIG).await;
-        // Calls whose reports would weigh 1 : 1.8 : 9, then a few weight
-        // updates: still the resolver's equal weights.
-        shares(&mut client, &addrs).await;
+        converges_to(&mut client, &addrs, &SHARES_0_9_0_5_0_1).await;
+        // A few weight updates later, the per-call reports of those calls
+        // have changed nothing.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = shares(&mut client, &addrs).await;
-        assert!(close(&got, &[1.0 / 3.0; 3]), "{got:?} of {addrs:?}");
+        assert!(close(&got, &SHARES_0_9_0_5_0_1), "{got:?} of {addrs:?}");
     })
     .await
     .unwrap();
