@@ -33,10 +33,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tonic::Code;
 
 use super::connect::ConnectConfig;
-use super::stream::{describe, OnConnection, Restarts};
+use super::stream::{self, Ended};
 use super::{Subchannel, SubchannelShared};
 use crate::orca::proto::service::open_rca_service_client::OpenRcaServiceClient;
 use crate::orca::proto::service::OrcaLoadReportRequest;
@@ -117,25 +116,8 @@ impl fmt::Debug for OobRegistration {
 /// Follows registrations as they change: a new smallest period reopens
 /// the stream, any other change keeps it.
 pub(super) async fn watch(link: &SubchannelShared, config: &ConnectConfig) -> Infallible {
-    let mut listeners = link.oob.subscribe();
-    loop {
-        let period = listeners.borrow_and_update().period();
-        let serve = serve(link, config, period);
-        tokio::pin!(serve);
-        loop {
-            tokio::select! {
-                changed = listeners.changed() => {
-                    if changed.is_err() {
-                        match serve.await {}
-                    }
-                    if listeners.borrow().period() != period {
-                        break;
-                    }
-                }
-                never = &mut serve => match never {},
-            }
-        }
-    }
+    let serve_at = |period| serve(link, config, period);
+    stream::follow(link.oob.subscribe(), OobListeners::period, serve_at).await
 }
 
 async fn serve(
@@ -143,75 +125,37 @@ async fn serve(
     config: &ConnectConfig,
     period: Option<Duration>,
 ) -> Infallible {
-    let Some(period) = period else {
-        return std::future::pending().await;
-    };
-    let mut restarts = Restarts::new(link, config, 0x5851_F42D_4C95_7F2D);
-    loop {
-        restarts.wait().await;
-        match stream(link, period).await {
-            Ended::Unimplemented => {
-                if !link.oob_unimplemented.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        address = %link.address,
-                        "the server has no ORCA service (OpenRcaService UNIMPLEMENTED): \
-                         no out-of-band load reports from this backend (gRFC A51)"
-                    );
-                }
-                return std::future::pending().await;
-            }
-            Ended::Failed { why, answered } => {
-                tracing::debug!(address = %link.address, %why, "ORCA out-of-band stream ended");
-                restarts.ended(answered);
-            }
+    if let Some(period) = period {
+        let kind = ("ORCA out-of-band", 0x5851_F42D_4C95_7F2D);
+        stream::reopen(link, config, kind, || reports(link, period)).await;
+        if !link.oob_unimplemented.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                address = %link.address,
+                "the server has no ORCA service (OpenRcaService UNIMPLEMENTED): \
+                 no out-of-band load reports from this backend (gRFC A51)"
+            );
         }
     }
-}
-
-/// How one stream ended.
-enum Ended {
-    /// The server has no ORCA service.
-    Unimplemented,
-    /// The stream failed or ended; `answered`: after at least one report.
-    Failed { why: String, answered: bool },
+    std::future::pending().await
 }
 
 /// Opens one `StreamCoreMetrics` stream asking for a report every
 /// `period` and hands each report to every listener registered then.
-async fn stream(link: &SubchannelShared, period: Duration) -> Ended {
-    let failed = |why: String, answered| Ended::Failed { why, answered };
-    let service = match OnConnection::new(link) {
-        Ok(service) => service,
-        Err(why) => return failed(why, false),
-    };
+async fn reports(link: &SubchannelShared, period: Duration) -> Ended {
     let ask = OrcaLoadReportRequest {
         report_interval: prost_types::Duration::try_from(period).ok(),
         request_cost_names: Vec::new(),
     };
-    let mut reports = match OpenRcaServiceClient::new(service)
-        .stream_core_metrics(ask)
-        .await
-    {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::Unimplemented => return Ended::Unimplemented,
-        Err(status) => return failed(describe(&status), false),
+    let open = |service| async move {
+        let mut client = OpenRcaServiceClient::new(service);
+        client.stream_core_metrics(ask).await
     };
-    let mut answered = false;
-    loop {
-        match reports.message().await {
-            Ok(Some(report)) => {
-                answered = true;
-                // A clone, so a listener may register or drop another.
-                let listeners = link.oob.borrow().clone();
-                for request in &listeners.0 {
-                    request.listener.on_load_report(&report);
-                }
-            }
-            Ok(None) => return failed("the server ended the stream".into(), answered),
-            Err(status) if status.code() == Code::Unimplemented && !answered => {
-                return Ended::Unimplemented
-            }
-            Err(status) => return failed(describe(&status), answered),
+    let deliver = |report| {
+        // A clone, so a listener may register or drop another.
+        let listeners = link.oob.borrow().clone();
+        for request in &listeners.0 {
+            request.listener.on_load_report(&report);
         }
-    }
+    };
+    stream::read(link, open, deliver).await
 }
