@@ -198,10 +198,7 @@ impl Subchannel {
         // Inside the channel's span (the control task makes subchannels).
         let span = tracing::debug_span!("subchannel", address = %address);
         let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
-        match config.connections_per_address {
-            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown).instrument(span)),
-            n => tokio::spawn(pool::run(link, config, events, shutdown, n).instrument(span)),
-        };
+        tokio::spawn(connect::run(link, config, events, shutdown).instrument(span));
         Ok(subchannel)
     }
 
