@@ -17,18 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::every_address::{EveryAddress, Publish, Rotation};
 use support::h2server::{Behaviour, H2Server};
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
 use support::{eventually, fast_backoff, route, Backend, ClosedPort};
 use tonic::Code;
-use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
-use tonic_balance::picker::{
-    CallObserver, DoneInfo, Pick, PickInfo, PickResult, Picker, QueuePicker,
-};
-use tonic_balance::resolver::ResolverUpdate;
-use tonic_balance::subchannel::SubchannelState;
-use tonic_balance::{BalancedChannel, ConnectivityState, Error, Subchannel, WaitForReady};
+use tonic_balance::picker::{CallObserver, DoneInfo};
+use tonic_balance::{BalancedChannel, WaitForReady};
 
 mod echo {
     tonic::include_proto!("echo");
@@ -101,83 +97,20 @@ impl CallObserver for Counting {
     }
 }
 
-struct CountingBalancer {
-    counters: Counting,
-    subchannels: Vec<Subchannel>,
-}
-
-struct CountingPicker {
-    subchannels: Vec<Subchannel>,
-    next: AtomicUsize,
-    counters: Counting,
-    /// The counters, as every pick's observer (cloned into each pick).
-    observer: Arc<dyn CallObserver>,
-}
-
-impl BalancerBuilder for Counting {
-    fn name(&self) -> &str {
-        "counting"
-    }
-
-    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(CountingBalancer {
-            counters: self.clone(),
-            subchannels: Vec::new(),
-        })
-    }
-}
-
-/// CONNECTING until a subchannel is READY; then every subchannel, connected
-/// or not, is in the rotation (a new picker at each READY).
-impl Balancer for CountingBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
-        self.subchannels = update
-            .addresses()
-            .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
-            .collect();
-        for sc in &self.subchannels {
-            sc.connect();
-        }
-        ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
-    }
-
-    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
-
-    fn subchannel_update(
-        &mut self,
-        sc: &Subchannel,
-        state: &SubchannelState,
-        ctl: &mut dyn Controller,
-    ) {
-        match state.connectivity {
-            ConnectivityState::Idle => sc.connect(),
-            ConnectivityState::Ready => ctl.update_picker(
-                ConnectivityState::Ready,
-                Arc::new(CountingPicker {
-                    subchannels: self.subchannels.clone(),
-                    next: AtomicUsize::new(0),
-                    counters: self.counters.clone(),
-                    observer: Arc::new(self.counters.clone()),
-                }),
-            ),
-            _ => {}
-        }
-    }
-}
-
-impl Picker for CountingPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
-        self.counters.picks.fetch_add(1, Ordering::SeqCst);
-        PickResult::Pick(Pick::borrowed(&self.subchannels[i]).with_observer(self.observer.clone()))
-    }
-}
-
 async fn counting_channel(addrs: &[String]) -> (BalancedChannel, Counting) {
     let counters = Counting::default();
+    let observer = counters.clone();
+    let policy = EveryAddress::new("counting", Publish::AtEachReady, move |subchannels| {
+        let picks = observer.picks.clone();
+        let on_pick = move || _ = picks.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Rotation::new(
+            subchannels,
+            Arc::new(observer.clone()),
+            on_pick,
+        ))
+    });
     let channel = BalancedChannel::builder(format!("static:///{}", addrs.join(",")))
-        .balancer_builder(counters.clone())
+        .balancer_builder(policy)
         .backoff(fast_backoff())
         .build()
         .expect("channel");

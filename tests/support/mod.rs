@@ -21,6 +21,7 @@ pub mod dns;
 pub mod echo;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod every_address;
 pub mod grpcio;
 pub mod h2frames;
 pub mod h2server;
