@@ -117,6 +117,24 @@ async fn counting_channel(addrs: &[String]) -> (BalancedChannel, Counting) {
     (channel, counters)
 }
 
+/// [`counting_channel`], once READY.
+async fn ready_counting_channel(addrs: &[String]) -> (BalancedChannel, Counting) {
+    let (channel, counters) = counting_channel(addrs).await;
+    channel
+        .wait_until_ready(Duration::from_secs(10))
+        .await
+        .expect("READY");
+    (channel, counters)
+}
+
+/// A request for `count` echoes of "m".
+fn repeat_m(count: u32) -> RepeatRequest {
+    RepeatRequest {
+        data: b"m".to_vec(),
+        count,
+    }
+}
+
 fn addr(a: SocketAddr) -> String {
     a.to_string()
 }
@@ -174,11 +192,7 @@ async fn re_picks_and_transparent_retries_complete_every_pick_once() {
 #[tokio::test]
 async fn a_call_past_its_deadline_waiting_for_headers_completes_its_one_pick() {
     let slow = Backend::start();
-    let (channel, counters) = counting_channel(&[addr(slow.addr)]).await;
-    channel
-        .wait_until_ready(Duration::from_secs(10))
-        .await
-        .expect("READY");
+    let (channel, counters) = ready_counting_channel(&[addr(slow.addr)]).await;
     let mut client = SimpleClient::new(channel);
     tokio::time::pause();
     let status = tokio::time::timeout(
@@ -204,18 +218,11 @@ async fn a_call_past_its_deadline_waiting_for_headers_completes_its_one_pick() {
 #[tokio::test]
 async fn a_call_past_its_deadline_in_the_body_completes_its_pick_when_it_ends() {
     let server = H2Server::start(Behaviour::HeadersThenSilence).await;
-    let (channel, counters) = counting_channel(&[addr(server.addr)]).await;
-    channel
-        .wait_until_ready(Duration::from_secs(10))
-        .await
-        .expect("READY");
+    let (channel, counters) = ready_counting_channel(&[addr(server.addr)]).await;
     let mut client = EchoClient::new(channel);
     tokio::time::pause();
     tokio::time::timeout(TEST_LIMIT, async {
-        let mut request = tonic::Request::new(RepeatRequest {
-            data: b"m".to_vec(),
-            count: 1,
-        });
+        let mut request = tonic::Request::new(repeat_m(1));
         request.set_timeout(Duration::from_secs(1));
         let mut stream = client.repeat(request).await.expect("headers").into_inner();
         assert_eq!(counters.done(), 0, "in flight");
@@ -239,11 +246,7 @@ async fn a_call_the_caller_drops_completes_its_pick() {
     tokio::time::timeout(TEST_LIMIT, async {
         let slow = Backend::start();
         let stall = H2Server::start(Behaviour::StallAfterMessages(1)).await;
-        let (channel, counters) = counting_channel(&[addr(slow.addr)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(slow.addr)]).await;
         // Dropped while waiting for the response headers.
         let mut client = SimpleClient::new(channel);
         let call = tokio::spawn(async move {
@@ -261,16 +264,9 @@ async fn a_call_the_caller_drops_completes_its_pick() {
         );
 
         // Dropped mid-stream.
-        let (channel, counters) = counting_channel(&[addr(stall.addr)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(stall.addr)]).await;
         let mut client = EchoClient::new(channel);
-        let request = RepeatRequest {
-            data: b"m".to_vec(),
-            count: 5,
-        };
+        let request = repeat_m(5);
         let mut stream = client.repeat(request).await.expect("headers").into_inner();
         assert!(stream.message().await.expect("a message").is_some());
         assert_eq!(counters.done(), 0, "in flight");
@@ -319,11 +315,7 @@ async fn a_wait_for_ready_call_past_its_deadline_reports_the_last_pick_failure()
 async fn a_server_failure_reaches_the_pick_with_its_code_and_trailers() {
     tokio::time::timeout(TEST_LIMIT, async {
         let backend = Backend::start();
-        let (channel, counters) = counting_channel(&[addr(backend.addr)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(backend.addr)]).await;
         let mut client = SimpleClient::new(channel);
         // FAILED_PRECONDITION, answered trailers-only: its headers are the
         // trailers the pick reads.
@@ -346,16 +338,9 @@ async fn a_server_failure_reaches_the_pick_with_its_code_and_trailers() {
 async fn a_stream_completes_its_pick_when_its_trailers_arrive() {
     tokio::time::timeout(TEST_LIMIT, async {
         let backend = support::echo::start(Duration::ZERO).await;
-        let (channel, counters) = counting_channel(&[addr(backend)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(backend)]).await;
         let mut client = EchoClient::new(channel);
-        let request = RepeatRequest {
-            data: b"m".to_vec(),
-            count: 3,
-        };
+        let request = repeat_m(3);
         let mut stream = client.repeat(request).await.expect("headers").into_inner();
         for _ in 0..3 {
             assert!(stream.message().await.expect("a message").is_some());
