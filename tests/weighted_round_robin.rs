@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{route, simple_server, Backend};
+use support::{route, simple_server, tally, Backend};
 use tonic_balance::orca::{self, OrcaLayer, OrcaOobService, ServerMetricsRecorder};
 use tonic_balance::BalancedChannel;
 
@@ -36,11 +35,7 @@ async fn static_weights_1_2_3_split_calls_1_2_3() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let before: Vec<usize> = backends.iter().map(Backend::calls).collect();
-        let mut by_addr: HashMap<String, usize> = HashMap::new();
-        for i in 0..3000 {
-            let peer = route(&mut client, &format!("call {i}")).await.unwrap();
-            *by_addr.entry(peer).or_default() += 1;
-        }
+        let by_addr = tally(&mut client, 3000).await;
         for ((backend, weight), before) in backends.iter().zip(1..).zip(before) {
             let got = backend.calls() - before;
             let want = 500 * weight;
@@ -99,11 +94,7 @@ async fn the_orca_layer_puts_the_recorders_report_in_every_responses_trailers() 
 
 /// Each backend's share of 1,000 calls, in the order of `addrs`.
 async fn shares(client: &mut SimpleClient<BalancedChannel>, addrs: &[String]) -> Vec<f64> {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for i in 0..1000 {
-        let peer = route(client, &format!("call {i}")).await.unwrap();
-        *counts.entry(peer).or_default() += 1;
-    }
+    let counts = tally(client, 1000).await;
     let share = |addr| counts.get(addr).copied().unwrap_or(0) as f64 / 1000.0;
     addrs.iter().map(share).collect()
 }

@@ -511,6 +511,22 @@ where
     Ok(peer.unwrap_or_else(|| value.rsplit(' ').next().unwrap_or_default().to_owned()))
 }
 
+/// How many of `n` calls (`"call {i}"`) each peer served; every call
+/// must succeed.
+pub async fn tally(
+    client: &mut SimpleClient<tonic_balance::BalancedChannel>,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..n {
+        let peer = route(client, &format!("call {i}"))
+            .await
+            .expect("call succeeds");
+        *counts.entry(peer).or_default() += 1;
+    }
+    counts
+}
+
 /// Polls `check` every 10 ms until it is true or `within` passes.
 pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
