@@ -9,21 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::every_address::{EveryAddress, Publish, Rotation};
 use support::{eventually, simple_server};
 use tonic::{Request, Response, Status};
-use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, Controller, LbConfig,
-    PickFirstBuilder,
-};
 use tonic_balance::orca::proto::service::open_rca_service_server::{
     OpenRcaService, OpenRcaServiceServer,
 };
 use tonic_balance::orca::proto::service::OrcaLoadReportRequest;
-use tonic_balance::orca::{self, OobRegistration, OrcaLoadReport, OrcaOobService, ReportStream};
-use tonic_balance::orca::{OobListener, ServerMetricsRecorder};
-use tonic_balance::resolver::ResolverUpdate;
-use tonic_balance::subchannel::SubchannelState;
-use tonic_balance::{BalancedChannel, Error, Subchannel};
+use tonic_balance::orca::{self, OobListener, OobRegistration, OrcaLoadReport, OrcaOobService};
+use tonic_balance::orca::{ReportStream, ServerMetricsRecorder};
+use tonic_balance::picker::{CallObserver, DoneInfo};
+use tonic_balance::{BalancedChannel, Subchannel};
 
 const TEST_LIMIT: Duration = Duration::from_secs(30);
 /// How long a listener may wait for its next reports.
@@ -82,73 +78,23 @@ async fn oob_backend() -> (std::net::SocketAddr, RecordingOob) {
     (addr, oob)
 }
 
-/// `pick_first`, handing the subchannels it hears of to the test.
-struct SpyBuilder(Arc<Mutex<Option<Subchannel>>>);
+/// Hears nothing: the calls of these tests are not what they are about.
+struct NoObserver;
 
-struct Spy {
-    child: Box<dyn Balancer>,
-    seen: Arc<Mutex<Option<Subchannel>>>,
-}
-
-impl BalancerBuilder for SpyBuilder {
-    fn name(&self) -> &str {
-        "subchannel_spy"
-    }
-
-    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
-        let child = PickFirstBuilder.build(options);
-        Box::new(Spy {
-            child,
-            seen: self.0.clone(),
-        })
-    }
-
-    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
-        PickFirstBuilder.parse_config(json)
-    }
-}
-
-impl Balancer for Spy {
-    fn resolver_update(
-        &mut self,
-        update: &ResolverUpdate,
-        config: &LbConfig,
-        ctl: &mut dyn Controller,
-    ) {
-        self.child.resolver_update(update, config, ctl);
-    }
-
-    fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
-        self.child.resolver_error(error, ctl);
-    }
-
-    fn subchannel_update(
-        &mut self,
-        sc: &Subchannel,
-        state: &SubchannelState,
-        ctl: &mut dyn Controller,
-    ) {
-        *self.seen.lock().unwrap() = Some(sc.clone());
-        self.child.subchannel_update(sc, state, ctl);
-    }
-
-    fn exit_idle(&mut self, ctl: &mut dyn Controller) {
-        self.child.exit_idle(ctl);
-    }
-
-    fn work(&mut self, ctl: &mut dyn Controller) {
-        self.child.work(ctl);
-    }
+impl CallObserver for NoObserver {
+    fn done(&self, _: &DoneInfo<'_>) {}
 }
 
 /// A READY channel to `addr` and its subchannel.
 async fn subchannel_of(addr: std::net::SocketAddr) -> (BalancedChannel, Subchannel) {
     let seen = Arc::new(Mutex::new(None));
-    let mut registry = BalancerRegistry::new();
-    registry.register(Arc::new(SpyBuilder(seen.clone())));
+    let spy = seen.clone();
+    let policy = EveryAddress::new("spy", Publish::AtEachReady, move |subchannels| {
+        *spy.lock().unwrap() = subchannels.first().cloned();
+        Arc::new(Rotation::new(subchannels, Arc::new(NoObserver), || {}))
+    });
     let channel = BalancedChannel::builder(format!("static:///{addr}"))
-        .balancer_registry(registry)
-        .service_config(r#"{"loadBalancingConfig":[{"subchannel_spy":{}}]}"#)
+        .balancer_builder(policy)
         .connect(Duration::from_secs(10))
         .await
         .unwrap();
