@@ -4,16 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use h2frames::{Direction, FrameParser, FrameStats};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use h2frames::FrameStats;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 pub mod counting;
@@ -367,12 +365,7 @@ fn async_stream(
         let result = listener.accept().await.map(|(io, _)| {
             stats.accepted_connections.fetch_add(1, Ordering::SeqCst);
             stats.open_connections.fetch_add(1, Ordering::SeqCst);
-            CountedIo {
-                io,
-                stats: stats.clone(),
-                reads: FrameParser::new(Direction::Read),
-                writes: FrameParser::new(Direction::Write),
-            }
+            CountedIo::new(io, stats.clone())
         });
         Some((result, (listener, stats)))
     })
@@ -380,65 +373,15 @@ fn async_stream(
 
 /// A server-side connection that counts itself open until dropped, and
 /// counts the HTTP/2 frames that go through it.
-pub struct CountedIo {
-    io: TcpStream,
-    stats: Arc<Stats>,
-    reads: FrameParser,
-    writes: FrameParser,
-}
+pub type CountedIo = h2frames::CountedIo<Stats>;
 
-impl Drop for CountedIo {
-    fn drop(&mut self) {
-        self.stats.open_connections.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Connected for CountedIo {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-impl AsyncRead for CountedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        match poll {
-            Poll::Ready(Ok(())) => this.reads.feed(&buf.filled()[before..], &this.stats.frames),
-            Poll::Pending => this.reads.end_burst(&this.stats.frames),
-            Poll::Ready(Err(_)) => {}
-        }
-        poll
-    }
-}
-
-impl AsyncWrite for CountedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            this.writes.feed(&buf[..n], &this.stats.frames);
-        }
-        poll
+impl h2frames::ConnectionCounters for Stats {
+    fn frames(&self) -> &FrameStats {
+        &self.frames
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
