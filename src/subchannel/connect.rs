@@ -211,6 +211,33 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
 
+    /// A loopback address nothing listens on.
+    fn closed_port() -> std::net::SocketAddr {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        closed.local_addr().unwrap()
+    }
+
+    /// The default connect settings with a backoff without jitter.
+    fn without_jitter() -> Arc<ConnectConfig> {
+        Arc::new(ConnectConfig {
+            backoff: BackoffConfig {
+                jitter: 0.0,
+                ..BackoffConfig::default()
+            },
+            ..ConnectConfig::default()
+        })
+    }
+
+    /// A subchannel to `addr` with its connection task, and its events.
+    fn spawn(
+        addr: std::net::SocketAddr,
+        config: Arc<ConnectConfig>,
+    ) -> (Subchannel, mpsc::UnboundedReceiver<StateEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        (sc, rx)
+    }
+
     /// Plays the balancer for one subchannel: reconnects whenever it goes
     /// IDLE, and records (state, time since start) for `n` events.
     async fn record(
@@ -235,18 +262,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failed_attempts_back_off_by_grpc_schedule() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let config = Arc::new(ConnectConfig {
-            backoff: BackoffConfig {
-                jitter: 0.0,
-                ..BackoffConfig::default()
-            },
-            ..ConnectConfig::default()
-        });
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let addr = closed_port();
+        let (sc, mut rx) = spawn(addr, without_jitter());
         let seen = record(&sc, &mut rx, 9).await;
         use ConnectivityState::*;
         let states: Vec<_> = seen.iter().map(|(s, _)| *s).collect();
@@ -279,8 +296,7 @@ mod tests {
 
     /// The first connection's state and error for a server at `addr`.
     async fn first_attempt(addr: std::net::SocketAddr) -> (ConnectivityState, String) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        let (sc, mut rx) = spawn(addr, Arc::default());
         sc.connect();
         let connecting = rx.recv().await.unwrap().state;
         assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
@@ -319,11 +335,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn connect_requests_before_the_next_delivered_state_queue_one_attempt() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        let addr = closed_port();
+        let (sc, mut rx) = spawn(addr, Arc::default());
         // Nobody delivers the events (the control task is busy): the
         // balancer's view stays IDLE and it keeps asking for 60 s.
         for _ in 0..60 {
@@ -398,15 +411,7 @@ mod tests {
     /// attempt started (seconds), for `secs` seconds or 50 attempts.
     async fn attempts_against(hold: Duration, secs: u64) -> (Vec<f64>, usize) {
         let (addr, connections) = goaway_server(hold).await;
-        let config = Arc::new(ConnectConfig {
-            backoff: BackoffConfig {
-                jitter: 0.0,
-                ..BackoffConfig::default()
-            },
-            ..ConnectConfig::default()
-        });
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let (sc, mut rx) = spawn(addr, without_jitter());
         let _hold = hold_clock();
         let start = Instant::now();
         let mut attempts = Vec::new();
@@ -457,11 +462,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_the_task_while_it_backs_off() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        let addr = closed_port();
+        let (sc, mut rx) = spawn(addr, Arc::default());
         record(&sc, &mut rx, 2).await;
         drop(sc);
         assert!(
@@ -506,8 +508,7 @@ mod tests {
         addr: std::net::SocketAddr,
         config: Arc<ConnectConfig>,
     ) -> (Subchannel, mpsc::UnboundedReceiver<StateEvent>) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let (sc, mut rx) = spawn(addr, config);
         sc.connect();
         for want in [ConnectivityState::Connecting, ConnectivityState::Ready] {
             let event = rx.recv().await.unwrap();
