@@ -22,6 +22,8 @@
 //! handed the channel (the channel publishes at most that many).
 
 mod common;
+#[path = "../tests/support/counting.rs"]
+mod counting;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,14 +31,10 @@ use std::time::Duration;
 
 use common::proto::simple_client::SimpleClient;
 use common::proto::SimpleRequest;
+use counting::{Observed, PolicyObserver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic_balance::balancer::{
-    Balancer, BalancerBuilder, BalancerRegistry, BuildOptions, LbConfig,
-};
-use tonic_balance::balancer::{Controller, ROUND_ROBIN};
-use tonic_balance::resolver::ResolverUpdate;
-use tonic_balance::subchannel::SubchannelState;
-use tonic_balance::{Address, BalancedChannel, ConnectivityState, Error, Picker, Subchannel};
+use tonic_balance::balancer::{BalancerRegistry, ROUND_ROBIN};
+use tonic_balance::{BalancedChannel, Picker};
 
 #[tokio::main]
 async fn main() {
@@ -82,10 +80,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let inner = registry
         .get(&policy)
         .ok_or_else(|| format!("unknown policy {policy:?}"))?;
-    let counting = CountingBuilder {
-        inner,
-        counts: counts.clone(),
-    };
+    let counting = Observed::wrap(inner, counts.clone());
     let channel = BalancedChannel::builder(format!("static:///{}", addresses.join(",")))
         .balancer_builder(counting)
         .wait_for_ready(true)
@@ -155,106 +150,18 @@ async fn spawn_goaway_server(connections: Arc<AtomicUsize>) -> std::io::Result<S
     Ok(addr.to_string())
 }
 
-/// Builds the named policy and counts what it does.
-struct CountingBuilder {
-    inner: Arc<dyn BalancerBuilder>,
-    counts: Arc<Counts>,
-}
-
-impl BalancerBuilder for CountingBuilder {
-    fn name(&self) -> &str {
-        self.inner.name()
+/// Counts what the policy was asked and did.
+impl PolicyObserver for Counts {
+    fn resolver_update(&self) {
+        self.resolver_updates.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(Counting {
-            inner: self.inner.build(options),
-            counts: self.counts.clone(),
-        })
+    fn picker(&self, picker: Arc<dyn Picker>) -> Arc<dyn Picker> {
+        self.pickers.fetch_add(1, Ordering::Relaxed);
+        picker
     }
 
-    fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
-        self.inner.parse_config(json)
-    }
-}
-
-struct Counting {
-    inner: Box<dyn Balancer>,
-    counts: Arc<Counts>,
-}
-
-/// The channel's controller, counting pickers and re-resolution requests.
-struct CountingController<'a> {
-    inner: &'a mut dyn Controller,
-    counts: &'a Counts,
-}
-
-impl Controller for CountingController<'_> {
-    fn new_subchannel(
-        &mut self,
-        address: &Address,
-    ) -> Result<(Subchannel, SubchannelState), Error> {
-        self.inner.new_subchannel(address)
-    }
-
-    fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        self.counts.pickers.fetch_add(1, Ordering::Relaxed);
-        self.inner.update_picker(state, picker);
-    }
-
-    fn request_resolution(&mut self) {
-        self.counts.resolutions.fetch_add(1, Ordering::Relaxed);
-        self.inner.request_resolution();
-    }
-
-    fn schedule_work(&mut self, at: tokio::time::Instant) {
-        self.inner.schedule_work(at);
-    }
-}
-
-impl Counting {
-    fn with<R>(
-        &mut self,
-        ctl: &mut dyn Controller,
-        f: impl FnOnce(&mut dyn Balancer, &mut dyn Controller) -> R,
-    ) -> R {
-        let mut ctl = CountingController {
-            inner: ctl,
-            counts: &self.counts,
-        };
-        f(&mut *self.inner, &mut ctl)
-    }
-}
-
-impl Balancer for Counting {
-    fn resolver_update(
-        &mut self,
-        update: &ResolverUpdate,
-        config: &LbConfig,
-        ctl: &mut dyn Controller,
-    ) {
-        self.counts.resolver_updates.fetch_add(1, Ordering::Relaxed);
-        self.with(ctl, |b, ctl| b.resolver_update(update, config, ctl));
-    }
-
-    fn resolver_error(&mut self, error: &Error, ctl: &mut dyn Controller) {
-        self.with(ctl, |b, ctl| b.resolver_error(error, ctl));
-    }
-
-    fn subchannel_update(
-        &mut self,
-        subchannel: &Subchannel,
-        state: &SubchannelState,
-        ctl: &mut dyn Controller,
-    ) {
-        self.with(ctl, |b, ctl| b.subchannel_update(subchannel, state, ctl));
-    }
-
-    fn exit_idle(&mut self, ctl: &mut dyn Controller) {
-        self.with(ctl, |b, ctl| b.exit_idle(ctl));
-    }
-
-    fn work(&mut self, ctl: &mut dyn Controller) {
-        self.with(ctl, |b, ctl| b.work(ctl));
+    fn resolution_requested(&self) {
+        self.resolutions.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -2,28 +2,16 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{eventually, fast_backoff, free_port, route, static_target, Backend};
+use support::{eventually, fast_backoff, free_port, route, static_target, tally, Backend};
 use tonic::Code;
 use tonic_balance::resolver::{ManualResolver, ResolverDiscover, ResolverUpdate};
 use tonic_balance::{BalancedChannel, ConnectivityState, WaitForReady};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
-
-async fn tally(client: &mut SimpleClient<BalancedChannel>, n: usize) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for i in 0..n {
-        let peer = route(client, &format!("call {i}"))
-            .await
-            .expect("call succeeds");
-        *counts.entry(peer).or_default() += 1;
-    }
-    counts
-}
 
 #[tokio::test]
 async fn round_robin_spreads_calls_evenly_over_every_backend() {

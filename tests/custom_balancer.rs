@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::every_address::{EveryAddress, Publish, Rotation};
 use support::proto::simple_client::SimpleClient;
 use support::{eventually, free_port, route, Backend};
 use tonic_balance::balancer::{
@@ -249,19 +250,6 @@ struct RotateAll {
     max_in_flight: Arc<AtomicUsize>,
 }
 
-struct RotateAllBalancer {
-    counters: RotateAll,
-    subchannels: Vec<Subchannel>,
-}
-
-struct RotateAllPicker {
-    subchannels: Vec<Subchannel>,
-    next: AtomicUsize,
-    counters: RotateAll,
-    /// The counters as each pick's observer.
-    observer: Arc<dyn CallObserver>,
-}
-
 /// A call that ended is no longer in flight.
 impl CallObserver for RotateAll {
     fn done(&self, _: &DoneInfo<'_>) {
@@ -269,60 +257,19 @@ impl CallObserver for RotateAll {
     }
 }
 
-impl BalancerBuilder for RotateAll {
-    fn name(&self) -> &str {
-        "rotate_all"
-    }
-
-    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(RotateAllBalancer {
-            counters: self.clone(),
-            subchannels: Vec::new(),
+impl RotateAll {
+    /// The policy, every pick counted in flight.
+    fn policy(&self) -> EveryAddress {
+        let counters = self.clone();
+        EveryAddress::new("rotate_all", Publish::AtOnce, move |subchannels| {
+            let observer = Arc::new(counters.clone());
+            let counters = counters.clone();
+            let on_pick = move || {
+                let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            };
+            Arc::new(Rotation::new(subchannels, observer, on_pick))
         })
-    }
-}
-
-impl Balancer for RotateAllBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
-        self.subchannels = update
-            .addresses()
-            .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
-            .collect();
-        for sc in &self.subchannels {
-            sc.connect();
-        }
-        ctl.update_picker(
-            ConnectivityState::Ready,
-            Arc::new(RotateAllPicker {
-                subchannels: self.subchannels.clone(),
-                next: AtomicUsize::new(0),
-                counters: self.counters.clone(),
-                observer: Arc::new(self.counters.clone()),
-            }),
-        );
-    }
-
-    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
-
-    fn subchannel_update(
-        &mut self,
-        sc: &Subchannel,
-        state: &SubchannelState,
-        _: &mut dyn Controller,
-    ) {
-        if state.connectivity == ConnectivityState::Idle {
-            sc.connect();
-        }
-    }
-}
-
-impl Picker for RotateAllPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
-        let now = self.counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        PickResult::Pick(Pick::borrowed(&self.subchannels[i]).with_observer(self.observer.clone()))
     }
 }
 
@@ -333,7 +280,7 @@ async fn picks_of_unconnected_subchannels_are_repicked_and_the_observer_counts_e
         let dead = format!("127.0.0.1:{}", free_port());
         let policy = RotateAll::default();
         let channel = BalancedChannel::builder(format!("static:///{dead},{}", live.addr))
-            .balancer_builder(policy.clone())
+            .balancer_builder(policy.policy())
             .build()
             .unwrap();
         assert!(eventually(Duration::from_secs(5), || live.open_connections() == 1).await);
@@ -382,51 +329,15 @@ struct RouteTo(usize);
 /// `PickInfo::extensions`.
 struct ByHint;
 
-struct ByHintBalancer(Vec<Subchannel>);
-
 struct ByHintPicker(Vec<Subchannel>);
 
-impl BalancerBuilder for ByHint {
-    fn name(&self) -> &str {
-        "by_hint"
-    }
-
-    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(ByHintBalancer(Vec::new()))
-    }
-}
-
-/// A new picker at every READY, so calls that found their backend not yet
-/// connected pick again.
-impl Balancer for ByHintBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
-        self.0 = update
-            .addresses()
-            .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
-            .collect();
-        for sc in &self.0 {
-            sc.connect();
-        }
-        ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
-    }
-
-    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
-
-    fn subchannel_update(
-        &mut self,
-        sc: &Subchannel,
-        state: &SubchannelState,
-        ctl: &mut dyn Controller,
-    ) {
-        match state.connectivity {
-            ConnectivityState::Idle => sc.connect(),
-            ConnectivityState::Ready => ctl.update_picker(
-                ConnectivityState::Ready,
-                Arc::new(ByHintPicker(self.0.clone())),
-            ),
-            _ => {}
-        }
+impl ByHint {
+    /// The policy, with a new picker at every READY so calls that found
+    /// their backend not yet connected pick again.
+    fn policy() -> EveryAddress {
+        EveryAddress::new("by_hint", Publish::AtEachReady, |subchannels| {
+            Arc::new(ByHintPicker(subchannels.to_vec()))
+        })
     }
 }
 
@@ -445,7 +356,7 @@ async fn a_picker_reads_a_routing_hint_from_the_request_extensions() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let (a, b) = (Backend::start(), Backend::start());
         let channel = BalancedChannel::builder(format!("static:///{},{}", a.addr, b.addr))
-            .balancer_builder(ByHint)
+            .balancer_builder(ByHint::policy())
             .build()
             .unwrap();
         assert!(

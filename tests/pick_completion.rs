@@ -17,18 +17,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use support::every_address::{EveryAddress, Publish, Rotation};
 use support::h2server::{Behaviour, H2Server};
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
 use support::{eventually, fast_backoff, route, Backend, ClosedPort};
 use tonic::Code;
-use tonic_balance::balancer::{Balancer, BalancerBuilder, BuildOptions, Controller, LbConfig};
-use tonic_balance::picker::{
-    CallObserver, DoneInfo, Pick, PickInfo, PickResult, Picker, QueuePicker,
-};
-use tonic_balance::resolver::ResolverUpdate;
-use tonic_balance::subchannel::SubchannelState;
-use tonic_balance::{BalancedChannel, ConnectivityState, Error, Subchannel, WaitForReady};
+use tonic_balance::picker::{CallObserver, DoneInfo};
+use tonic_balance::{BalancedChannel, WaitForReady};
 
 mod echo {
     tonic::include_proto!("echo");
@@ -101,87 +97,42 @@ impl CallObserver for Counting {
     }
 }
 
-struct CountingBalancer {
-    counters: Counting,
-    subchannels: Vec<Subchannel>,
-}
-
-struct CountingPicker {
-    subchannels: Vec<Subchannel>,
-    next: AtomicUsize,
-    counters: Counting,
-    /// The counters, as every pick's observer (cloned into each pick).
-    observer: Arc<dyn CallObserver>,
-}
-
-impl BalancerBuilder for Counting {
-    fn name(&self) -> &str {
-        "counting"
-    }
-
-    fn build(&self, _: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(CountingBalancer {
-            counters: self.clone(),
-            subchannels: Vec::new(),
-        })
-    }
-}
-
-/// CONNECTING until a subchannel is READY; then every subchannel, connected
-/// or not, is in the rotation (a new picker at each READY).
-impl Balancer for CountingBalancer {
-    fn resolver_update(&mut self, update: &ResolverUpdate, _: &LbConfig, ctl: &mut dyn Controller) {
-        self.subchannels = update
-            .addresses()
-            .iter()
-            .filter_map(|a| ctl.new_subchannel(a).ok().map(|(sc, _)| sc))
-            .collect();
-        for sc in &self.subchannels {
-            sc.connect();
-        }
-        ctl.update_picker(ConnectivityState::Connecting, Arc::new(QueuePicker));
-    }
-
-    fn resolver_error(&mut self, _: &Error, _: &mut dyn Controller) {}
-
-    fn subchannel_update(
-        &mut self,
-        sc: &Subchannel,
-        state: &SubchannelState,
-        ctl: &mut dyn Controller,
-    ) {
-        match state.connectivity {
-            ConnectivityState::Idle => sc.connect(),
-            ConnectivityState::Ready => ctl.update_picker(
-                ConnectivityState::Ready,
-                Arc::new(CountingPicker {
-                    subchannels: self.subchannels.clone(),
-                    next: AtomicUsize::new(0),
-                    counters: self.counters.clone(),
-                    observer: Arc::new(self.counters.clone()),
-                }),
-            ),
-            _ => {}
-        }
-    }
-}
-
-impl Picker for CountingPicker {
-    fn pick(&self, _: &PickInfo<'_>) -> PickResult<'_> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.subchannels.len();
-        self.counters.picks.fetch_add(1, Ordering::SeqCst);
-        PickResult::Pick(Pick::borrowed(&self.subchannels[i]).with_observer(self.observer.clone()))
-    }
-}
-
 async fn counting_channel(addrs: &[String]) -> (BalancedChannel, Counting) {
     let counters = Counting::default();
+    let observer = counters.clone();
+    let policy = EveryAddress::new("counting", Publish::AtEachReady, move |subchannels| {
+        let picks = observer.picks.clone();
+        let on_pick = move || _ = picks.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Rotation::new(
+            subchannels,
+            Arc::new(observer.clone()),
+            on_pick,
+        ))
+    });
     let channel = BalancedChannel::builder(format!("static:///{}", addrs.join(",")))
-        .balancer_builder(counters.clone())
+        .balancer_builder(policy)
         .backoff(fast_backoff())
         .build()
         .expect("channel");
     (channel, counters)
+}
+
+/// [`counting_channel`], once READY.
+async fn ready_counting_channel(addrs: &[String]) -> (BalancedChannel, Counting) {
+    let (channel, counters) = counting_channel(addrs).await;
+    channel
+        .wait_until_ready(Duration::from_secs(10))
+        .await
+        .expect("READY");
+    (channel, counters)
+}
+
+/// A request for `count` echoes of "m".
+fn repeat_m(count: u32) -> RepeatRequest {
+    RepeatRequest {
+        data: b"m".to_vec(),
+        count,
+    }
 }
 
 fn addr(a: SocketAddr) -> String {
@@ -241,11 +192,7 @@ async fn re_picks_and_transparent_retries_complete_every_pick_once() {
 #[tokio::test]
 async fn a_call_past_its_deadline_waiting_for_headers_completes_its_one_pick() {
     let slow = Backend::start();
-    let (channel, counters) = counting_channel(&[addr(slow.addr)]).await;
-    channel
-        .wait_until_ready(Duration::from_secs(10))
-        .await
-        .expect("READY");
+    let (channel, counters) = ready_counting_channel(&[addr(slow.addr)]).await;
     let mut client = SimpleClient::new(channel);
     tokio::time::pause();
     let status = tokio::time::timeout(
@@ -271,18 +218,11 @@ async fn a_call_past_its_deadline_waiting_for_headers_completes_its_one_pick() {
 #[tokio::test]
 async fn a_call_past_its_deadline_in_the_body_completes_its_pick_when_it_ends() {
     let server = H2Server::start(Behaviour::HeadersThenSilence).await;
-    let (channel, counters) = counting_channel(&[addr(server.addr)]).await;
-    channel
-        .wait_until_ready(Duration::from_secs(10))
-        .await
-        .expect("READY");
+    let (channel, counters) = ready_counting_channel(&[addr(server.addr)]).await;
     let mut client = EchoClient::new(channel);
     tokio::time::pause();
     tokio::time::timeout(TEST_LIMIT, async {
-        let mut request = tonic::Request::new(RepeatRequest {
-            data: b"m".to_vec(),
-            count: 1,
-        });
+        let mut request = tonic::Request::new(repeat_m(1));
         request.set_timeout(Duration::from_secs(1));
         let mut stream = client.repeat(request).await.expect("headers").into_inner();
         assert_eq!(counters.done(), 0, "in flight");
@@ -306,11 +246,7 @@ async fn a_call_the_caller_drops_completes_its_pick() {
     tokio::time::timeout(TEST_LIMIT, async {
         let slow = Backend::start();
         let stall = H2Server::start(Behaviour::StallAfterMessages(1)).await;
-        let (channel, counters) = counting_channel(&[addr(slow.addr)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(slow.addr)]).await;
         // Dropped while waiting for the response headers.
         let mut client = SimpleClient::new(channel);
         let call = tokio::spawn(async move {
@@ -328,16 +264,9 @@ async fn a_call_the_caller_drops_completes_its_pick() {
         );
 
         // Dropped mid-stream.
-        let (channel, counters) = counting_channel(&[addr(stall.addr)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(stall.addr)]).await;
         let mut client = EchoClient::new(channel);
-        let request = RepeatRequest {
-            data: b"m".to_vec(),
-            count: 5,
-        };
+        let request = repeat_m(5);
         let mut stream = client.repeat(request).await.expect("headers").into_inner();
         assert!(stream.message().await.expect("a message").is_some());
         assert_eq!(counters.done(), 0, "in flight");
@@ -386,11 +315,7 @@ async fn a_wait_for_ready_call_past_its_deadline_reports_the_last_pick_failure()
 async fn a_server_failure_reaches_the_pick_with_its_code_and_trailers() {
     tokio::time::timeout(TEST_LIMIT, async {
         let backend = Backend::start();
-        let (channel, counters) = counting_channel(&[addr(backend.addr)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(backend.addr)]).await;
         let mut client = SimpleClient::new(channel);
         // FAILED_PRECONDITION, answered trailers-only: its headers are the
         // trailers the pick reads.
@@ -413,16 +338,9 @@ async fn a_server_failure_reaches_the_pick_with_its_code_and_trailers() {
 async fn a_stream_completes_its_pick_when_its_trailers_arrive() {
     tokio::time::timeout(TEST_LIMIT, async {
         let backend = support::echo::start(Duration::ZERO).await;
-        let (channel, counters) = counting_channel(&[addr(backend)]).await;
-        channel
-            .wait_until_ready(Duration::from_secs(10))
-            .await
-            .expect("READY");
+        let (channel, counters) = ready_counting_channel(&[addr(backend)]).await;
         let mut client = EchoClient::new(channel);
-        let request = RepeatRequest {
-            data: b"m".to_vec(),
-            count: 3,
-        };
+        let request = repeat_m(3);
         let mut stream = client.repeat(request).await.expect("headers").into_inner();
         for _ in 0..3 {
             assert!(stream.message().await.expect("a message").is_some());

@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use support::proto::simple_client::SimpleClient;
 use support::proto::SimpleRequest;
-use support::{route, simple_server, Backend};
+use support::{route, simple_server, tally, Backend};
 use tonic_balance::orca::{self, OrcaLayer, OrcaOobService, ServerMetricsRecorder};
 use tonic_balance::BalancedChannel;
 
@@ -36,11 +35,7 @@ async fn static_weights_1_2_3_split_calls_1_2_3() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let before: Vec<usize> = backends.iter().map(Backend::calls).collect();
-        let mut by_addr: HashMap<String, usize> = HashMap::new();
-        for i in 0..3000 {
-            let peer = route(&mut client, &format!("call {i}")).await.unwrap();
-            *by_addr.entry(peer).or_default() += 1;
-        }
+        let by_addr = tally(&mut client, 3000).await;
         for ((backend, weight), before) in backends.iter().zip(1..).zip(before) {
             let got = backend.calls() - before;
             let want = 500 * weight;
@@ -99,11 +94,7 @@ async fn the_orca_layer_puts_the_recorders_report_in_every_responses_trailers() 
 
 /// Each backend's share of 1,000 calls, in the order of `addrs`.
 async fn shares(client: &mut SimpleClient<BalancedChannel>, addrs: &[String]) -> Vec<f64> {
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for i in 0..1000 {
-        let peer = route(client, &format!("call {i}")).await.unwrap();
-        *counts.entry(peer).or_default() += 1;
-    }
+    let counts = tally(client, 1000).await;
     let share = |addr| counts.get(addr).copied().unwrap_or(0) as f64 / 1000.0;
     addrs.iter().map(share).collect()
 }
@@ -170,12 +161,22 @@ async fn backends_reporting_utilization_0_9_0_5_0_1_get_calls_inversely_to_it() 
 /// out-of-band service with `recorder`'s report (at most every 50 ms),
 /// and no per-call reports.
 async fn oob_backend(recorder: ServerMetricsRecorder) -> std::net::SocketAddr {
+    // A recorder with nothing set adds no per-call reports.
+    oob_and_per_call_backend(recorder, ServerMetricsRecorder::new()).await
+}
+
+/// [`oob_backend`], with `per_call`'s reports on every response too.
+async fn oob_and_per_call_backend(
+    recorder: ServerMetricsRecorder,
+    per_call: ServerMetricsRecorder,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let oob = OrcaOobService::new(recorder).min_reporting_interval(Duration::from_millis(50));
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(OrcaLayer::new(per_call))
             .add_service(simple_server(addr))
             .add_service(oob.into_server())
             .serve_with_incoming(incoming),
@@ -203,18 +204,19 @@ async fn out_of_band_reports_of_utilization_0_9_0_5_0_1_split_calls_inversely_to
 #[tokio::test]
 async fn with_out_of_band_reports_on_per_call_reports_are_ignored() {
     tokio::time::timeout(TEST_LIMIT, async {
-        // Per-call reports only, and no ORCA service: UNIMPLEMENTED.
+        // Out of band 0.9, 0.5, 0.1; per call the other way round.
         let mut addrs = Vec::new();
-        for utilization in [0.9, 0.5, 0.1] {
-            addrs.push(orca_backend(recorder(utilization)).await.to_string());
+        for (oob, per_call) in [(0.9, 0.1), (0.5, 0.5), (0.1, 0.9)] {
+            let addr = oob_and_per_call_backend(recorder(oob), recorder(per_call)).await;
+            addrs.push(addr.to_string());
         }
         let mut client = wrr_client(&addrs, OOB_CONFIG).await;
-        // Calls whose reports would weigh 1 : 1.8 : 9, then a few weight
-        // updates: still the resolver's equal weights.
-        shares(&mut client, &addrs).await;
+        converges_to(&mut client, &addrs, &SHARES_0_9_0_5_0_1).await;
+        // A few weight updates later, the per-call reports of those calls
+        // have changed nothing.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let got = shares(&mut client, &addrs).await;
-        assert!(close(&got, &[1.0 / 3.0; 3]), "{got:?} of {addrs:?}");
+        assert!(close(&got, &SHARES_0_9_0_5_0_1), "{got:?} of {addrs:?}");
     })
     .await
     .unwrap();

@@ -11,23 +11,19 @@
 //! the handlers it started.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::net::TcpListener;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use tonic_balance::BalancedChannel;
 
-use crate::h2frames::{Direction, FrameParser, FrameStats};
+use crate::h2frames::{ConnectionCounters, CountedIo, FrameStats};
 use crate::proto::simple_client::SimpleClient;
 use crate::proto::simple_server::{Simple, SimpleServer};
 use crate::proto::{SimpleRequest, SimpleResponse};
@@ -353,70 +349,9 @@ impl Drop for StormBackend {
     }
 }
 
-/// A server connection that counts the HTTP/2 frames going through it.
-struct CountedIo {
-    io: TcpStream,
-    stats: Arc<Stats>,
-    reads: FrameParser,
-    writes: FrameParser,
-}
-
-impl CountedIo {
-    fn new(io: TcpStream, stats: Arc<Stats>) -> Self {
-        CountedIo {
-            io,
-            stats,
-            reads: FrameParser::new(Direction::Read),
-            writes: FrameParser::new(Direction::Write),
-        }
-    }
-}
-
-impl Connected for CountedIo {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-impl AsyncRead for CountedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        match poll {
-            Poll::Ready(Ok(())) => this.reads.feed(&buf.filled()[before..], &this.stats.frames),
-            Poll::Pending => this.reads.end_burst(&this.stats.frames),
-            Poll::Ready(Err(_)) => {}
-        }
-        poll
-    }
-}
-
-impl AsyncWrite for CountedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            this.writes.feed(&buf[..n], &this.stats.frames);
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+/// The storm backend's connections count their HTTP/2 frames.
+impl ConnectionCounters for Stats {
+    fn frames(&self) -> &FrameStats {
+        &self.frames
     }
 }

@@ -664,9 +664,17 @@ mod tests {
 
     const DELAY: Duration = CONNECTION_ATTEMPT_DELAY;
 
-    fn build(_config: serde_json::Value) -> Box<dyn Balancer> {
+    fn build() -> Box<dyn Balancer> {
         let opts = BuildOptions::new("static:///a:1".parse().unwrap(), 1);
         PickFirstBuilder.build(&opts)
+    }
+
+    /// A pick_first that got `addrs` as its first update, and its
+    /// controller.
+    fn started(addrs: &[&str]) -> (Box<dyn Balancer>, FakeController) {
+        let (mut pf, mut ctl) = (build(), FakeController::new());
+        pf.resolver_update(&update(addrs), &LbConfig::empty(), &mut ctl);
+        (pf, ctl)
     }
 
     fn update(addrs: &[&str]) -> ResolverUpdate {
@@ -675,8 +683,7 @@ mod tests {
 
     #[test]
     fn connects_to_the_first_address_only() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (_pf, ctl) = started(&["a:1", "b:1"]);
         assert_eq!(ctl.last_state(), Connecting);
         assert_eq!(ctl.connects("a:1"), 1);
         assert_eq!(ctl.connects("b:1"), 0);
@@ -684,8 +691,7 @@ mod tests {
 
     #[test]
     fn fails_over_down_the_list_and_picks_the_first_ready() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         assert_eq!(ctl.connects("b:1"), 1);
@@ -698,8 +704,7 @@ mod tests {
 
     #[test]
     fn whole_pass_failing_is_sticky_transient_failure_with_the_error() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
         assert_eq!(ctl.last_state(), TransientFailure);
@@ -719,8 +724,7 @@ mod tests {
 
     #[test]
     fn losing_the_ready_connection_goes_idle_and_exit_idle_starts_over() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver(&mut *pf, "a:1", Ready);
         ctl.deliver(&mut *pf, "a:1", Idle);
         assert_eq!(ctl.last_state(), Idle);
@@ -734,8 +738,7 @@ mod tests {
         // A server that sends its preface and drops the connection: the
         // next call must reconnect the subchannel that holds the backoff,
         // not a fresh one that would connect at once (a reconnect storm).
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1"]);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let id = ctl.subchannel("a:1").id();
         ctl.deliver(&mut *pf, "a:1", Idle);
@@ -748,8 +751,7 @@ mod tests {
 
     #[test]
     fn an_update_while_idle_waits_for_the_next_call() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver(&mut *pf, "a:1", Ready);
         ctl.deliver(&mut *pf, "a:1", Idle);
         let published = ctl.pickers.len();
@@ -762,8 +764,7 @@ mod tests {
 
     #[test]
     fn keeps_the_selected_address_when_it_stays_listed() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let published = ctl.pickers.len();
         pf.resolver_update(&update(&["c:1", "a:1"]), &LbConfig::empty(), &mut ctl);
@@ -779,8 +780,7 @@ mod tests {
 
     #[test]
     fn empty_update_is_transient_failure_and_asks_for_resolution() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&[]), &LbConfig::empty(), &mut ctl);
+        let (_pf, ctl) = started(&[]);
         assert_eq!(ctl.last_state(), TransientFailure);
         assert!(ctl
             .pick_status()
@@ -792,14 +792,13 @@ mod tests {
 
     #[test]
     fn resolver_error_does_not_disturb_a_working_channel() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1"]);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let err = Error::new(ErrorKind::Resolver, "lookup failed");
         pf.resolver_error(&err, &mut ctl);
         assert_eq!(ctl.last_state(), Ready);
 
-        let (mut fresh, mut ctl2) = (build(serde_json::json!({})), FakeController::new());
+        let (mut fresh, mut ctl2) = (build(), FakeController::new());
         fresh.resolver_error(&err, &mut ctl2);
         assert_eq!(ctl2.last_state(), TransientFailure);
         assert!(ctl2
@@ -843,26 +842,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_attempt_asks_for_the_timer_250ms_after_it_starts() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (_pf, ctl) = started(&["a:1", "b:1", "c:1"]);
         assert_eq!(ctl.work_at, Some(t0 + Duration::from_millis(250)));
         assert_eq!(ctl.connected_addrs(), ["a:1"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_timer_starts_the_next_address_while_the_first_keeps_connecting() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (mut pf, mut ctl) = started(&["a:1", "b:1", "c:1"]);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         advance(DELAY).await;
         assert!(ctl.run_work(&mut *pf));
@@ -884,13 +873,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failure_starts_the_next_address_at_once() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (mut pf, mut ctl) = started(&["a:1", "b:1", "c:1"]);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         advance(Duration::from_millis(100)).await;
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
@@ -903,13 +887,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stale_timer_does_nothing_and_asks_again_for_the_current_one() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (mut pf, mut ctl) = started(&["a:1", "b:1", "c:1"]);
         advance(Duration::from_millis(100)).await;
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         advance(Duration::from_millis(150)).await;
@@ -923,8 +902,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timer_after_ready_or_a_new_pass_does_nothing() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver(&mut *pf, "a:1", Ready);
         let published = ctl.pickers.len();
         advance(DELAY).await;
@@ -934,9 +912,8 @@ mod tests {
         assert_eq!(ctl.work_at, None);
 
         // A new list starts a new pass: the old pass's timer is stale.
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
         let t0 = Instant::now();
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         advance(Duration::from_millis(100)).await;
         pf.resolver_update(&update(&["c:1", "d:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.connected_addrs(), ["c:1"], "a was released");
@@ -948,12 +925,7 @@ mod tests {
 
     #[test]
     fn the_first_ready_wins_and_every_other_attempt_is_released() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (mut pf, mut ctl) = started(&["a:1", "b:1", "c:1"]);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         assert!(ctl.run_work(&mut *pf));
         ctl.deliver(&mut *pf, "b:1", Connecting);
@@ -972,8 +944,7 @@ mod tests {
 
     #[test]
     fn the_pass_fails_only_once_every_address_has_failed() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver(&mut *pf, "a:1", Connecting);
         assert!(ctl.run_work(&mut *pf));
         ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
@@ -992,12 +963,7 @@ mod tests {
 
     #[test]
     fn after_the_pass_resolution_is_asked_again_once_failures_reach_the_subchannel_count() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (mut pf, mut ctl) = started(&["a:1", "b:1", "c:1"]);
         for addr in ["a:1", "b:1", "c:1"] {
             ctl.deliver_error(
                 &mut *pf,
@@ -1033,12 +999,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_pass_skips_addresses_in_backoff_and_counts_connecting_ones_as_started() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(
-            &update(&["a:1", "b:1", "c:1"]),
-            &LbConfig::empty(),
-            &mut ctl,
-        );
+        let (mut pf, mut ctl) = started(&["a:1", "b:1", "c:1"]);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver(&mut *pf, "b:1", Connecting);
         // The same subchannels in a new list: a is in backoff, b connecting.
@@ -1057,8 +1018,7 @@ mod tests {
 
     #[test]
     fn a_pass_that_ends_at_once_in_backoff_does_not_ask_for_resolution_again() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         ctl.deliver_error(&mut *pf, "b:1", TransientFailure, "b:1: refused");
         assert_eq!(ctl.resolutions, 1);
@@ -1076,8 +1036,7 @@ mod tests {
 
     #[test]
     fn a_list_after_an_empty_one_reports_connecting_not_the_old_failure() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&[]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&[]);
         assert_eq!(ctl.last_state(), TransientFailure);
         pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), Connecting);
@@ -1086,8 +1045,7 @@ mod tests {
 
     #[test]
     fn a_new_list_after_a_failed_pass_stays_transient_failure() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1"]);
         ctl.deliver_error(&mut *pf, "a:1", TransientFailure, "a:1: refused");
         let published = ctl.pickers.len();
         pf.resolver_update(&update(&["b:1"]), &LbConfig::empty(), &mut ctl);
@@ -1134,7 +1092,7 @@ mod tests {
 
     #[test]
     fn the_pass_follows_the_interleaved_order_after_dedup() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
+        let (mut pf, mut ctl) = (build(), FakeController::new());
         let list = ["[::1]:1", "[::1]:1", "[::2]:1", "10.0.0.1:1", "[::1]:1"];
         pf.resolver_update(&update(&list), &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.connected_addrs(), ["[::1]:1"]);
@@ -1147,8 +1105,7 @@ mod tests {
 
     #[test]
     fn a_refusal_does_not_hide_a_tls_failure_of_the_same_pass() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         let failed = |error: Error| SubchannelState::new(TransientFailure).with_error(error);
         let tls = Error::new(ErrorKind::Connect, "a:1: TLS handshake failed: corrupt");
         let refused = Error::with_source(
@@ -1180,8 +1137,7 @@ mod tests {
 
     #[test]
     fn an_unhealthy_selected_connection_stays_selected_and_fails_calls_with_the_health_error() {
-        let (mut pf, mut ctl) = (build(serde_json::json!({})), FakeController::new());
-        pf.resolver_update(&update(&["a:1", "b:1"]), &LbConfig::empty(), &mut ctl);
+        let (mut pf, mut ctl) = started(&["a:1", "b:1"]);
         // Connected; the health service has not answered yet: selected,
         // calls wait.
         ctl.deliver_only(&mut *pf, "a:1", SubchannelState::health(Connecting));

@@ -96,8 +96,11 @@ impl<F: Fn(&OrcaLoadReport) + Send + Sync + 'static> OobListener for F {
 /// `OpenRcaService/StreamCoreMetrics` stream (gRFC A51) on each of its
 /// READY connections, and hands the reports to `listener`, until the
 /// returned registration is dropped (grpc-go's
-/// `orca.RegisterOOBListener`). A subchannel has one listener: a new
-/// registration replaces the previous one. A stream that fails is reopened
+/// `orca.RegisterOOBListener`). A subchannel takes any number of
+/// listeners, each with its own `period`: one stream per connection asks
+/// for the smallest period registered (reopened when that changes), every
+/// listener gets every report, and dropping a registration removes only
+/// its listener (the stream closes with the last one). A stream that fails is reopened
 /// on the subchannel's backoff; a server without the service
 /// (UNIMPLEMENTED) is not asked again on that connection, and a warning is
 /// logged once. The server may send reports less often than asked (its

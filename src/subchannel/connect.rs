@@ -4,6 +4,7 @@
 //! success that resets the backoff once it has stayed READY for the initial
 //! backoff delay (see the [module docs](super)).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 use super::{SubchannelShared, SubchannelState};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::metrics::SubchannelMetrics;
-use crate::transport::{self, Lost};
+use crate::transport;
 use crate::{ConnectivityState, Error, ErrorKind};
 
 /// How subchannels connect; one per channel, shared by its subchannels.
@@ -37,6 +38,9 @@ pub(crate) struct StateEvent {
     pub(crate) state: SubchannelState,
 }
 
+/// The connection task of a subchannel: its connectivity state machine
+/// around one attempt at a time (one connection, or a pool's `n`, see
+/// `pool`), until the subchannel shuts down.
 pub(crate) async fn run(
     link: Arc<SubchannelShared>,
     config: Arc<ConnectConfig>,
@@ -71,37 +75,14 @@ pub(crate) async fn run(
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
-        let attempt = tokio::time::timeout(
-            backoff.connect_timeout(),
-            transport::establish(&link.address, &link.origin, &config.transport),
-        );
-        let result = tokio::select! {
+        let attempt = attempt(&link, &config, &events, backoff.connect_timeout(), seed);
+        let ended = tokio::select! {
             biased;
             _ = &mut shutdown => return,
-            r = attempt => r.unwrap_or_else(|_| Err(timed_out(&link, backoff.connect_timeout()))),
+            ended = attempt => ended,
         };
-        match result {
-            Ok(mut established) => {
-                let open = config.metrics.connected();
-                link.connection
-                    .store(Some(Arc::new(established.connection.clone())));
-                let ready_at = Instant::now();
-                // READY, as health checking shows it (READY at once when
-                // it is off), for as long as the connection is; ORCA's
-                // out-of-band stream too while a listener wants it.
-                // (Health first: its first poll reports READY, or
-                // CONNECTING until the health service answers, before a
-                // loss is looked at.)
-                let lost = tokio::select! {
-                    biased;
-                    _ = &mut shutdown => None,
-                    never = super::while_ready(&link, &config, &events) => match never {},
-                    r = established.lost() => Some(r),
-                };
-                link.connection.store(None);
-                drop(established);
-                let Some(reason) = lost else { return };
-                open.lost(reason.as_ref());
+        match ended {
+            Ok(Lost { ready_at, error }) => {
                 if Instant::now() - ready_at >= backoff.min_success() {
                     backoff.reset();
                     tracing::debug!(address = %link.address, "connection lost");
@@ -110,13 +91,9 @@ pub(crate) async fn run(
                     tracing::debug!(address = %link.address, after = ?(Instant::now() - ready_at), "connection lost too soon to count; backing off");
                     not_before = Some(at);
                 }
-                report(
-                    ConnectivityState::Idle,
-                    Some(connection_lost(&link, reason)),
-                );
+                report(ConnectivityState::Idle, Some(error));
             }
             Err(error) => {
-                config.metrics.attempt_failed();
                 tracing::debug!(address = %link.address, %error, "connect failed");
                 report(ConnectivityState::TransientFailure, Some(error));
                 let wake = started + backoff.next_delay();
@@ -131,14 +108,95 @@ pub(crate) async fn run(
     }
 }
 
-pub(super) fn timed_out(link: &SubchannelShared, after: Duration) -> Error {
+/// How an attempt that was READY ended.
+pub(super) struct Lost {
+    /// When it became READY (the first connection of a pool).
+    pub(super) ready_at: Instant,
+    /// Why it is no longer.
+    pub(super) error: Error,
+}
+
+/// One attempt: connects and serves until the connection (every
+/// connection of a pool) is lost, or fails to connect (`Err`).
+async fn attempt(
+    link: &Arc<SubchannelShared>,
+    config: &Arc<ConnectConfig>,
+    events: &mpsc::UnboundedSender<StateEvent>,
+    timeout: Duration,
+    seed: u64,
+) -> Result<Lost, Error> {
+    match config.connections_per_address {
+        0 | 1 => one(link, config, events, timeout).await,
+        n => super::pool::connect(link, config, events, seed, n).await,
+    }
+}
+
+/// One connection, made within `timeout`, served until it is lost.
+async fn one(
+    link: &SubchannelShared,
+    config: &ConnectConfig,
+    events: &mpsc::UnboundedSender<StateEvent>,
+    timeout: Duration,
+) -> Result<Lost, Error> {
+    let attempt = transport::establish(&link.address, &link.origin, &config.transport);
+    let mut established = within(link, config, timeout, attempt).await?;
+    let open = config.metrics.connected();
+    link.connection
+        .store(Some(Arc::new(established.connection.clone())));
+    let unpublish = Unpublish(link);
+    let ready_at = Instant::now();
+    // READY, as health checking shows it (READY at once when it is off),
+    // for as long as the connection is; ORCA's out-of-band stream too
+    // while a listener wants it. (Health first: its first poll reports
+    // READY, or CONNECTING until the health service answers, before a
+    // loss is looked at.)
+    let reason = tokio::select! {
+        biased;
+        never = super::while_ready(link, config, events) => match never {},
+        reason = established.lost() => reason,
+    };
+    drop(unpublish);
+    drop(established);
+    open.lost(reason.as_ref());
+    let error = connection_lost(link, reason);
+    Ok(Lost { ready_at, error })
+}
+
+/// `attempt` (`transport::establish` to `link`'s address) given up after
+/// `timeout`; a failure is counted in the metrics.
+pub(super) async fn within<T>(
+    link: &SubchannelShared,
+    config: &ConnectConfig,
+    timeout: Duration,
+    attempt: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let attempt = tokio::time::timeout(timeout, attempt).await;
+    let established = attempt.unwrap_or_else(|_| Err(timed_out(link, timeout)));
+    if established.is_err() {
+        config.metrics.attempt_failed();
+    }
+    established
+}
+
+/// Withdraws a subchannel's READY connections from calls when dropped:
+/// when they are lost, and when the subchannel shuts down meanwhile.
+pub(super) struct Unpublish<'a>(pub(super) &'a SubchannelShared);
+
+impl Drop for Unpublish<'_> {
+    fn drop(&mut self) {
+        self.0.connection.store(None);
+        self.0.pool.store(None);
+    }
+}
+
+fn timed_out(link: &SubchannelShared, after: Duration) -> Error {
     Error::new(
         ErrorKind::Connect,
         format!("{}: connect timed out after {after:?}", link.address),
     )
 }
 
-pub(super) fn connection_lost(link: &SubchannelShared, reason: Option<Lost>) -> Error {
+pub(super) fn connection_lost(link: &SubchannelShared, reason: Option<transport::Lost>) -> Error {
     let message = match reason {
         Some(lost) => format!("{}: connection {lost}", link.address),
         None => format!("{}: connection closed", link.address),
@@ -152,6 +210,33 @@ mod tests {
     use crate::{Address, Subchannel};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
+
+    /// A loopback address nothing listens on.
+    fn closed_port() -> std::net::SocketAddr {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        closed.local_addr().unwrap()
+    }
+
+    /// The default connect settings with a backoff without jitter.
+    fn without_jitter() -> Arc<ConnectConfig> {
+        Arc::new(ConnectConfig {
+            backoff: BackoffConfig {
+                jitter: 0.0,
+                ..BackoffConfig::default()
+            },
+            ..ConnectConfig::default()
+        })
+    }
+
+    /// A subchannel to `addr` with its connection task, and its events.
+    fn spawn(
+        addr: std::net::SocketAddr,
+        config: Arc<ConnectConfig>,
+    ) -> (Subchannel, mpsc::UnboundedReceiver<StateEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        (sc, rx)
+    }
 
     /// Plays the balancer for one subchannel: reconnects whenever it goes
     /// IDLE, and records (state, time since start) for `n` events.
@@ -177,18 +262,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failed_attempts_back_off_by_grpc_schedule() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let config = Arc::new(ConnectConfig {
-            backoff: BackoffConfig {
-                jitter: 0.0,
-                ..BackoffConfig::default()
-            },
-            ..ConnectConfig::default()
-        });
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let addr = closed_port();
+        let (sc, mut rx) = spawn(addr, without_jitter());
         let seen = record(&sc, &mut rx, 9).await;
         use ConnectivityState::*;
         let states: Vec<_> = seen.iter().map(|(s, _)| *s).collect();
@@ -221,8 +296,7 @@ mod tests {
 
     /// The first connection's state and error for a server at `addr`.
     async fn first_attempt(addr: std::net::SocketAddr) -> (ConnectivityState, String) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        let (sc, mut rx) = spawn(addr, Arc::default());
         sc.connect();
         let connecting = rx.recv().await.unwrap().state;
         assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
@@ -261,11 +335,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn connect_requests_before_the_next_delivered_state_queue_one_attempt() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        let addr = closed_port();
+        let (sc, mut rx) = spawn(addr, Arc::default());
         // Nobody delivers the events (the control task is busy): the
         // balancer's view stays IDLE and it keeps asking for 60 s.
         for _ in 0..60 {
@@ -340,15 +411,7 @@ mod tests {
     /// attempt started (seconds), for `secs` seconds or 50 attempts.
     async fn attempts_against(hold: Duration, secs: u64) -> (Vec<f64>, usize) {
         let (addr, connections) = goaway_server(hold).await;
-        let config = Arc::new(ConnectConfig {
-            backoff: BackoffConfig {
-                jitter: 0.0,
-                ..BackoffConfig::default()
-            },
-            ..ConnectConfig::default()
-        });
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let (sc, mut rx) = spawn(addr, without_jitter());
         let _hold = hold_clock();
         let start = Instant::now();
         let mut attempts = Vec::new();
@@ -399,11 +462,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_the_task_while_it_backs_off() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = closed.local_addr().unwrap();
-        drop(closed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), Arc::default(), tx).unwrap();
+        let addr = closed_port();
+        let (sc, mut rx) = spawn(addr, Arc::default());
         record(&sc, &mut rx, 2).await;
         drop(sc);
         assert!(
@@ -448,8 +508,7 @@ mod tests {
         addr: std::net::SocketAddr,
         config: Arc<ConnectConfig>,
     ) -> (Subchannel, mpsc::UnboundedReceiver<StateEvent>) {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let sc = Subchannel::spawn(1, Address::from(addr), config, tx).unwrap();
+        let (sc, mut rx) = spawn(addr, config);
         sc.connect();
         for want in [ConnectivityState::Connecting, ConnectivityState::Ready] {
             let event = rx.recv().await.unwrap();

@@ -37,16 +37,15 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, watch};
-use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use super::connect::{ConnectConfig, StateEvent};
-use super::stream::{describe, OnConnection, Restarts};
+use super::stream::{self, Ended};
 use super::{SubchannelShared, SubchannelState};
 use crate::{Address, ConnectivityState, Error, ErrorKind};
 
@@ -81,16 +80,20 @@ impl HealthService {
 struct Reporter<'a> {
     link: &'a SubchannelShared,
     events: &'a mpsc::UnboundedSender<StateEvent>,
-    last: Option<(ConnectivityState, Option<String>)>,
+    /// The last state sent, shared by the streams of one connection.
+    last: Mutex<Option<(ConnectivityState, Option<String>)>>,
 }
 
 impl Reporter<'_> {
-    fn send(&mut self, connectivity: ConnectivityState, error: Option<Error>) {
+    fn send(&self, connectivity: ConnectivityState, error: Option<Error>) {
         let key = (connectivity, error.as_ref().map(Error::to_string));
-        if self.last.as_ref() == Some(&key) {
-            return;
+        {
+            let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.as_ref() == Some(&key) {
+                return;
+            }
+            *last = Some(key);
         }
-        self.last = Some(key);
         let state = SubchannelState {
             error,
             ..SubchannelState::health(connectivity)
@@ -111,110 +114,59 @@ pub(super) async fn watch(
     config: &ConnectConfig,
     events: &mpsc::UnboundedSender<StateEvent>,
 ) -> Infallible {
-    let mut names = config.health.subscribe();
-    let mut reporter = Reporter {
+    let reporter = Reporter {
         link,
         events,
-        last: None,
+        last: Mutex::new(None),
     };
-    loop {
-        let name = names.borrow_and_update().clone();
-        let serve = serve(link, config, name, &mut reporter);
-        tokio::pin!(serve);
-        tokio::select! {
-            changed = names.changed() => {
-                if changed.is_err() {
-                    // The channel is gone; the task is about to stop.
-                    match serve.await {}
-                }
-            }
-            never = &mut serve => match never {},
-        }
-    }
+    let reporter = &reporter;
+    let serve_name = |name| serve(link, config, name, reporter);
+    stream::follow(config.health.subscribe(), Clone::clone, serve_name).await
 }
 
 async fn serve(
     link: &SubchannelShared,
     config: &ConnectConfig,
     name: Option<Arc<str>>,
-    reporter: &mut Reporter<'_>,
+    reporter: &Reporter<'_>,
 ) -> Infallible {
-    let Some(name) = name else {
-        reporter.send(ConnectivityState::Ready, None);
-        return std::future::pending().await;
-    };
-    let mut restarts = Restarts::new(link, config, 0xA24B_AED4_963E_E407);
-    loop {
-        restarts.wait().await;
-        reporter.send(ConnectivityState::Connecting, None);
-        match stream(link, &name, reporter).await {
-            Ended::Unimplemented => {
-                if !link.health_unimplemented.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        address = %link.address,
-                        service = %name,
-                        "the server has no health service (UNIMPLEMENTED): \
-                         health checking is off for this backend (gRFC A17)"
-                    );
-                }
-                reporter.send(ConnectivityState::Ready, None);
-                return std::future::pending().await;
-            }
-            Ended::Failed { error, answered } => {
-                tracing::debug!(address = %link.address, %error, "health stream ended");
-                reporter.send(ConnectivityState::TransientFailure, Some(error));
-                restarts.ended(answered);
-            }
+    if let Some(name) = name {
+        let kind = ("health", 0xA24B_AED4_963E_E407);
+        stream::reopen(link, config, kind, || answers(link, &name, reporter)).await;
+        if !link.health_unimplemented.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                address = %link.address,
+                service = %name,
+                "the server has no health service (UNIMPLEMENTED): \
+                 health checking is off for this backend (gRFC A17)"
+            );
         }
     }
+    reporter.send(ConnectivityState::Ready, None);
+    std::future::pending().await
 }
 
-/// How one health stream ended.
-enum Ended {
-    /// The server has no health service.
-    Unimplemented,
-    /// The stream failed or ended; `answered`: after at least one answer.
-    Failed { error: Error, answered: bool },
-}
-
-/// Opens one `Watch` stream for `name` and reports each answer.
-async fn stream(link: &SubchannelShared, name: &str, reporter: &mut Reporter<'_>) -> Ended {
-    let failed = |why: String, answered| Ended::Failed {
-        error: health_error(&link.address, name, &why),
-        answered,
-    };
-    let service = match OnConnection::new(link) {
-        Ok(service) => service,
-        Err(why) => return failed(why, false),
-    };
+/// Opens one `Watch` stream for `name` and reports CONNECTING, then each
+/// answer, then TRANSIENT_FAILURE if it fails.
+async fn answers(link: &SubchannelShared, name: &str, reporter: &Reporter<'_>) -> Ended {
+    reporter.send(ConnectivityState::Connecting, None);
     let request = HealthCheckRequest {
         service: name.to_owned(),
     };
-    let mut answers = match HealthClient::new(service).watch(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) if status.code() == Code::Unimplemented => return Ended::Unimplemented,
-        Err(status) => return failed(describe(&status), false),
-    };
-    let mut answered = false;
-    loop {
-        match answers.message().await {
-            Ok(Some(answer)) => {
-                answered = true;
-                match answer.status() {
-                    ServingStatus::Serving => reporter.send(ConnectivityState::Ready, None),
-                    other => {
-                        let error = health_error(&link.address, name, other.as_str_name());
-                        reporter.send(ConnectivityState::TransientFailure, Some(error));
-                    }
-                }
-            }
-            Ok(None) => return failed("the server ended the stream".into(), answered),
-            Err(status) if status.code() == Code::Unimplemented && !answered => {
-                return Ended::Unimplemented
-            }
-            Err(status) => return failed(describe(&status), answered),
+    let open = |service| async move { HealthClient::new(service).watch(request).await };
+    let report = |answer: HealthCheckResponse| match answer.status() {
+        ServingStatus::Serving => reporter.send(ConnectivityState::Ready, None),
+        other => {
+            let error = health_error(&link.address, name, other.as_str_name());
+            reporter.send(ConnectivityState::TransientFailure, Some(error));
         }
+    };
+    let ended = stream::read(link, open, report).await;
+    if let Ended::Failed { why, .. } = &ended {
+        let error = health_error(&link.address, name, why);
+        reporter.send(ConnectivityState::TransientFailure, Some(error));
     }
+    ended
 }
 
 fn health_error(address: &Address, name: &str, why: &str) -> Error {

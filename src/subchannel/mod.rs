@@ -31,9 +31,10 @@
 //! more event. [`SubchannelState::connection_state`] keeps the
 //! connection's own state.
 //!
-//! **ORCA out-of-band reports** (gRFC A51, module `oob`): while a policy
-//! has a listener registered, a READY connection also streams the
-//! server's load reports to it.
+//! **ORCA out-of-band reports** (gRFC A51, module `oob`): while policies
+//! have listeners registered, a READY connection also streams the
+//! server's load reports to each of them, on one stream at the smallest
+//! period asked for.
 //!
 //! **Backoff** follows gRPC's `connection-backoff.md` ([`BackoffConfig`]):
 //! a failed attempt waits until its start plus the current delay, which
@@ -127,7 +128,7 @@ pub(crate) struct SubchannelShared {
     connect_requests: AtomicU32,
     /// The server answered a health stream UNIMPLEMENTED (warned once).
     health_unimplemented: AtomicBool,
-    /// The ORCA out-of-band listener (module `oob`).
+    /// The ORCA out-of-band listeners (module `oob`).
     oob: oob::OobSlot,
     /// The server answered an ORCA stream UNIMPLEMENTED (warned once).
     oob_unimplemented: AtomicBool,
@@ -197,10 +198,7 @@ impl Subchannel {
         // Inside the channel's span (the control task makes subchannels).
         let span = tracing::debug_span!("subchannel", address = %address);
         let (subchannel, link, shutdown) = Subchannel::unspawned(id, address, origin);
-        match config.connections_per_address {
-            0 | 1 => tokio::spawn(connect::run(link, config, events, shutdown).instrument(span)),
-            n => tokio::spawn(pool::run(link, config, events, shutdown, n).instrument(span)),
-        };
+        tokio::spawn(connect::run(link, config, events, shutdown).instrument(span));
         Ok(subchannel)
     }
 
@@ -220,7 +218,7 @@ impl Subchannel {
             connect_requested: AtomicBool::new(false),
             connect_requests: AtomicU32::new(0),
             health_unimplemented: AtomicBool::new(false),
-            oob: tokio::sync::watch::channel(None).0,
+            oob: tokio::sync::watch::channel(oob::OobListeners::default()).0,
             oob_unimplemented: AtomicBool::new(false),
             stats: Arc::default(),
         });

@@ -22,123 +22,83 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::connect::{connection_lost, timed_out, ConnectConfig, StateEvent};
-use super::{SubchannelShared, SubchannelState};
+use super::connect::{connection_lost, within, ConnectConfig, Lost, StateEvent, Unpublish};
+use super::SubchannelShared;
 use crate::backoff::Backoff;
-use crate::transport::{self, Connection, Lost};
-use crate::{ConnectivityState, Error};
+use crate::transport::{self, Connection};
+use crate::Error;
 
 /// What a slot tells the pool.
 enum SlotEvent {
     Ready(usize, Connection),
-    Lost(usize, Option<Lost>),
+    Lost(usize, Option<transport::Lost>),
     Failed(usize, Error),
 }
 
-pub(crate) async fn run(
-    link: Arc<SubchannelShared>,
-    config: Arc<ConnectConfig>,
-    events: mpsc::UnboundedSender<StateEvent>,
-    mut shutdown: oneshot::Receiver<()>,
+/// Connects the pool's `n` slots (`seed`: the subchannel's backoff seed)
+/// and serves them until the last READY one is lost; fails (`Err`) when
+/// every slot failed once before any was READY.
+pub(super) async fn connect(
+    link: &Arc<SubchannelShared>,
+    config: &Arc<ConnectConfig>,
+    events: &mpsc::UnboundedSender<StateEvent>,
+    seed: u64,
     n: usize,
-) {
-    let report = |connectivity, error| {
-        let state = SubchannelState {
-            error,
-            ..SubchannelState::new(connectivity)
-        };
-        let _ = events.send(StateEvent { id: link.id, state });
-    };
-    let seed = config.rng_seed ^ link.id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut backoff = Backoff::new(config.backoff, seed);
-    let mut not_before: Option<Instant> = None;
-    loop {
-        tokio::select! {
+) -> Result<Lost, Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut slots = JoinSet::new();
+    for i in 0..n {
+        let seed = seed.wrapping_add(i as u64 + 1);
+        slots.spawn(slot(link.clone(), config.clone(), i, seed, tx.clone()));
+    }
+    drop(tx);
+    let _unpublish = Unpublish(link);
+    let mut ready: Vec<Option<Connection>> = vec![None; n];
+    let mut failed = vec![false; n];
+    let mut ready_at: Option<Instant> = None;
+    // READY as health checking shows it, from the first READY slot on.
+    let health = super::while_ready(link, config, events);
+    tokio::pin!(health);
+    let outcome = loop {
+        let event = tokio::select! {
             biased;
-            _ = &mut shutdown => return,
-            _ = link.connect.notified() => {}
-        }
-        if let Some(at) = not_before.take() {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep_until(at) => {}
-            }
-        }
-        report(ConnectivityState::Connecting, None);
-        let started = Instant::now();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut slots = JoinSet::new();
-        for i in 0..n {
-            let seed = seed.wrapping_add(i as u64 + 1);
-            slots.spawn(slot(link.clone(), config.clone(), i, seed, tx.clone()));
-        }
-        drop(tx);
-        let mut ready: Vec<Option<Connection>> = vec![None; n];
-        let mut failed = vec![false; n];
-        let mut ready_at: Option<Instant> = None;
-        // READY as health checking shows it, from the first READY slot on.
-        let health = super::while_ready(&link, &config, &events);
-        tokio::pin!(health);
-        let outcome = loop {
-            let event = tokio::select! {
-                biased;
-                _ = &mut shutdown => return,
-                never = &mut health, if ready_at.is_some() => match never {},
-                event = rx.recv() => event,
-            };
-            match event {
-                Some(SlotEvent::Ready(i, connection)) => {
-                    ready[i] = Some(connection);
-                    publish(&link, &ready);
-                    if ready_at.is_none() {
-                        ready_at = Some(Instant::now());
-                    }
-                }
-                Some(SlotEvent::Lost(i, reason)) => {
-                    ready[i] = None;
-                    publish(&link, &ready);
-                    if ready.iter().all(Option::is_none) {
-                        break Some(connection_lost(&link, reason));
-                    }
-                }
-                Some(SlotEvent::Failed(i, error)) => {
-                    failed[i] = true;
-                    if ready_at.is_none() && failed.iter().all(|f| *f) {
-                        break Some(error);
-                    }
-                }
-                None => break None,
-            }
+            never = &mut health, if ready_at.is_some() => match never {},
+            event = rx.recv() => event,
         };
-        slots.abort_all();
-        link.pool.store(None);
-        let error = outcome.unwrap_or_else(|| connection_lost(&link, None));
-        match ready_at {
-            Some(at) => {
-                // Every connection is gone: IDLE, as for one connection.
-                if Instant::now() - at >= backoff.min_success() {
-                    backoff.reset();
-                } else {
-                    not_before = Some(started + backoff.next_delay());
+        match event {
+            Some(SlotEvent::Ready(i, connection)) => {
+                ready[i] = Some(connection);
+                publish(link, &ready);
+                if ready_at.is_none() {
+                    ready_at = Some(Instant::now());
                 }
-                report(ConnectivityState::Idle, Some(error));
             }
-            None => {
-                report(ConnectivityState::TransientFailure, Some(error));
-                let wake = started + backoff.next_delay();
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => return,
-                    _ = tokio::time::sleep_until(wake) => {}
+            Some(SlotEvent::Lost(i, reason)) => {
+                ready[i] = None;
+                publish(link, &ready);
+                if ready.iter().all(Option::is_none) {
+                    break Some(connection_lost(link, reason));
                 }
-                report(ConnectivityState::Idle, None);
             }
+            Some(SlotEvent::Failed(i, error)) => {
+                failed[i] = true;
+                if ready_at.is_none() && failed.iter().all(|f| *f) {
+                    break Some(error);
+                }
+            }
+            None => break None,
         }
+    };
+    slots.abort_all();
+    let error = outcome.unwrap_or_else(|| connection_lost(link, None));
+    match ready_at {
+        // Every connection is gone: IDLE, as for one connection.
+        Some(ready_at) => Ok(Lost { ready_at, error }),
+        None => Err(error),
     }
 }
 
@@ -164,10 +124,9 @@ async fn slot(
     let mut backoff = Backoff::new(config.backoff, seed);
     loop {
         let started = Instant::now();
-        let timeout = backoff.connect_timeout();
         let attempt = transport::establish(&link.address, &link.origin, &config.transport);
-        let wake = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(mut established)) => {
+        let wake = match within(&link, &config, backoff.connect_timeout(), attempt).await {
+            Ok(mut established) => {
                 let open = config.metrics.connected();
                 let connection = established.connection.clone();
                 if events.send(SlotEvent::Ready(i, connection)).is_err() {
@@ -187,16 +146,7 @@ async fn slot(
                 }
                 started + backoff.next_delay()
             }
-            Ok(Err(error)) => {
-                config.metrics.attempt_failed();
-                if events.send(SlotEvent::Failed(i, error)).is_err() {
-                    return;
-                }
-                started + backoff.next_delay()
-            }
-            Err(_) => {
-                config.metrics.attempt_failed();
-                let error = timed_out(&link, timeout);
+            Err(error) => {
                 if events.send(SlotEvent::Failed(i, error)).is_err() {
                     return;
                 }
@@ -210,7 +160,7 @@ async fn slot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Address, Subchannel};
+    use crate::{Address, ConnectivityState, Subchannel};
     use std::time::Duration;
 
     fn pooled(n: usize) -> Arc<ConnectConfig> {

@@ -1,15 +1,26 @@
 //! What the per-connection streams of a READY subchannel share (health
 //! checking's `Watch`, ORCA's out-of-band `StreamCoreMetrics`): a gRPC
-//! transport on the subchannel's own connection, and the restart schedule
-//! of a stream that keeps failing.
+//! transport on the subchannel's own connection, reading one stream to its
+//! end, the restart schedule of a stream that keeps failing, and following
+//! the setting a stream is opened for.
+//!
+//! ```text
+//!   follow: setting changes --> serve(new setting) replaces the old one
+//!     reopen: wait for the backoff (Restarts) --> open: read each message
+//!       UNIMPLEMENTED before any message  --> reopen returns (no such service)
+//!       failed or ended                   --> again
+//! ```
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::body::Body;
-use tonic::Status;
+use tonic::codec::Streaming;
+use tonic::{Code, Status};
 
 use super::connect::ConnectConfig;
 use super::SubchannelShared;
@@ -78,8 +89,108 @@ impl tower::Service<http::Request<Body>> for OnConnection {
 }
 
 /// `status` as the reason a stream ended.
-pub(super) fn describe(status: &Status) -> String {
+fn describe(status: &Status) -> String {
     format!("stream failed: {:?}: {}", status.code(), status.message())
+}
+
+/// How one stream ended.
+pub(super) enum Ended {
+    /// The server has no such service (UNIMPLEMENTED before any message).
+    Unimplemented,
+    /// The stream failed or ended; `answered`: after at least one message.
+    Failed { why: String, answered: bool },
+}
+
+/// Opens a stream on `link`'s READY connection with `open` and hands each
+/// message to `on_message` until the stream ends.
+pub(super) async fn read<M, F>(
+    link: &SubchannelShared,
+    open: impl FnOnce(OnConnection) -> F,
+    mut on_message: impl FnMut(M),
+) -> Ended
+where
+    F: Future<Output = Result<tonic::Response<Streaming<M>>, Status>>,
+{
+    let failed = |why: String, answered| Ended::Failed { why, answered };
+    let service = match OnConnection::new(link) {
+        Ok(service) => service,
+        Err(why) => return failed(why, false),
+    };
+    let mut messages = match open(service).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => return Ended::Unimplemented,
+        Err(status) => return failed(describe(&status), false),
+    };
+    let mut answered = false;
+    loop {
+        match messages.message().await {
+            Ok(Some(message)) => {
+                answered = true;
+                on_message(message);
+            }
+            Ok(None) => return failed("the server ended the stream".into(), answered),
+            Err(status) if status.code() == Code::Unimplemented && !answered => {
+                return Ended::Unimplemented
+            }
+            Err(status) => return failed(describe(&status), answered),
+        }
+    }
+}
+
+/// Opens a stream with `open` again each time it ends, on the restart
+/// schedule (`Restarts`, `salt` telling kinds of streams apart), until
+/// the server answers that it has no such service: then returns. `kind`
+/// names the stream in the debug log.
+pub(super) async fn reopen<F: Future<Output = Ended>>(
+    link: &SubchannelShared,
+    config: &ConnectConfig,
+    (kind, salt): (&str, u64),
+    mut open: impl FnMut() -> F,
+) {
+    let mut restarts = Restarts::new(link, config, salt);
+    loop {
+        restarts.wait().await;
+        match open().await {
+            Ended::Unimplemented => return,
+            Ended::Failed { why, answered } => {
+                tracing::debug!(address = %link.address, %why, "{kind} stream ended");
+                restarts.ended(answered);
+            }
+        }
+    }
+}
+
+/// Runs `serve` for `setting`'s current key for as long as the caller
+/// polls this (a READY connection's life), starting it again for the new
+/// key whenever the key changes; a change that keeps the key keeps it
+/// running.
+pub(super) async fn follow<T, K: PartialEq + Clone, F>(
+    mut setting: watch::Receiver<T>,
+    key: impl Fn(&T) -> K,
+    mut serve: impl FnMut(K) -> F,
+) -> Infallible
+where
+    F: Future<Output = Infallible>,
+{
+    loop {
+        let current = key(&setting.borrow_and_update());
+        let served = serve(current.clone());
+        tokio::pin!(served);
+        loop {
+            tokio::select! {
+                changed = setting.changed() => {
+                    if changed.is_err() {
+                        // The channel is gone; the task is about to stop.
+                        match served.await {}
+                    }
+                    if key(&setting.borrow()) != current {
+                        break;
+                    }
+                }
+                never = &mut served => match never {},
+            }
+        }
+    }
 }
 
 /// When a failed stream is opened again, on the subchannel's backoff
@@ -88,7 +199,7 @@ pub(super) fn describe(status: &Status) -> String {
 /// at once; any other is reopened after the next backoff delay. So a
 /// server that resets every stream at once is asked on the backoff
 /// schedule, not in a loop.
-pub(super) struct Restarts {
+struct Restarts {
     backoff: Backoff,
     retry_at: Option<Instant>,
     started: Instant,
@@ -97,7 +208,7 @@ pub(super) struct Restarts {
 impl Restarts {
     /// The schedule of one kind of stream (`salt` tells kinds apart in the
     /// jitter's seed) on `link`.
-    pub(super) fn new(link: &SubchannelShared, config: &ConnectConfig, salt: u64) -> Restarts {
+    fn new(link: &SubchannelShared, config: &ConnectConfig, salt: u64) -> Restarts {
         let seed = config.rng_seed ^ link.id.wrapping_mul(salt);
         Restarts {
             backoff: Backoff::new(config.backoff, seed),
@@ -107,7 +218,7 @@ impl Restarts {
     }
 
     /// Waits until the next stream may open, and notes when it opens.
-    pub(super) async fn wait(&mut self) {
+    async fn wait(&mut self) {
         if let Some(at) = self.retry_at.take() {
             tokio::time::sleep_until(at).await;
         }
@@ -116,7 +227,7 @@ impl Restarts {
 
     /// The stream opened by the last [`wait`](Self::wait) ended;
     /// `answered`: after at least one message.
-    pub(super) fn ended(&mut self, answered: bool) {
+    fn ended(&mut self, answered: bool) {
         if answered && Instant::now() - self.started >= self.backoff.min_success() {
             self.backoff.reset();
         } else {

@@ -1,6 +1,11 @@
-//! A wrapper around any policy that counts the picks made on the pickers
-//! it publishes, so a test can check that something (an error message)
-//! was built without picking.
+//! A wrapper around any policy that tells an observer what the policy
+//! does (resolver updates, pickers, re-resolution requests), through the
+//! public API. Tests use [`CountingPicks`], which counts the picks made on
+//! the pickers a policy publishes, to check that something (an error
+//! message) was built without picking; `examples/many_endpoints.rs`
+//! (which includes this file by `#[path]`) counts what a policy was asked
+//! and did.
+#![allow(dead_code, unreachable_pub)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,38 +18,52 @@ use tonic_balance::resolver::ResolverUpdate;
 use tonic_balance::subchannel::SubchannelState;
 use tonic_balance::{Address, ConnectivityState, Error, Subchannel};
 
-/// Builds the named built-in policy; every picker it publishes counts its
-/// picks in `picks`.
-#[derive(Clone)]
-pub struct CountingPicks {
-    inner: Arc<dyn BalancerBuilder>,
-    pub picks: Arc<AtomicUsize>,
+/// Hears what an [`Observed`] policy does; each method does nothing by
+/// default.
+pub trait PolicyObserver: Send + Sync + 'static {
+    /// The policy got a resolver update.
+    fn resolver_update(&self) {}
+
+    /// The policy hands the channel `picker`; returns the picker the
+    /// channel gets (the same, or a wrapper of it).
+    fn picker(&self, picker: Arc<dyn Picker>) -> Arc<dyn Picker> {
+        picker
+    }
+
+    /// The policy asked the channel to resolve again.
+    fn resolution_requested(&self) {}
 }
 
-impl CountingPicks {
-    pub fn new(policy: &str) -> Self {
-        CountingPicks {
-            inner: BalancerRegistry::global()
-                .get(policy)
-                .expect("a built-in policy"),
-            picks: Arc::default(),
+/// Builds `inner`'s policy with `observer` hearing what it does.
+pub struct Observed<O> {
+    inner: Arc<dyn BalancerBuilder>,
+    observer: Arc<O>,
+}
+
+impl<O> Clone for Observed<O> {
+    fn clone(&self) -> Self {
+        Observed {
+            inner: self.inner.clone(),
+            observer: self.observer.clone(),
         }
     }
+}
 
-    pub fn picks(&self) -> usize {
-        self.picks.load(Ordering::SeqCst)
+impl<O: PolicyObserver> Observed<O> {
+    pub fn wrap(inner: Arc<dyn BalancerBuilder>, observer: Arc<O>) -> Self {
+        Observed { inner, observer }
     }
 }
 
-impl BalancerBuilder for CountingPicks {
+impl<O: PolicyObserver> BalancerBuilder for Observed<O> {
     fn name(&self) -> &str {
         self.inner.name()
     }
 
     fn build(&self, options: &BuildOptions) -> Box<dyn Balancer> {
-        Box::new(Wrapped {
+        Box::new(ObservedBalancer {
             inner: self.inner.build(options),
-            picks: self.picks.clone(),
+            observer: self.observer.clone(),
         })
     }
 
@@ -53,30 +72,18 @@ impl BalancerBuilder for CountingPicks {
     }
 }
 
-struct Wrapped {
+struct ObservedBalancer<O> {
     inner: Box<dyn Balancer>,
-    picks: Arc<AtomicUsize>,
+    observer: Arc<O>,
 }
 
-struct CountingPicker {
-    inner: Arc<dyn Picker>,
-    picks: Arc<AtomicUsize>,
-}
-
-impl Picker for CountingPicker {
-    fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
-        self.picks.fetch_add(1, Ordering::SeqCst);
-        self.inner.pick(info)
-    }
-}
-
-/// The channel's controller; wraps every picker handed over.
-struct Ctl<'a> {
+/// The channel's controller, with the observer in between.
+struct ObservedController<'a, O> {
     inner: &'a mut dyn Controller,
-    picks: &'a Arc<AtomicUsize>,
+    observer: &'a O,
 }
 
-impl Controller for Ctl<'_> {
+impl<O: PolicyObserver> Controller for ObservedController<'_, O> {
     fn new_subchannel(
         &mut self,
         address: &Address,
@@ -85,15 +92,12 @@ impl Controller for Ctl<'_> {
     }
 
     fn update_picker(&mut self, state: ConnectivityState, picker: Arc<dyn Picker>) {
-        let picks = self.picks.clone();
-        let picker = Arc::new(CountingPicker {
-            inner: picker,
-            picks,
-        });
+        let picker = self.observer.picker(picker);
         self.inner.update_picker(state, picker);
     }
 
     fn request_resolution(&mut self) {
+        self.observer.resolution_requested();
         self.inner.request_resolution();
     }
 
@@ -102,27 +106,28 @@ impl Controller for Ctl<'_> {
     }
 }
 
-impl Wrapped {
+impl<O: PolicyObserver> ObservedBalancer<O> {
     fn with(
         &mut self,
         ctl: &mut dyn Controller,
         f: impl FnOnce(&mut dyn Balancer, &mut dyn Controller),
     ) {
-        let mut ctl = Ctl {
+        let mut ctl = ObservedController {
             inner: ctl,
-            picks: &self.picks,
+            observer: &*self.observer,
         };
         f(&mut *self.inner, &mut ctl);
     }
 }
 
-impl Balancer for Wrapped {
+impl<O: PolicyObserver> Balancer for ObservedBalancer<O> {
     fn resolver_update(
         &mut self,
         update: &ResolverUpdate,
         config: &LbConfig,
         ctl: &mut dyn Controller,
     ) {
+        self.observer.resolver_update();
         self.with(ctl, |b, ctl| b.resolver_update(update, config, ctl));
     }
 
@@ -145,5 +150,46 @@ impl Balancer for Wrapped {
 
     fn work(&mut self, ctl: &mut dyn Controller) {
         self.with(ctl, |b, ctl| b.work(ctl));
+    }
+}
+
+/// Counts the picks made on every picker it sees.
+#[derive(Default)]
+pub struct PickCounter(Arc<AtomicUsize>);
+
+impl PolicyObserver for PickCounter {
+    fn picker(&self, picker: Arc<dyn Picker>) -> Arc<dyn Picker> {
+        Arc::new(CountingPicker {
+            inner: picker,
+            picks: self.0.clone(),
+        })
+    }
+}
+
+struct CountingPicker {
+    inner: Arc<dyn Picker>,
+    picks: Arc<AtomicUsize>,
+}
+
+impl Picker for CountingPicker {
+    fn pick(&self, info: &PickInfo<'_>) -> PickResult<'_> {
+        self.picks.fetch_add(1, Ordering::SeqCst);
+        self.inner.pick(info)
+    }
+}
+
+/// The named built-in policy; every picker it publishes counts its picks.
+pub type CountingPicks = Observed<PickCounter>;
+
+impl Observed<PickCounter> {
+    pub fn new(policy: &str) -> Self {
+        let inner = BalancerRegistry::global()
+            .get(policy)
+            .expect("a built-in policy");
+        Observed::wrap(inner, Arc::default())
+    }
+
+    pub fn picks(&self) -> usize {
+        self.observer.0.load(Ordering::SeqCst)
     }
 }

@@ -2,12 +2,19 @@
 //! touching them: how many RST_STREAMs a client sent, how many streams it
 //! opened and reset before the server could accept them, and whether the
 //! server sent a GOAWAY (and why). Used by the tonic backends of
-//! `tests/support` and by `examples/loadgen`'s cancel-storm backend.
+//! `tests/support` and by `examples/loadgen`'s cancel-storm backend, whose
+//! connections are [`CountedIo`]s.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -175,5 +182,90 @@ impl FrameParser {
             }
             _ => {}
         }
+    }
+}
+
+/// What a server's [`CountedIo`] connections count into.
+pub trait ConnectionCounters: Send + Sync + 'static {
+    /// The server's frame totals.
+    fn frames(&self) -> &FrameStats;
+
+    /// A connection closed (was dropped). Does nothing by default.
+    fn closed(&self) {}
+}
+
+/// A server-side connection that counts the HTTP/2 frames going through
+/// it into its server's counters, and tells them when it closes.
+pub struct CountedIo<C: ConnectionCounters> {
+    io: TcpStream,
+    counters: Arc<C>,
+    reads: FrameParser,
+    writes: FrameParser,
+}
+
+impl<C: ConnectionCounters> CountedIo<C> {
+    pub fn new(io: TcpStream, counters: Arc<C>) -> Self {
+        CountedIo {
+            io,
+            counters,
+            reads: FrameParser::new(Direction::Read),
+            writes: FrameParser::new(Direction::Write),
+        }
+    }
+}
+
+impl<C: ConnectionCounters> Drop for CountedIo<C> {
+    fn drop(&mut self) {
+        self.counters.closed();
+    }
+}
+
+impl<C: ConnectionCounters> Connected for CountedIo<C> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<C: ConnectionCounters> AsyncRead for CountedIo<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        let frames = this.counters.frames();
+        match poll {
+            Poll::Ready(Ok(())) => this.reads.feed(&buf.filled()[before..], frames),
+            Poll::Pending => this.reads.end_burst(frames),
+            Poll::Ready(Err(_)) => {}
+        }
+        poll
+    }
+}
+
+impl<C: ConnectionCounters> AsyncWrite for CountedIo<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.writes.feed(&buf[..n], this.counters.frames());
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -4,16 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use h2frames::{Direction, FrameParser, FrameStats};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use h2frames::FrameStats;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 pub mod counting;
@@ -21,6 +19,7 @@ pub mod dns;
 pub mod echo;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod every_address;
 pub mod grpcio;
 pub mod h2frames;
 pub mod h2server;
@@ -366,12 +365,7 @@ fn async_stream(
         let result = listener.accept().await.map(|(io, _)| {
             stats.accepted_connections.fetch_add(1, Ordering::SeqCst);
             stats.open_connections.fetch_add(1, Ordering::SeqCst);
-            CountedIo {
-                io,
-                stats: stats.clone(),
-                reads: FrameParser::new(Direction::Read),
-                writes: FrameParser::new(Direction::Write),
-            }
+            CountedIo::new(io, stats.clone())
         });
         Some((result, (listener, stats)))
     })
@@ -379,65 +373,15 @@ fn async_stream(
 
 /// A server-side connection that counts itself open until dropped, and
 /// counts the HTTP/2 frames that go through it.
-pub struct CountedIo {
-    io: TcpStream,
-    stats: Arc<Stats>,
-    reads: FrameParser,
-    writes: FrameParser,
-}
+pub type CountedIo = h2frames::CountedIo<Stats>;
 
-impl Drop for CountedIo {
-    fn drop(&mut self) {
-        self.stats.open_connections.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Connected for CountedIo {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
-    }
-}
-
-impl AsyncRead for CountedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        match poll {
-            Poll::Ready(Ok(())) => this.reads.feed(&buf.filled()[before..], &this.stats.frames),
-            Poll::Pending => this.reads.end_burst(&this.stats.frames),
-            Poll::Ready(Err(_)) => {}
-        }
-        poll
-    }
-}
-
-impl AsyncWrite for CountedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            this.writes.feed(&buf[..n], &this.stats.frames);
-        }
-        poll
+impl h2frames::ConnectionCounters for Stats {
+    fn frames(&self) -> &FrameStats {
+        &self.frames
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -508,6 +452,22 @@ where
         .map(|p| p.address().to_string());
     let value = response.into_inner().value;
     Ok(peer.unwrap_or_else(|| value.rsplit(' ').next().unwrap_or_default().to_owned()))
+}
+
+/// How many of `n` calls (`"call {i}"`) each peer served; every call
+/// must succeed.
+pub async fn tally(
+    client: &mut SimpleClient<tonic_balance::BalancedChannel>,
+    n: usize,
+) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..n {
+        let peer = route(client, &format!("call {i}"))
+            .await
+            .expect("call succeeds");
+        *counts.entry(peer).or_default() += 1;
+    }
+    counts
 }
 
 /// Polls `check` every 10 ms until it is true or `within` passes.
