@@ -52,6 +52,7 @@ mod connectivity;
 mod error;
 #[cfg(feature = "etcd")]
 mod etcd;
+mod host_port;
 mod metrics;
 pub mod orca;
 pub mod picker;

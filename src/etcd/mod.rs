@@ -19,7 +19,7 @@ use etcd_client::{Client, ConnectOptions};
 pub use self::retry::EtcdRetryConfig;
 pub(crate) use self::retry::Retry;
 
-use crate::address::validate_host_port;
+use crate::host_port::validate_host_port;
 use crate::{Error, ErrorKind};
 
 /// The etcd a target with an empty authority and no client talks to.

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
 use super::keeper::{Keeper, Reply};
-use crate::address::validate_host_port;
 use crate::etcd::{parse_endpoints, EtcdRetryConfig, EtcdSource, Retry};
+use crate::host_port::validate_host_port;
 use crate::{Error, ErrorKind};
 
 /// How the registered value is written.

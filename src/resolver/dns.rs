@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 
 use super::fixed::fixed;
 use super::{Resolver, ResolverBuilder, UpdateSink};
-use crate::address::{check_host_name, parse_port, split_host_port};
+use crate::host_port::{check_host_name, HostPort};
 use crate::subchannel::BackoffConfig;
 use crate::{Error, ErrorKind, Target};
 use lookup::HickoryLookup;
@@ -218,15 +218,13 @@ fn parse_endpoint(target: &Target) -> Result<(String, u16), Error> {
     if endpoint.is_empty() {
         return Err(bad("no host name (want dns:///host[:port])".into()));
     }
-    let (host, port) = split_host_port(endpoint).map_err(bad)?;
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(port) => parse_port(port).map_err(bad)?,
-    };
+    let named = HostPort::parse(endpoint).map_err(bad)?;
+    named.refuse_zone("a dns: target").map_err(bad)?;
+    let host = named.host();
     if host.parse::<IpAddr>().is_err() {
         check_host_name(host).map_err(bad)?;
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), named.port_or(DEFAULT_PORT)))
 }
 
 /// The DNS server a `dns://SERVER[:PORT]/...` target names, if any.
@@ -236,17 +234,17 @@ fn parse_authority(target: &Target) -> Result<Option<SocketAddr>, Error> {
         return Ok(None);
     }
     let bad = |why: String| Error::invalid_target(target.as_str(), why);
-    let (host, port) = split_host_port(authority).map_err(bad)?;
-    let ip: IpAddr = host.parse().map_err(|_| {
+    let server = HostPort::parse(authority).map_err(bad)?;
+    server.refuse_zone("the DNS server").map_err(bad)?;
+    let ip: IpAddr = server.host().parse().map_err(|_| {
         bad(format!(
             "the DNS server {authority:?} must be an IP address (as dns://8.8.8.8:53/host:port)"
         ))
     })?;
-    let port = match port {
-        None => DEFAULT_DNS_SERVER_PORT,
-        Some(port) => parse_port(port).map_err(bad)?,
-    };
-    Ok(Some(SocketAddr::new(ip, port)))
+    Ok(Some(SocketAddr::new(
+        ip,
+        server.port_or(DEFAULT_DNS_SERVER_PORT),
+    )))
 }
 
 #[cfg(test)]
@@ -289,15 +287,19 @@ mod tests {
     fn bad_endpoints_are_invalid_targets_that_say_why() {
         for (target, why) in [
             ("dns:///", "no host name"),
-            ("dns:///svc.test:", "port after ':' is missing"),
+            ("dns:///svc.test:", "no port after ':'"),
             ("dns:///svc.test:99999", "bad port \"99999\""),
             ("dns:///svc.test:0", "bad port \"0\""),
             ("dns:///:50051", "empty host"),
-            ("dns:///fe80::1:x", "go in brackets"),
+            ("dns:///fe80::1:x", "goes in brackets"),
             ("dns:///[::1", "no closing ']'"),
             ("dns:///[::1]x", "unexpected \"x\""),
             ("dns:///a..b:1", "\"a..b\" is not a valid host name"),
-            ("dns:///a/b:1", "\"a/b\" is not a valid host name"),
+            ("dns:///a/b:1", "the host \"a/b\" has '/'"),
+            (
+                "dns:///[fe80::1%eth0]:1",
+                "cannot use the IPv6 zone id \"eth0\"",
+            ),
         ] {
             let err = endpoint(target).unwrap_err();
             assert!(

@@ -12,14 +12,15 @@
 //! | `ipv6:[::1]:port,...` or `ipv6:::1` | each IPv6 address (brackets around one with a port), port 443 if absent |
 //!
 //! Calls to a unix address carry `:authority localhost`. Errors name the
-//! bad part of the target, e.g. `invalid target "ipv4:10.0.0.1:x": bad
-//! port "x" (want 1-65535)`.
+//! bad part of the target, e.g. `invalid target "ipv4:10.0.0.1:x":
+//! "10.0.0.1:x" has a bad port "x" (want 1-65535)`. IPv6 zone ids
+//! (`[fe80::1%eth0]`) are refused with an error that says so.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::fixed::fixed;
 use super::{Resolver, ResolverBuilder, UpdateSink};
-use crate::address::{join_host_port, parse_port, split_host_port, validate_host_port};
+use crate::host_port::{join_host_port, validate_host_port, HostPort};
 use crate::{Address, Error, Target};
 
 /// The port of an `ipv4:` or `ipv6:` entry without one, as gRPC has it.
@@ -145,18 +146,17 @@ fn ip_list<F: Fn(&str) -> bool>(
             format!("the address list is empty (want {family}:address[:port][,...])"),
         ));
     }
+    let whose = format!("an {}: target", target.scheme());
     list.split(',')
         .map(|entry| {
             let bad = |why: String| invalid(target, why);
-            let (host, port) = split_host_port(entry).map_err(bad)?;
-            if !is_family(host) {
+            let named = HostPort::parse(entry).map_err(bad)?;
+            named.refuse_zone(&whose).map_err(bad)?;
+            if !is_family(named.host()) {
                 return Err(bad(format!("{entry:?} is not an {family} address")));
             }
-            let port = match port {
-                Some(port) => parse_port(port).map_err(bad)?,
-                None => DEFAULT_PORT,
-            };
-            Ok(Address::new(join_host_port(host, port)))
+            let port = named.port_or(DEFAULT_PORT);
+            Ok(Address::new(join_host_port(named.host(), port)))
         })
         .collect()
 }
@@ -260,7 +260,10 @@ mod tests {
         assert!(v4("ipv4:[::1]:1").unwrap_err().contains("not an IPv4"));
         assert!(v6("ipv6:10.0.0.1").unwrap_err().contains("not an IPv6"));
         assert!(v4("ipv4:///").unwrap_err().contains("empty"));
-        assert!(v4("ipv4:10.0.0.1,").unwrap_err().contains("not an IPv4"));
+        assert!(v4("ipv4:10.0.0.1,").unwrap_err().contains("empty host"));
+        assert!(v6("ipv6:[fe80::1%eth0]:1")
+            .unwrap_err()
+            .contains("an ipv6: target cannot use the IPv6 zone id \"eth0\""));
     }
 
     #[tokio::test]

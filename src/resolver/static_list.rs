@@ -8,7 +8,7 @@
 
 use super::fixed::fixed;
 use super::{Resolver, ResolverBuilder, UpdateSink};
-use crate::address::validate_host_port;
+use crate::host_port::validate_host_port;
 use crate::{Address, Error, Target};
 
 /// Builds resolvers for `static:///host:port,host:port,...`.
@@ -121,7 +121,7 @@ mod tests {
             "{empty}"
         );
         let trailing = parse("static:///a:1,").unwrap_err();
-        assert!(trailing.to_string().contains("no port"), "{trailing}");
+        assert!(trailing.to_string().contains("empty host"), "{trailing}");
     }
 
     #[tokio::test]

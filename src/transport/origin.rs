@@ -18,7 +18,11 @@ use std::sync::Arc;
 
 use http::uri::{Authority, Scheme};
 
+use crate::host_port::{join_host_port, HostPort};
 use crate::{Address, Error, ErrorKind, Target};
+
+/// The port of a target that names a host but no port, as in gRPC.
+const DEFAULT_PORT: u16 = 443;
 
 /// The scheme, `:authority` and TLS server name of calls to one address.
 #[derive(Debug, Clone)]
@@ -55,31 +59,14 @@ impl TargetHost {
         if matches!(target.scheme(), "unix" | "unix-abstract") {
             return None;
         }
-        let endpoint = target.endpoint();
-        if endpoint.is_empty() || endpoint.contains([',', '/', ' ']) {
-            return None;
-        }
-        let (host, port) = match split_host_port(endpoint) {
-            Some((host, port)) => (host, port.parse().ok()?),
-            None if !endpoint.contains(':') => (endpoint, 443),
-            None => return None,
-        };
+        // A list (`a:1,b:2`), a path (`etcd://…/prefix`) or anything else
+        // that is not one host[:port] names no host.
+        let named = HostPort::parse(target.endpoint()).ok()?;
         Some(TargetHost {
-            host: host.to_owned(),
-            port,
+            host: named.host().to_owned(),
+            port: named.port_or(DEFAULT_PORT),
         })
     }
-}
-
-/// `host:port` or `[v6]:port` into host (without brackets) and port.
-fn split_host_port(addr: &str) -> Option<(&str, &str)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.strip_suffix(']')?,
-        None if host.contains(':') => return None,
-        None => host,
-    };
-    (!host.is_empty() && !port.is_empty()).then_some((host, port))
 }
 
 fn is_unix(addr: &str) -> bool {
@@ -105,9 +92,9 @@ pub(crate) fn origin_for(
             server_name: None,
         });
     };
-    let (own_host, own_port) = match split_host_port(own) {
-        Some((host, port)) => (host, Some(port)),
-        None => (own, None),
+    let (own_host, own_port) = match HostPort::parse(own) {
+        Ok(named) => (named.host(), named.port()),
+        Err(_) => (own, None),
     };
     let attribute = address.attributes().server_name();
     let server_name = tls_override
@@ -117,10 +104,10 @@ pub(crate) fn origin_for(
     let authority = match (authority, attribute, target_host) {
         (Some(a), _, _) => a.clone(),
         (None, Some(name), _) => match own_port {
-            Some(port) => parse_authority(&format!("{name}:{port}"), address)?,
+            Some(port) => parse_authority(&join_host_port(name, port), address)?,
             None => parse_authority(name, address)?,
         },
-        (None, None, Some(t)) => parse_authority(&host_port(&t.host, t.port), address)?,
+        (None, None, Some(t)) => parse_authority(&join_host_port(&t.host, t.port), address)?,
         (None, None, None) => parse_authority(own, address)?,
     };
     Ok(Origin {
@@ -128,14 +115,6 @@ pub(crate) fn origin_for(
         authority,
         server_name: Some(Arc::from(server_name)),
     })
-}
-
-fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 fn parse_authority(text: &str, address: &Address) -> Result<Authority, Error> {
@@ -177,8 +156,13 @@ mod tests {
             named("api.example.com", 50051)
         );
         assert_eq!(host("static:///[::1]:5"), named("::1", 5));
+        assert_eq!(host("dns:///[::1]"), named("::1", 443));
+        assert_eq!(host("dns:///::1"), named("::1", 443));
         assert_eq!(host("static:///a:1,b:2"), None);
+        assert_eq!(host("static:///a:1;weight=2"), None);
         assert_eq!(host("etcd://127.0.0.1:2379/foo/bar"), None);
+        assert_eq!(host("dns:///a.test:0"), None);
+        assert_eq!(host("unix:///tmp/a.sock"), None);
     }
 
     #[test]

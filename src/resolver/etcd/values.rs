@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::address::validate_host_port;
+use crate::host_port::validate_host_port;
 use crate::{Address, Attributes};
 
 /// What one etcd value says about its key.
@@ -221,7 +221,8 @@ mod tests {
     fn junk_values_say_what_is_wrong() {
         let cases = [
             (&b""[..], "empty"),
-            (b"not an address", "no port"),
+            (b"not an address", "the host \"not an address\" has ' '"),
+            (b"h", "no port"),
             (b"127.0.0.1:0", "bad port"),
             (b"{\"Addr\":", "not valid JSON"),
             (b"{\"Metadata\":1}", "no \"Addr\""),
