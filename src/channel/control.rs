@@ -505,6 +505,7 @@ impl Control {
                 tracing::Span::current().record("policy", policy.name());
             }
             let config = GracefulSwitch::config(policy.clone());
+            self.picker.set_policy(policy.name());
             self.policy = Some(policy);
             self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
         }
@@ -516,6 +517,7 @@ impl Control {
                 // No update yet: the default policy reports the error.
                 let policy = self.default_policy.clone();
                 self.balancer.switch_to(&policy);
+                self.picker.set_policy(policy.name());
                 self.policy = Some(policy);
             }
             self.drive(|b, ctl| b.resolver_error(&error, ctl));
