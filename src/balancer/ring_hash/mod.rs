@@ -539,10 +539,7 @@ impl Balancer for RingHash {
         self.sync_ring();
         if self.endpoints.is_empty() {
             // The manager asked for re-resolution.
-            self.last_error = Some(Error::new(
-                ErrorKind::Resolver,
-                "the resolver returned no usable addresses",
-            ));
+            self.last_error = Some(super::no_addresses());
         }
         self.publish(ctl);
     }
