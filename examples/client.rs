@@ -33,8 +33,9 @@
 //! policy, state, the resolver's last update and, per subchannel, its
 //! state, last error and call and connection counters.
 //!
-//! `--metadata KEY=VALUE` (repeatable) adds a header to every call, e.g.
-//! the key ring_hash hashes:
+//! `--metadata KEY=VALUE` adds a header to every call, e.g. the key
+//! ring_hash hashes; repeat the flag for more headers (`--metadata a=1
+//! --metadata b=2`, not `--metadata a=1 b=2`):
 //!
 //! ```text
 //! cargo run --example client -- --target static:///127.0.0.1:8000,127.0.0.1:8001 \
@@ -55,7 +56,7 @@ use tonic_balance::{BalancedChannel, Peer, WaitForReady};
 
 const USAGE: &str = "usage: client --target URI \
 [--policy pick_first|round_robin|least_request|weighted_round_robin|ring_hash] \
-[--service-config JSON] [--metadata KEY=VALUE ...] [--requests N] \
+[--service-config JSON] [--metadata KEY=VALUE]... (repeat the flag for each header) [--requests N] \
 [--concurrency C] [--interval-ms M] [--timeout-ms T] [--wait-for-ready] [--verbose] [--stats] \
 [--connections-per-address N] [--user-agent S] \
 [--tls-ca FILE] [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME] (TLS: --features tls)";

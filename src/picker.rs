@@ -313,6 +313,9 @@ pub(crate) struct PickerCell {
     current: ArcSwap<Snapshot>,
     generation: AtomicU64,
     changed: Notify,
+    /// The name of the policy the control task last selected, for
+    /// messages (`wait_until_ready`'s error); empty until it selects one.
+    policy: ArcSwap<String>,
 }
 
 impl PickerCell {
@@ -321,7 +324,21 @@ impl PickerCell {
             current: ArcSwap::from_pointee(Snapshot::new(0, state, picker)),
             generation: AtomicU64::new(0),
             changed: Notify::new(),
+            policy: ArcSwap::from_pointee(String::new()),
         }
+    }
+
+    /// Records the name of the channel's policy (allocates only when it
+    /// changed).
+    pub(crate) fn set_policy(&self, name: &str) {
+        if self.policy.load().as_str() != name {
+            self.policy.store(Arc::new(name.to_owned()));
+        }
+    }
+
+    /// The name of the channel's policy, empty before one is selected.
+    pub(crate) fn policy(&self) -> Arc<String> {
+        self.policy.load_full()
     }
 
     pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {

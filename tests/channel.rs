@@ -292,6 +292,38 @@ async fn an_empty_set_fails_fast_or_waits_until_the_deadline() {
     assert_eq!(start.elapsed().as_secs(), 30);
 }
 
+/// README: an empty set fails fast calls with `resolver error: the
+/// resolver returned no addresses`, whichever policy runs.
+#[tokio::test(start_paused = true)]
+async fn an_empty_set_fails_fast_with_the_same_message_under_every_policy() {
+    for policy in [
+        "pick_first",
+        "round_robin",
+        "least_request",
+        "weighted_round_robin",
+        "ring_hash",
+    ] {
+        let manual = ManualResolver::new("manual");
+        manual.update(Vec::<String>::new());
+        let channel = BalancedChannel::builder("manual:///nothing")
+            .resolver_builder(manual.clone())
+            .balancer(policy)
+            .build()
+            .unwrap();
+        let status = route(&mut SimpleClient::new(channel), "x")
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{policy}: {status:?}");
+        assert!(
+            status
+                .message()
+                .contains("resolver error: the resolver returned no addresses"),
+            "{policy}: {}",
+            status.message()
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn before_the_first_resolution_calls_wait_for_it() {
     let manual = ManualResolver::new("manual");

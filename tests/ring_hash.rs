@@ -11,7 +11,7 @@ use support::proto::SimpleRequest;
 use support::{fast_backoff, static_target, Backend, ClosedPort};
 use tonic::Status;
 use tonic_balance::resolver::{ManualResolver, ResolverUpdate};
-use tonic_balance::{Address, BalancedChannel, Endpoint, Peer, WaitForReady};
+use tonic_balance::{Address, BalancedChannel, ConnectivityState, Endpoint, Peer, WaitForReady};
 
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -200,6 +200,65 @@ async fn an_endpoint_whose_first_address_is_dead_serves_its_keys_from_its_second
         );
         assert_eq!(count(&second) + count(&other), keys.len());
         assert_eq!(second.accepted_connections(), 1);
+    })
+    .await
+    .unwrap();
+}
+
+/// ring_hash connects only for calls (gRFC A42; grpc-go's `ExitIdle` is a
+/// no-op), so `connect` and `wait_until_ready` cannot make its channel
+/// READY: they fail at their deadline with an error that says why and
+/// what to do, and connect nothing; the first call connects its backend.
+#[tokio::test]
+async fn connect_fails_clearly_while_ring_hash_waits_for_calls_and_a_call_makes_it_ready() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backends: Vec<Backend> = (0..3).map(|_| Backend::start()).collect();
+        let refs: Vec<&Backend> = backends.iter().collect();
+        let target = static_target(&refs);
+        tokio::time::pause();
+        let err = BalancedChannel::builder(target.as_str())
+            .service_config(CONFIG)
+            .connect(Duration::from_secs(5))
+            .await
+            .expect_err("ring_hash stays IDLE without calls");
+        let text = err.to_string();
+        assert!(err.is_timeout(), "{text}");
+        assert!(
+            text.contains("state IDLE")
+                && text.contains("ring_hash")
+                && text.contains("connects only when calls arrive")
+                && text.contains(".build()"),
+            "{text}"
+        );
+
+        let channel = channel(&target, None);
+        let err = channel
+            .wait_until_ready(Duration::from_secs(5))
+            .await
+            .expect_err("still IDLE");
+        assert!(
+            err.to_string().contains("connects only when calls arrive"),
+            "{err}"
+        );
+        tokio::time::resume();
+        assert_eq!(channel.state(), ConnectivityState::Idle);
+        assert!(backends.iter().all(|b| b.accepted_connections() == 0));
+
+        let mut client = SimpleClient::new(channel.clone());
+        let owner = call(&mut client, "user-1")
+            .await
+            .expect("the call connects");
+        assert_eq!(channel.state(), ConnectivityState::Ready);
+        channel
+            .wait_until_ready(Duration::from_secs(1))
+            .await
+            .expect("READY after one call");
+        let connected: Vec<String> = backends
+            .iter()
+            .filter(|b| b.accepted_connections() > 0)
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(connected, vec![owner], "only the key's backend");
     })
     .await
     .unwrap();

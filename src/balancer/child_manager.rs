@@ -57,7 +57,7 @@ use super::{failure_message, Balancer, BuildOptions, Controller, LbConfig, LbPol
 use crate::picker::{FailPicker, PickInfo, PickResult, Picker, QueuePicker};
 use crate::resolver::ResolverUpdate;
 use crate::subchannel::{SubchannelOwner, SubchannelState};
-use crate::{ConnectivityState, Endpoint, Error, ErrorKind, Subchannel};
+use crate::{ConnectivityState, Endpoint, Error, Subchannel};
 
 /// One READY child as a [`ChildPickers`] sees it.
 #[non_exhaustive]
@@ -557,10 +557,7 @@ impl Balancer for ChildManager {
         // subchannels they share with them.
         drop(removed);
         if !self.has_endpoints {
-            self.last_error = Some(Error::new(
-                ErrorKind::Resolver,
-                "the resolver returned no usable addresses",
-            ));
+            self.last_error = Some(super::no_addresses());
             ctl.request_resolution();
         }
         self.ready_changed = true;
@@ -764,7 +761,7 @@ mod tests {
         m.resolver_update(&update, &LbConfig::empty(), &mut ctl);
         assert_eq!(ctl.last_state(), Idle);
         assert!(ctl.connected_addrs().is_empty(), "nothing connects");
-        m.resolver_error(&Error::new(ErrorKind::Resolver, "down"), &mut ctl);
+        m.resolver_error(&Error::new(crate::ErrorKind::Resolver, "down"), &mut ctl);
         assert_eq!(m.child("b:1").map(|c| c.0), Some(Idle), "not started");
         m.exit_idle_child("a:1,a:2", &mut ctl);
         assert_eq!(ctl.connected_addrs(), ["a:1"], "started: its first address");

@@ -481,6 +481,16 @@ pub fn aggregate_state(states: impl IntoIterator<Item = ConnectivityState>) -> C
     }
 }
 
+/// The error of an empty address set (the resolver sent no endpoint with
+/// an address), the same under every policy and in the channel's
+/// `wait_until_ready`: `the resolver returned no addresses`.
+pub(crate) fn no_addresses() -> Error {
+    Error::new(
+        crate::ErrorKind::Resolver,
+        "the resolver returned no addresses",
+    )
+}
+
 /// The message a failing picker gives calls because of `error`:
 /// `resolver error: ...` when the resolver failed or gave no usable
 /// addresses ([`ErrorKind::Resolver`](crate::ErrorKind::Resolver)); the

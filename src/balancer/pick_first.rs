@@ -518,7 +518,7 @@ impl Balancer for PickFirst {
         if self.addresses.is_empty() {
             self.timer = None;
             self.phase = Phase::Waiting;
-            let error = Error::new(ErrorKind::Resolver, "the resolver returned no addresses");
+            let error = super::no_addresses();
             self.publish_failure(error, ctl);
             return ctl.request_resolution();
         }

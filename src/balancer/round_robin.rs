@@ -289,7 +289,7 @@ mod tests {
             .pick_status()
             .unwrap()
             .message()
-            .contains("no usable addresses"));
+            .contains("the resolver returned no addresses"));
     }
 
     #[test]

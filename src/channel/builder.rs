@@ -437,6 +437,7 @@ impl BalancedChannelBuilder {
             ConnectivityState::Connecting,
             Arc::new(QueuePicker),
         ));
+        picker.set_policy(default_policy.name());
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let states = Arc::new(watch::channel(ConnectivityState::Connecting).0);
@@ -484,7 +485,20 @@ impl BalancedChannelBuilder {
     }
 
     /// Builds the channel and waits until it is READY, at most `timeout`
-    /// (grpc-go's blocking dial).
+    /// (grpc-go's blocking dial), with
+    /// [`wait_until_ready`](BalancedChannel::wait_until_ready).
+    ///
+    /// Not for a policy that connects only when calls arrive (`ring_hash`,
+    /// gRFC A42): it leaves the channel IDLE until the first call, so this
+    /// fails at `timeout` (`... (state IDLE: the policy, ring_hash, did
+    /// not connect when asked; ...)`). Use
+    /// [`build`](Self::build) with it; the first call connects.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build)'s errors, then `wait_until_ready`'s: one
+    /// with [`Error::is_timeout`] naming the state and why at the
+    /// deadline.
     pub async fn connect(self, timeout: Duration) -> Result<BalancedChannel, Error> {
         let channel = self.build()?;
         channel.wait_until_ready(timeout).await?;

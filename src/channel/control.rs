@@ -36,7 +36,7 @@ use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
 use crate::stats::{ChannelSnapshot, ResolverSnapshot};
 use crate::subchannel::{ConnectConfig, StateEvent, SubchannelOwner, SubchannelState};
-use crate::{Address, ConnectivityState, Error, ErrorKind, Picker, Subchannel, Target};
+use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
 
 /// What channel handles ask of the control task.
 #[derive(Debug)]
@@ -121,8 +121,7 @@ impl Failure {
             }
         }
         self.has_addresses = !update.addresses().is_empty();
-        self.resolver = (!self.has_addresses)
-            .then(|| Error::new(ErrorKind::Resolver, "the resolver returned no addresses"));
+        self.resolver = (!self.has_addresses).then(crate::balancer::no_addresses);
         self.changed = true;
     }
 
@@ -505,6 +504,7 @@ impl Control {
                 tracing::Span::current().record("policy", policy.name());
             }
             let config = GracefulSwitch::config(policy.clone());
+            self.picker.set_policy(policy.name());
             self.policy = Some(policy);
             self.drive(|b, ctl| b.resolver_update(&update, &config, ctl));
         }
@@ -516,6 +516,7 @@ impl Control {
                 // No update yet: the default policy reports the error.
                 let policy = self.default_policy.clone();
                 self.balancer.switch_to(&policy);
+                self.picker.set_policy(policy.name());
                 self.policy = Some(policy);
             }
             self.drive(|b, ctl| b.resolver_error(&error, ctl));

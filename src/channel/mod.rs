@@ -190,8 +190,25 @@ impl BalancedChannel {
     }
 
     /// Waits until the channel is READY, at most `timeout` (grpc-go's
-    /// blocking dial). An IDLE channel is asked to connect. The error says
-    /// what state the channel was in and the last connection error.
+    /// blocking dial). An IDLE channel is asked to connect (the policy's
+    /// `exit_idle`).
+    ///
+    /// A policy that connects only when calls arrive, `ring_hash` (gRFC
+    /// A42; grpc-go's ring_hash `ExitIdle` does nothing either), leaves
+    /// the channel IDLE until the first call, so this waits out `timeout`
+    /// and fails: with such a policy build the channel with
+    /// [`build`](BalancedChannelBuilder::build) and let the first call
+    /// connect its backend.
+    ///
+    /// # Errors
+    ///
+    /// At the deadline, an error with [`Error::is_timeout`] that names the
+    /// state the channel was in and why, as the channel last heard it (the
+    /// last connection error, the resolver's error, or, while IDLE, that
+    /// the policy did not connect when asked, e.g. `... not READY after
+    /// 5s (state IDLE: the policy, ring_hash, did not connect when
+    /// asked; ...)`); one with [`Error::is_closed`] if the channel is
+    /// shut down.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -220,10 +237,16 @@ impl BalancedChannel {
     /// the picker (never a pick: picking has effects a policy counts).
     fn not_ready(&self, timeout: Duration) -> Error {
         let snapshot = self.shared.picker.load();
-        let why = snapshot
-            .failure()
-            .map(|reason| format!(": {reason}"))
-            .unwrap_or_default();
+        let mut reasons = Vec::new();
+        if snapshot.state == ConnectivityState::Idle {
+            reasons.push(still_idle(&self.shared.picker.policy()));
+        }
+        reasons.extend(snapshot.failure().map(|reason| reason.to_string()));
+        let why = if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", reasons.join("; "))
+        };
         Error::new(
             ErrorKind::Timeout,
             format!(
@@ -232,6 +255,21 @@ impl BalancedChannel {
             ),
         )
     }
+}
+
+/// Why a channel asked to leave IDLE is still IDLE at the deadline: its
+/// policy connects only for calls (ring_hash), or it went IDLE again just
+/// before the deadline.
+fn still_idle(policy: &str) -> String {
+    let policy = match policy {
+        "" => "the policy".to_owned(),
+        name => format!("the policy, {name},"),
+    };
+    format!(
+        "{policy} did not connect when asked; a policy that \
+         connects only when calls arrive (ring_hash) stays IDLE until the \
+         first call, so build its channel with .build(), not .connect()"
+    )
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for BalancedChannel {

@@ -40,7 +40,11 @@ impl OrcaOobService {
     /// The default minimum reporting interval: 30 s.
     pub const DEFAULT_MIN_REPORTING_INTERVAL: Duration = Duration::from_secs(30);
 
-    /// Streams `recorder`'s reports.
+    /// Streams `recorder`'s reports, at most one every
+    /// [`DEFAULT_MIN_REPORTING_INTERVAL`](Self::DEFAULT_MIN_REPORTING_INTERVAL)
+    /// (30 s) whatever period a client asks for: a client asking for
+    /// `oobReportingPeriod: "1s"` gets 30 s unless you lower it with
+    /// [`min_reporting_interval`](Self::min_reporting_interval).
     pub fn new(recorder: ServerMetricsRecorder) -> Self {
         OrcaOobService {
             recorder,

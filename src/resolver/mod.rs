@@ -28,8 +28,8 @@
 //! process-wide, like grpc-go's `resolver.Register`; a channel can also be
 //! given a builder or a registry of its own, so tests stay isolated.
 //! [`ManualResolver`] lets users (and their tests) push updates by hand, and
-//! [`ResolverDiscover`] exposes any resolver as a tower `Discover` stream that
-//! tonic's own `Channel::balance_channel` accepts.
+//! `ResolverDiscover` (feature `discover`) exposes any resolver as a tower
+//! `Discover` stream that tonic's own `Channel::balance_channel` accepts.
 //!
 //! [`Target`]: crate::Target
 //! [`ServiceConfig`]: crate::ServiceConfig

@@ -18,7 +18,7 @@
 //! TRANSIENT_FAILURE and backs off, and fail-fast calls get `UNAVAILABLE`
 //! with the address and the reason.
 //!
-//! **Names** ([`ClientTlsConfig`] with the `tls` feature). Plaintext calls
+//! **Names** (`ClientTlsConfig`, with the `tls` feature). Plaintext calls
 //! carry `:authority` = the channel's `authority(..)`, else the address
 //! (`localhost` for unix sockets). With TLS the certificate is verified
 //! for, and SNI names, the target's logical host, not the dialled IP:

@@ -28,7 +28,11 @@
 //! Endpoints with the same first address after the first are ignored.
 //!
 //! **Lazy connections (A42, A61).** A child is IDLE, with no
-//! connection, until a call lands on it. The picker cannot call into
+//! connection, until a call lands on it. `exit_idle` does nothing (as
+//! grpc-go's ring_hash `ExitIdle`: connections come from picks and from
+//! the children's states), so a new channel stays IDLE until its first
+//! call: build it with `build()`, not `connect(timeout)`, whose wait for
+//! READY would fail at its deadline. The picker cannot call into
 //! the policy, so the policy keeps each endpoint's first-address
 //! subchannel as its bell: the picker asks it to connect and queues the
 //! call; when that subchannel leaves IDLE the policy starts the child,
@@ -535,10 +539,7 @@ impl Balancer for RingHash {
         self.sync_ring();
         if self.endpoints.is_empty() {
             // The manager asked for re-resolution.
-            self.last_error = Some(Error::new(
-                ErrorKind::Resolver,
-                "the resolver returned no usable addresses",
-            ));
+            self.last_error = Some(super::no_addresses());
         }
         self.publish(ctl);
     }

@@ -92,8 +92,9 @@ impl WrrConfig {
         })
     }
 
-    /// `enableOobLoadReport` (accepted; out-of-band reports are not read
-    /// yet, see the [module docs](super)).
+    /// `enableOobLoadReport`: read the reports from ORCA's out-of-band
+    /// stream (gRFC A51) instead of the calls' trailers, see the
+    /// [module docs](super).
     pub fn enable_oob_load_report(&self) -> bool {
         self.enable_oob_load_report
     }
@@ -114,8 +115,8 @@ impl WrrConfig {
         self.weight_expiration_period
     }
 
-    /// `weightUpdatePeriod` (at least 100 ms): how often the scheduler is
-    /// rebuilt.
+    /// `weightUpdatePeriod`: how often the scheduler is rebuilt; a
+    /// configured value under 100 ms (`"0s"` too) is raised to 100 ms (A58).
     pub fn weight_update_period(&self) -> Duration {
         self.weight_update_period
     }
@@ -160,10 +161,17 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_weight_update_period_is_raised_to_100ms() {
+        let config = WrrConfig::parse(&json!({"weightUpdatePeriod": "0s"})).unwrap();
+        assert_eq!(config.weight_update_period(), Duration::from_millis(100));
+    }
+
+    #[test]
     fn bad_fields_are_errors_naming_them() {
         for (json, field) in [
             (json!({"blackoutPeriod": 10}), "blackoutPeriod"),
             (json!({"weightUpdatePeriod": "1m"}), "weightUpdatePeriod"),
+            (json!({"weightUpdatePeriod": "100ms"}), "weightUpdatePeriod"),
             (
                 json!({"weightExpirationPeriod": "-1s"}),
                 "weightExpirationPeriod",

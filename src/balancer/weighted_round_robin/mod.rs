@@ -36,10 +36,11 @@
 //! blackout.
 //!
 //! **Config** (`{"weighted_round_robin": {...}}`, JSON names as gRPC's,
-//! durations as strings like `"10s"` or `"0.5s"`): `enableOobLoadReport`
+//! durations as gRPC JSON durations, seconds with an `s`: `"10s"` or
+//! `"0.5s"`, not `"100ms"`): `enableOobLoadReport`
 //! (false), `oobReportingPeriod` (10 s), `blackoutPeriod` (10 s),
 //! `weightExpirationPeriod` (3 min), `weightUpdatePeriod` (1 s, raised to
-//! 100 ms if below), `errorUtilizationPenalty` (1.0, not negative).
+//! 100 ms if below, `"0s"` too), `errorUtilizationPenalty` (1.0, not negative).
 //!
 //! **Out-of-band reports** (`enableOobLoadReport: true`): every READY
 //! subchannel streams its server's reports on ORCA's
