@@ -467,8 +467,13 @@ impl DriveState {
     fn poll_lost(&mut self, cx: &mut Context<'_>) -> Option<Lost> {
         let probe = self.probe.as_mut()?;
         // A GOAWAY makes every new stream fail: stop taking calls now.
-        if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
-            return Some(Lost::Draining(e));
+        // `h2` is asked (a lock of its streams) only once the server sent
+        // one; any other end of the connection ends `h2`'s connection
+        // future itself (`Lost::Closed`).
+        if self.wire.go_away_seen() {
+            if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
+                return Some(Lost::Draining(e));
+            }
         }
         let error_resets = self.wire.error_resets_sent();
         if error_resets >= DRAIN_AFTER_ERROR_RESETS {
