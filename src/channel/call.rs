@@ -33,6 +33,7 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use tokio::time::Instant;
@@ -44,6 +45,10 @@ use crate::metrics::CallRecord;
 use crate::picker::{Completion, PickInfo, PickResult};
 use crate::transport::{Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT};
 use crate::{Address, ConnectivityState, Target};
+
+/// The call's timeout header (gRPC over HTTP/2, `Timeout`). A constant, so
+/// that looking it up on every call does not parse the name.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// How many times a call is re-picked on the same picker when its
 /// subchannel turns out not to be connected, before waiting for a new one.
@@ -450,7 +455,7 @@ fn respond(
 /// default timeout.
 fn call_timeout(headers: &http::HeaderMap, default: Option<Duration>) -> Option<Duration> {
     let header = headers
-        .get("grpc-timeout")
+        .get(&GRPC_TIMEOUT)
         .and_then(|v| parse_grpc_timeout(v.as_bytes()));
     match (header, default) {
         (Some(a), Some(b)) => Some(a.min(b)),

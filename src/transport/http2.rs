@@ -196,16 +196,24 @@ impl std::fmt::Debug for Sender {
 }
 
 impl Sender {
-    /// Ready when a stream can be opened: `h2` can take one and fewer
-    /// than [`pacer::MAX_HELD`] cancelled streams wait for the server. An
-    /// error at once when the connection refuses new streams (GOAWAY) or
-    /// has ended.
+    /// Ready when a stream may be opened: fewer than [`pacer::MAX_HELD`]
+    /// cancelled streams wait for the server. While the call waits for
+    /// room, an error as soon as the connection refuses new streams
+    /// (GOAWAY) or has ended.
+    ///
+    /// With room, `h2` is not asked: each call has its own clone of `h2`'s
+    /// sender, with no stream of its own pending, so `h2`'s `poll_ready`
+    /// would only check the connection's error and the next stream id,
+    /// which [`send_request`](Self::send_request) checks anyway, under the
+    /// lock it takes to open the stream.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
-        if let Poll::Ready(Err(e)) = self.h2.poll_ready(cx) {
-            return Poll::Ready(Err(e));
+        if self.cancels.poll_room(cx).is_ready() {
+            return Poll::Ready(Ok(()));
         }
-        std::task::ready!(self.cancels.poll_room(cx));
-        self.h2.poll_ready(cx)
+        match self.h2.poll_ready(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Pending,
+        }
     }
 
     /// Opens a stream with `request`'s HEADERS (see
@@ -459,8 +467,13 @@ impl DriveState {
     fn poll_lost(&mut self, cx: &mut Context<'_>) -> Option<Lost> {
         let probe = self.probe.as_mut()?;
         // A GOAWAY makes every new stream fail: stop taking calls now.
-        if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
-            return Some(Lost::Draining(e));
+        // `h2` is asked (a lock of its streams) only once the server sent
+        // one; any other end of the connection ends `h2`'s connection
+        // future itself (`Lost::Closed`).
+        if self.wire.go_away_seen() {
+            if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
+                return Some(Lost::Draining(e));
+            }
         }
         let error_resets = self.wire.error_resets_sent();
         if error_resets >= DRAIN_AFTER_ERROR_RESETS {

@@ -14,7 +14,9 @@
 //!   PING, which gRPC servers' ping policies care about;
 //! - how many RST_STREAMs were written, by error code: `CANCEL` ones are
 //!   calls cancelled by their callers, any other code is a reset `h2` sent
-//!   on its own, which counts toward its per-connection limit.
+//!   on its own, which counts toward its per-connection limit;
+//! - whether the server sent a GOAWAY: only then does the drive task ask
+//!   `h2` whether the connection still takes new streams.
 //!
 //! Reading a frame header costs a few comparisons per frame; payloads are
 //! skipped, except the four bytes of a RST_STREAM's error code.
@@ -36,6 +38,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
 /// RST_STREAM error code CANCEL (RFC 9113, section 7).
 const CANCEL: u32 = 0x8;
@@ -64,6 +67,8 @@ pub(crate) struct Wire {
     epoch: Instant,
     cancels_sent: AtomicUsize,
     error_resets_sent: AtomicUsize,
+    /// The server sent a GOAWAY.
+    go_away: AtomicBool,
 }
 
 impl Wire {
@@ -78,6 +83,7 @@ impl Wire {
             epoch: Instant::now(),
             cancels_sent: AtomicUsize::new(0),
             error_resets_sent: AtomicUsize::new(0),
+            go_away: AtomicBool::new(false),
         }
     }
 
@@ -126,6 +132,12 @@ impl Wire {
         self.error_resets_sent.load(Ordering::Relaxed)
     }
 
+    /// Whether the server sent a GOAWAY (read whole; `h2` may process it
+    /// in a later poll of the connection).
+    pub(crate) fn go_away_seen(&self) -> bool {
+        self.go_away.load(Ordering::Acquire)
+    }
+
     fn server_frame(&self, kind: u8, flags: u8, stream: u32) {
         match kind {
             HEADERS | DATA => {
@@ -137,6 +149,7 @@ impl Wire {
                 }
             }
             PING if flags & ACK != 0 => self.ping_unanswered.store(false, Ordering::Release),
+            GOAWAY => self.go_away.store(true, Ordering::Release),
             _ => {}
         }
     }
@@ -399,6 +412,9 @@ mod tests {
         wire.our_frame(RST_STREAM, 0, 5, CANCEL);
         wire.our_frame(RST_STREAM, 0, 7, 5);
         assert_eq!((wire.cancels_sent(), wire.error_resets_sent()), (1, 1));
+        assert!(!wire.go_away_seen());
+        wire.server_frame(GOAWAY, 0, 0);
+        assert!(wire.go_away_seen());
     }
 
     #[tokio::test(start_paused = true)]

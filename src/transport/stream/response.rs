@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::RecvStream;
+use http::header::HeaderName;
 use http_body::Frame;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
@@ -30,6 +31,10 @@ use super::status_from_h2;
 use crate::picker::Completion;
 use crate::transport::http2::InFlight;
 use crate::Address;
+
+/// The status trailer (gRPC over HTTP/2, `Status`). A constant, so that
+/// looking it up on every call does not parse the name.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// A call's deadline: one timer for the whole call. It is boxed so that it
 /// can move from the call's future into its response body; a call without
@@ -193,7 +198,7 @@ impl http_body::Body for ResponseBody {
 /// trailers-only response) carry: `grpc-status`, else the code gRPC's
 /// HTTP-to-gRPC mapping gives a non-200 `status`, else `UNKNOWN`.
 pub(crate) fn grpc_code(headers: &http::HeaderMap, status: http::StatusCode) -> Code {
-    if let Some(code) = headers.get("grpc-status") {
+    if let Some(code) = headers.get(&GRPC_STATUS) {
         return Code::from_bytes(code.as_bytes());
     }
     match status.as_u16() {
