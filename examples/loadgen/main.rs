@@ -26,6 +26,11 @@
 //! `x-loadgen-key` header per call, its `requestHashHeader`).
 //! `ours-round_robin-outlier`: round_robin under outlier detection (gRFC
 //! A50) with failure-percentage ejection, counting every call's outcome.
+//!
+//! `LOADGEN_BACKEND_RUNTIME=current_thread` in the environment runs the
+//! backends on tokio's current-thread scheduler: a server that answers all
+//! the calls of one read in one write (as grpc-go's does), instead of one
+//! write per response.
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with

@@ -38,10 +38,22 @@ pub fn serve(
     first: usize,
     cpu: Option<usize>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // `LOADGEN_BACKEND_RUNTIME=current_thread`: tokio's current-thread
+    // scheduler, which has no LIFO slot, so the server answers every call
+    // of one read before its connection task writes: one write for many
+    // responses, as grpc-go's server does (BENCHMARKS.md, section 7).
+    let current_thread =
+        std::env::var("LOADGEN_BACKEND_RUNTIME").is_ok_and(|r| r == "current_thread");
+    let mut runtime = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     if let Some(cpu) = cpu {
         crate::process::pin_to(cpu)?;
-        runtime.worker_threads(1);
+        if !current_thread {
+            runtime.worker_threads(1);
+        }
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {

@@ -16,7 +16,11 @@
 //!   calls cancelled by their callers, any other code is a reset `h2` sent
 //!   on its own, which counts toward its per-connection limit;
 //! - whether the server sent a GOAWAY: only then does the drive task ask
-//!   `h2` whether the connection still takes new streams.
+//!   `h2` whether the connection still takes new streams;
+//! - how many streams we opened and how many the server ended (END_STREAM
+//!   or RST_STREAM): the difference is the calls the server still has to
+//!   answer, which tells the drive task whether holding back a write would
+//!   leave the server without work (write coalescing, `Coalesce`).
 //!
 //! Reading a frame header costs a few comparisons per frame; payloads are
 //! skipped, except the four bytes of a RST_STREAM's error code.
@@ -40,6 +44,8 @@ const RST_STREAM: u8 = 0x3;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
+/// The END_STREAM flag of HEADERS and DATA (RFC 9113, section 6.1).
+const END_STREAM: u8 = 0x1;
 /// RST_STREAM error code CANCEL (RFC 9113, section 7).
 const CANCEL: u32 = 0x8;
 /// grpc-go's and C-core's default minimum time between client PINGs
@@ -69,6 +75,10 @@ pub(crate) struct Wire {
     error_resets_sent: AtomicUsize,
     /// The server sent a GOAWAY.
     go_away: AtomicBool,
+    /// Streams whose first HEADERS we wrote (wrapping).
+    streams_sent: AtomicU32,
+    /// Streams the server ended with END_STREAM or reset (wrapping).
+    streams_ended: AtomicU32,
 }
 
 impl Wire {
@@ -84,6 +94,8 @@ impl Wire {
             cancels_sent: AtomicUsize::new(0),
             error_resets_sent: AtomicUsize::new(0),
             go_away: AtomicBool::new(false),
+            streams_sent: AtomicU32::new(0),
+            streams_ended: AtomicU32::new(0),
         }
     }
 
@@ -138,7 +150,21 @@ impl Wire {
         self.go_away.load(Ordering::Acquire)
     }
 
+    /// Streams we opened minus streams the server ended, as wrapping
+    /// counters (a stream we reset that the server never ends stays in it;
+    /// a stream the server both ends and resets counts twice): an estimate
+    /// for the drive task's write coalescing, which corrects it whenever
+    /// no call is in flight, never a figure to rely on.
+    pub(crate) fn unanswered(&self) -> u32 {
+        let sent = self.streams_sent.load(Ordering::Relaxed);
+        sent.wrapping_sub(self.streams_ended.load(Ordering::Relaxed))
+    }
+
     fn server_frame(&self, kind: u8, flags: u8, stream: u32) {
+        let ends = matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0;
+        if ends || (kind == RST_STREAM && stream != 0) {
+            self.streams_ended.fetch_add(1, Ordering::Relaxed);
+        }
         match kind {
             HEADERS | DATA => {
                 if kind == HEADERS {
@@ -157,7 +183,11 @@ impl Wire {
     fn our_frame(&self, kind: u8, flags: u8, stream: u32, code: u32) {
         match kind {
             HEADERS => {
-                self.opened.fetch_max(stream, Ordering::AcqRel);
+                // A stream's first HEADERS: ids only grow (trailers reuse one).
+                let before = self.opened.fetch_max(stream, Ordering::AcqRel);
+                if before < stream {
+                    self.streams_sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
             PING if flags & ACK == 0 => {
                 let opened = self.opened.load(Ordering::Acquire);
@@ -415,6 +445,28 @@ mod tests {
         assert!(!wire.go_away_seen());
         wire.server_frame(GOAWAY, 0, 0);
         assert!(wire.go_away_seen());
+    }
+
+    #[test]
+    fn the_wire_counts_the_streams_the_server_has_not_answered() {
+        let wire = Wire::new();
+        // Streams 1, 3 and 5 opened; 1 with a request trailer (same id).
+        wire.our_frame(HEADERS, 0x4, 1, 0);
+        wire.our_frame(HEADERS, 0x4, 3, 0);
+        wire.our_frame(HEADERS, 0x4 | END_STREAM, 1, 0);
+        wire.our_frame(HEADERS, 0x4, 5, 0);
+        assert_eq!(wire.unanswered(), 3);
+        // Response headers and DATA do not end a stream; trailers do.
+        wire.server_frame(HEADERS, 0x4, 1);
+        wire.server_frame(DATA, 0, 1);
+        assert_eq!(wire.unanswered(), 3);
+        wire.server_frame(HEADERS, 0x4 | END_STREAM, 1);
+        // A DATA frame with END_STREAM, a reset; a connection PING does not count.
+        wire.server_frame(DATA, END_STREAM, 3);
+        wire.server_frame(PING, 0, 0);
+        assert_eq!(wire.unanswered(), 1);
+        wire.server_frame(RST_STREAM, 0, 5);
+        assert_eq!(wire.unanswered(), 0);
     }
 
     #[tokio::test(start_paused = true)]
