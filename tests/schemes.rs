@@ -33,7 +33,23 @@ async fn an_ipv4_list_reaches_every_backend() {
     tokio::time::timeout(TEST_LIMIT, async {
         let (a, b) = (Backend::start(), Backend::start());
         let target = format!("ipv4:{},{}", a.addr, b.addr);
-        let peers = served_by(&target, "round_robin", 6).await;
+        // `connect` returns once round_robin is READY, which is when the
+        // first backend is; the second may still be connecting. So call
+        // until both have answered (bounded), not a fixed number of times.
+        let channel = BalancedChannel::builder(&target)
+            .balancer("round_robin")
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        let mut client = SimpleClient::new(channel);
+        let mut peers = Vec::new();
+        for _ in 0..400 {
+            peers.push(route(&mut client, "x").await.expect("call"));
+            if [&a, &b].iter().all(|b| peers.contains(&b.addr.to_string())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         for backend in [&a, &b] {
             assert!(peers.contains(&backend.addr.to_string()), "{peers:?}");
         }
