@@ -27,10 +27,18 @@
 //! `ours-round_robin-outlier`: round_robin under outlier detection (gRFC
 //! A50) with failure-percentage ejection, counting every call's outcome.
 //!
-//! `LOADGEN_BACKEND_RUNTIME=current_thread` in the environment runs the
-//! backends on tokio's current-thread scheduler: a server that answers all
-//! the calls of one read in one write (as grpc-go's does), instead of one
-//! write per response.
+//! `--backend-runtime current_thread` (or `LOADGEN_BACKEND_RUNTIME=current_thread`
+//! in the environment) runs the backends on tokio's current-thread
+//! scheduler: a server that answers all the calls of one read in one write
+//! (as grpc-go's does), instead of one write per response, and needs less
+//! CPU per call. The default is `multi_thread` (one worker with `--pin on`).
+//!
+//! Each throughput row gives the backends' CPU per call beside the
+//! client's, and how busy each side was in percent of one CPU: pinned, the
+//! side near 100 % sets the throughput. When it is the backends, the
+//! throughput ratios measure the server's cost of each client's calls,
+//! and the `cpu vs` columns (client CPU ratios) say what the client alone
+//! would reach.
 //! ```
 //!
 //! Backends run in child processes (this binary re-executed with
@@ -68,7 +76,7 @@ cargo run --release --example loadgen -- \\
     [--duration 3s] [--warmup 1s] [--rounds 3] [--clients a,b,...] \\
     [--failover-concurrency 16] \\
     [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms] \\
-    [--tls on] [--pin on]
+    [--tls on] [--pin on] [--backend-runtime multi_thread|current_thread]
 
 clients (default: the first six):
   tonic-direct tonic-balance_list ours-round_robin ours-pick_first
@@ -97,6 +105,8 @@ struct Options {
     storm: storm::Storm,
     /// `--pin on`: the CPU of the backends' processes (the client is on 0).
     backend_cpu: Option<usize>,
+    /// The backends' tokio scheduler (`server::runtime_kind`).
+    backend_runtime: &'static str,
     /// The machine's CPUs, counted before pinning.
     cores: usize,
 }
@@ -157,9 +167,10 @@ fn main() -> Result<(), BoxError> {
 async fn throughput(options: &Options, count: usize, kinds: &[Kind]) -> Result<(), BoxError> {
     let backends = Backends::shared(count, options.backend_cpu)?;
     println!(
-        "# throughput{}: {} backend(s) in one child process, {} cores{}, {} rounds x {:?} (warm-up {:?})",
+        "# throughput{}: {} backend(s) in one child process ({} runtime), {} cores{}, {} rounds x {:?} (warm-up {:?})",
         if clients::TLS.get().is_some() { " over TLS" } else { "" },
         count,
+        options.backend_runtime,
         options.cores,
         if options.backend_cpu.is_some() {
             " (pinned: client on CPU 0, backends on CPU 1, one tokio worker each)"
@@ -178,9 +189,15 @@ async fn throughput(options: &Options, count: usize, kinds: &[Kind]) -> Result<(
                     continue;
                 }
                 let client = Client::connect(kind, &backends.addrs).await?;
-                let window =
-                    run::measure(&client, concurrency, options.warmup, options.duration, None)
-                        .await;
+                let window = run::measure(
+                    &client,
+                    concurrency,
+                    options.warmup,
+                    options.duration,
+                    None,
+                    &|| backends.cpu_time(),
+                )
+                .await;
                 drop(client);
                 eprintln!(
                     "  c={concurrency} round {} {:<20} {:>9.0} req/s",
@@ -235,6 +252,9 @@ async fn failover(options: &Options) -> Result<(), BoxError> {
                 options.warmup,
                 options.duration,
                 Some(midway),
+                // The backends are borrowed by the kill; their CPU is not
+                // part of the failover report.
+                &|| None,
             )
             .await;
             drop(client);
@@ -276,6 +296,7 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
         "--storm-wait",
         "--tls",
         "--pin",
+        "--backend-runtime",
     ];
     for pair in args.chunks(2) {
         if !known.contains(&pair[0].as_str()) || pair.len() < 2 {
@@ -311,6 +332,23 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
         Some("on") => return Err("--pin on needs 2 CPUs".into()),
         Some(other) => return Err(format!("--pin must be on or off, not {other}").into()),
     };
+    let runtime = match flag(args, "--backend-runtime") {
+        None => None,
+        Some("multi_thread") => Some("multi_thread"),
+        Some("current_thread") => Some("current_thread"),
+        Some(other) => {
+            return Err(format!(
+                "--backend-runtime must be multi_thread or current_thread, not {other}"
+            )
+            .into())
+        }
+    };
+    if let Some(kind) = runtime {
+        if server::RUNTIME.set(kind).is_err() {
+            return Err("--backend-runtime set twice".into());
+        }
+    }
+    let backend_runtime = server::runtime_kind()?;
     let concurrency = if scenario == "connections" {
         "1,16,64,256"
     } else {
@@ -356,6 +394,7 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
             handler_delay: Duration::from_millis(1),
         },
         backend_cpu,
+        backend_runtime,
         cores: cores(),
     })
 }

@@ -3,6 +3,14 @@
 //! `tonic-direct`, `tonic-balance_list`, `hyper-round_robin` and
 //! `h2-round_robin`) is taken
 //! within each round, then its median is reported.
+//!
+//! Besides the client's CPU per call, each row gives the backends' CPU per
+//! call and how busy each side was (percent of one CPU over the window):
+//! with `--pin on` each side has one CPU, and the side near 100 % is the
+//! one that sets the throughput. The `cpu vs` columns are the client-CPU
+//! ratios (the base client's CPU µs per call over this client's, within a
+//! round, then the median): the throughput ratio the two clients would
+//! show if each were limited by its own CPU alone.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +29,9 @@ struct Summary {
     p99: u32,
     p999: u32,
     cpu_us: f64,
+    backend_cpu_us: Option<f64>,
+    busy: f64,
+    backend_busy: Option<f64>,
     switches: f64,
     allocations: f64,
     errors: usize,
@@ -52,6 +63,9 @@ impl Throughput {
             p99: w.percentile(99.0),
             p999: w.percentile(99.9),
             cpu_us: w.cpu_us_per_request(),
+            backend_cpu_us: w.backend_cpu_us_per_request(),
+            busy: w.busy_percent(),
+            backend_busy: w.backend_busy_percent(),
             switches: w.switches_per_request(),
             allocations: w.allocations_per_request(),
             errors: w.errors.len(),
@@ -61,16 +75,26 @@ impl Throughput {
 
     /// The ratio of `run`'s throughput to `base`'s in the same round.
     fn ratio(&self, run: &Summary, base: Kind) -> Option<f64> {
+        self.base(run, base).map(|b| run.rps / b.rps)
+    }
+
+    /// `base`'s client CPU per call over `run`'s, in the same round.
+    fn cpu_ratio(&self, run: &Summary, base: Kind) -> Option<f64> {
+        self.base(run, base)
+            .filter(|_| run.cpu_us > 0.0)
+            .map(|b| b.cpu_us / run.cpu_us)
+    }
+
+    fn base(&self, run: &Summary, base: Kind) -> Option<&Summary> {
         self.runs
             .iter()
             .find(|r| r.round == run.round && r.kind == base)
-            .map(|b| run.rps / b.rps)
     }
 
     pub fn print(&self) {
         println!("\n## concurrency {}", self.concurrency);
         println!(
-            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>7} {:>10} {:>6}  calls per backend",
+            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>11} {:>10} {:>10} {:>7} {:>10} {:>6}  calls per backend",
             "client",
             "req/s",
             "vs direct",
@@ -81,6 +105,10 @@ impl Throughput {
             "p99 µs",
             "p999 µs",
             "CPU µs/req",
+            "srv µs/req",
+            "busy cl/srv",
+            "cpu vs dir",
+            "cpu vs bl",
             "csw/req",
             "allocs/req",
             "errors"
@@ -118,6 +146,12 @@ impl Throughput {
                 *total += n;
             }
         }
+        let known = |f: &dyn Fn(&Summary) -> Option<f64>| -> Option<f64> {
+            let values: Option<Vec<f64>> = runs.iter().map(|r| f(r)).collect();
+            values.map(median)
+        };
+        let backend_cpu_us = known(&|r| r.backend_cpu_us);
+        let backend_busy = known(&|r| r.backend_busy);
         let mut line = json!({
             "scenario": "throughput",
             "client": kind.name(),
@@ -129,6 +163,9 @@ impl Throughput {
             "p99_us": med(&|r| r.p99.into()),
             "p999_us": med(&|r| r.p999.into()),
             "cpu_us_per_request": round1(med(&|r| r.cpu_us)),
+            "backend_cpu_us_per_request": backend_cpu_us.map(round1),
+            "client_busy_percent": round1(med(&|r| r.busy)),
+            "backend_busy_percent": backend_busy.map(round1),
             "context_switches_per_request": round3(med(&|r| r.switches)),
             "allocations_per_request": round1(med(&|r| r.allocations)),
             "errors": errors,
@@ -149,8 +186,26 @@ impl Throughput {
             line[format!("ratio_vs_{key}_by_round")] =
                 json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
         }
+        let mut cpu_cells = Vec::new();
+        for base in [Kind::TonicDirect, Kind::TonicBalanceList] {
+            let ratios: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| self.cpu_ratio(r, base))
+                .collect();
+            let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+            cpu_cells.push(ratio.map_or("-".to_owned(), |r| format!("{r:.3}")));
+            let key = base.name().replace('-', "_");
+            line[format!("cpu_ratio_vs_{key}_median")] = json!(ratio.map(round3));
+            line[format!("cpu_ratio_vs_{key}_by_round")] =
+                json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
+        }
+        let busy = format!(
+            "{:.0}/{}",
+            med(&|r| r.busy),
+            backend_busy.map_or("-".to_owned(), |b| format!("{b:.0}"))
+        );
         println!(
-            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>7.2} {:>10.1} {:>6}  {:?}",
+            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>10} {:>11} {:>10} {:>10} {:>7.2} {:>10.1} {:>6}  {:?}",
             kind.name(),
             median(rps),
             cells[0],
@@ -161,6 +216,10 @@ impl Throughput {
             med(&|r| r.p99.into()),
             med(&|r| r.p999.into()),
             med(&|r| r.cpu_us),
+            backend_cpu_us.map_or("-".to_owned(), |c| format!("{c:.1}")),
+            busy,
+            cpu_cells[0],
+            cpu_cells[1],
             med(&|r| r.switches),
             med(&|r| r.allocations),
             errors,

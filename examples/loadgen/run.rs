@@ -2,7 +2,7 @@
 //! warm-up a measurement window opens, and every call that completes inside
 //! it is recorded (latency, backend or error, completion time), together
 //! with the process's CPU time (getrusage user + sys) and heap allocations
-//! over the window.
+//! over the window, and the backends' CPU time when the caller can read it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,6 +21,8 @@ pub struct Midway<'a> {
 pub struct Window {
     pub elapsed: Duration,
     pub cpu: Duration,
+    /// CPU time of the backends' processes, when known.
+    pub backend_cpu: Option<Duration>,
     /// Context switches (voluntary + involuntary) of this process.
     pub switches: u64,
     /// Heap allocations made by this process.
@@ -45,6 +47,23 @@ impl Window {
     /// CPU µs spent by this (client) process per completed call.
     pub fn cpu_us_per_request(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.requests().max(1) as f64
+    }
+
+    /// CPU µs spent by the backends' processes per completed call.
+    pub fn backend_cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.backend_cpu?;
+        Some(cpu.as_secs_f64() * 1e6 / self.requests().max(1) as f64)
+    }
+
+    /// The share of the window this (client) process ran, in percent of
+    /// one CPU (above 100 on several CPUs at once).
+    pub fn busy_percent(&self) -> f64 {
+        percent(self.cpu, self.elapsed)
+    }
+
+    /// The same for the backends' processes, when known.
+    pub fn backend_busy_percent(&self) -> Option<f64> {
+        Some(percent(self.backend_cpu?, self.elapsed))
     }
 
     /// Context switches of this (client) process per completed call.
@@ -93,13 +112,19 @@ struct Log {
     errors: Vec<(Duration, String)>,
 }
 
-/// Warms `client` up, then measures it for `duration`.
+fn percent(cpu: Duration, elapsed: Duration) -> f64 {
+    cpu.as_secs_f64() * 100.0 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+}
+
+/// Warms `client` up, then measures it for `duration`. `backend_cpu`
+/// reads the backends' CPU time so far (`None`: not known).
 pub async fn measure(
     client: &Client,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
     midway: Option<Midway<'_>>,
+    backend_cpu: &dyn Fn() -> Option<Duration>,
 ) -> Window {
     let control = Arc::new(Control::default());
     let workers: Vec<_> = (0..concurrency)
@@ -108,6 +133,7 @@ pub async fn measure(
     tokio::time::sleep(warmup).await;
 
     let (cpu0, switches0) = usage();
+    let backend0 = backend_cpu();
     let allocations0 = crate::process::allocations();
     crate::process::callgrind::zero();
     let start = Instant::now();
@@ -125,12 +151,14 @@ pub async fn measure(
     crate::process::callgrind::dump();
     let elapsed = start.elapsed();
     let (cpu1, switches1) = usage();
+    let backend1 = backend_cpu();
     let allocations1 = crate::process::allocations();
     control.stop.store(true, Ordering::Release);
 
     let mut window = Window {
         elapsed,
         cpu: cpu1.saturating_sub(cpu0),
+        backend_cpu: backend0.zip(backend1).map(|(a, b)| b.saturating_sub(a)),
         switches: switches1.saturating_sub(switches0),
         allocations: allocations1.saturating_sub(allocations0),
         ..Window::default()

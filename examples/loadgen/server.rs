@@ -10,6 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -31,6 +32,33 @@ impl Simple for Backend {
     }
 }
 
+/// The backends' tokio scheduler: `--backend-runtime` (handed to the
+/// backends' processes as `LOADGEN_BACKEND_RUNTIME`), `multi_thread` when
+/// unset.
+///
+/// `current_thread` has no LIFO slot, so a backend answers every call of
+/// one read before its connection task writes: one write for many
+/// responses, as grpc-go's server does, and less CPU per call than
+/// `multi_thread` with one worker, whose LIFO slot runs the connection
+/// task after each response: one write per response (BENCHMARKS.md,
+/// section 7).
+pub static RUNTIME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The runtime the backends' processes use: `RUNTIME` in the load
+/// generator, the environment in a backend process.
+pub fn runtime_kind() -> Result<&'static str, String> {
+    if let Some(kind) = RUNTIME.get() {
+        return Ok(kind);
+    }
+    match std::env::var("LOADGEN_BACKEND_RUNTIME").as_deref() {
+        Err(_) | Ok("multi_thread") => Ok("multi_thread"),
+        Ok("current_thread") => Ok("current_thread"),
+        Ok(other) => Err(format!(
+            "LOADGEN_BACKEND_RUNTIME must be multi_thread or current_thread, not {other}"
+        )),
+    }
+}
+
 /// The `--serve` mode: serves `count` backends numbered from `first`; with
 /// `cpu`, on that CPU alone with one tokio worker.
 pub fn serve(
@@ -38,12 +66,7 @@ pub fn serve(
     first: usize,
     cpu: Option<usize>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // `LOADGEN_BACKEND_RUNTIME=current_thread`: tokio's current-thread
-    // scheduler, which has no LIFO slot, so the server answers every call
-    // of one read before its connection task writes: one write for many
-    // responses, as grpc-go's server does (BENCHMARKS.md, section 7).
-    let current_thread =
-        std::env::var("LOADGEN_BACKEND_RUNTIME").is_ok_and(|r| r == "current_thread");
+    let current_thread = runtime_kind()? == "current_thread";
     let mut runtime = if current_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -132,6 +155,9 @@ impl Backends {
                 .env("LOADGEN_TLS_CERT", &tls.cert_pem)
                 .env("LOADGEN_TLS_KEY", &tls.key_pem);
         }
+        if let Some(kind) = RUNTIME.get() {
+            command.env("LOADGEN_BACKEND_RUNTIME", kind);
+        }
         if let Some(cpu) = self.cpu {
             command.args(["--pin-cpu", &cpu.to_string()]);
         }
@@ -162,6 +188,17 @@ impl Backends {
         Ok(())
     }
 
+    /// CPU time the backends' processes have used so far (every thread's
+    /// run time from `/proc/PID/task/TID/schedstat`, in nanoseconds), or
+    /// `None` where `/proc` cannot tell (not Linux, a process gone).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let mut total = Duration::ZERO;
+        for (child, _) in &self.procs {
+            total += process_cpu_time(child.id())?;
+        }
+        Some(total)
+    }
+
     /// SIGKILLs the process serving backend `index`.
     pub fn kill(&mut self, index: usize) -> std::io::Result<()> {
         for (child, indices) in &mut self.procs {
@@ -181,6 +218,20 @@ impl Drop for Backends {
             let _ = child.wait();
         }
     }
+}
+
+/// The summed run time of every thread of process `pid`.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(text) = std::fs::read_to_string(task.ok()?.path().join("schedstat")) else {
+            // A thread that ended between the listing and the read.
+            continue;
+        };
+        let nanos: u64 = text.split(' ').next()?.parse().ok()?;
+        total += Duration::from_nanos(nanos);
+    }
+    Some(total)
 }
 
 fn parse_listen(line: &str) -> Option<(usize, SocketAddr)> {
