@@ -17,13 +17,14 @@
 //!   on its own, which counts toward its per-connection limit;
 //! - whether the server sent a GOAWAY: only then does the drive task ask
 //!   `h2` whether the connection still takes new streams;
-//! - how many streams we opened and how many the server ended (END_STREAM
-//!   or RST_STREAM): the difference is the calls the server still has to
-//!   answer, which tells the drive task whether holding back a write would
-//!   leave the server without work (write coalescing, `Coalesce`).
+//! - how many of the streams we opened are still open, that is, held by
+//!   the server: it tells the drive task whether holding back a write
+//!   would leave the server without work (write coalescing, `Coalesce`).
+//!   Kept exactly, stream by stream, by [`OpenStreams`].
 //!
 //! Reading a frame header costs a few comparisons per frame; payloads are
-//! skipped, except the four bytes of a RST_STREAM's error code.
+//! skipped, except the first four bytes (a RST_STREAM's error code, a
+//! GOAWAY's last stream id).
 
 use std::io;
 use std::pin::Pin;
@@ -48,6 +49,8 @@ const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 /// RST_STREAM error code CANCEL (RFC 9113, section 7).
 const CANCEL: u32 = 0x8;
+/// How many stream ids [`OpenStreams`] follows, from the oldest open one.
+const OPEN_WINDOW: u32 = 4096;
 /// grpc-go's and C-core's default minimum time between client PINGs
 /// (`MinTime` / `min_recv_ping_interval_without_data`).
 const PING_POLICY_INTERVAL: Duration = Duration::from_secs(300);
@@ -75,10 +78,9 @@ pub(crate) struct Wire {
     error_resets_sent: AtomicUsize,
     /// The server sent a GOAWAY.
     go_away: AtomicBool,
-    /// Streams whose first HEADERS we wrote (wrapping).
-    streams_sent: AtomicU32,
-    /// Streams the server ended with END_STREAM or reset (wrapping).
-    streams_ended: AtomicU32,
+    /// [`OpenStreams::held`], published after each read and write of the
+    /// socket.
+    held: AtomicU32,
 }
 
 impl Wire {
@@ -94,8 +96,7 @@ impl Wire {
             cancels_sent: AtomicUsize::new(0),
             error_resets_sent: AtomicUsize::new(0),
             go_away: AtomicBool::new(false),
-            streams_sent: AtomicU32::new(0),
-            streams_ended: AtomicU32::new(0),
+            held: AtomicU32::new(0),
         }
     }
 
@@ -150,21 +151,18 @@ impl Wire {
         self.go_away.load(Ordering::Acquire)
     }
 
-    /// Streams we opened minus streams the server ended, as wrapping
-    /// counters (a stream we reset that the server never ends stays in it;
-    /// a stream the server both ends and resets counts twice): an estimate
-    /// for the drive task's write coalescing, which corrects it whenever
-    /// no call is in flight, never a figure to rely on.
+    /// The streams the server holds: streams whose first HEADERS we wrote
+    /// and that nobody ended yet (no END_STREAM or RST_STREAM from the
+    /// server, no RST_STREAM from us, not above a GOAWAY's last stream id),
+    /// counted once each; see [`OpenStreams`]. As of the drive task's last
+    /// read or write of the socket; a stream open while more than
+    /// [`OPEN_WINDOW`] newer stream ids were opened after it no longer
+    /// counts. For the drive task's write coalescing.
     pub(crate) fn unanswered(&self) -> u32 {
-        let sent = self.streams_sent.load(Ordering::Relaxed);
-        sent.wrapping_sub(self.streams_ended.load(Ordering::Relaxed))
+        self.held.load(Ordering::Relaxed)
     }
 
     fn server_frame(&self, kind: u8, flags: u8, stream: u32) {
-        let ends = matches!(kind, HEADERS | DATA) && flags & END_STREAM != 0;
-        if ends || (kind == RST_STREAM && stream != 0) {
-            self.streams_ended.fetch_add(1, Ordering::Relaxed);
-        }
         match kind {
             HEADERS | DATA => {
                 if kind == HEADERS {
@@ -183,11 +181,7 @@ impl Wire {
     fn our_frame(&self, kind: u8, flags: u8, stream: u32, code: u32) {
         match kind {
             HEADERS => {
-                // A stream's first HEADERS: ids only grow (trailers reuse one).
-                let before = self.opened.fetch_max(stream, Ordering::AcqRel);
-                if before < stream {
-                    self.streams_sent.fetch_add(1, Ordering::Relaxed);
-                }
+                self.opened.fetch_max(stream, Ordering::AcqRel);
             }
             PING if flags & ACK == 0 => {
                 let opened = self.opened.load(Ordering::Acquire);
@@ -208,6 +202,168 @@ impl Wire {
             }
             _ => {}
         }
+    }
+}
+
+/// The streams we opened that nobody has ended yet, exactly, stream by
+/// stream: a stream counts from its first HEADERS we write until the first
+/// of the server's END_STREAM (on HEADERS or DATA), the server's
+/// RST_STREAM, our RST_STREAM (any code: a cancelled call, or a reset `h2`
+/// sent on its own), or a GOAWAY whose last stream id is below it (the
+/// server never processed it). Any later frame on it, a frame on a stream
+/// we never opened, on stream 0 or on an even (server-initiated) id
+/// changes nothing.
+///
+/// Our client opens streams with increasing odd ids, so one bit per id
+/// from the oldest open stream on is enough: a ring of [`OPEN_WINDOW`]
+/// bits (512 bytes, no allocation), indexed by id. Opening sets a bit,
+/// ending clears one, and the start of the window moves past the ended
+/// streams at its front: O(1) per frame (amortized over the ids the start
+/// moves past). The window spans at most [`OPEN_WINDOW`] ids: a stream
+/// still open when that many newer ids were opened is pushed out and
+/// counted as ended from then on (the count may then be short by such
+/// long-lived streams, never over: too short only makes write coalescing
+/// write sooner, see `Coalesce`).
+///
+/// Owned by the socket wrapper ([`FrameWatch`]), so only ever changed from
+/// within `h2`'s connection, polled by the drive task: no lock.
+#[derive(Debug)]
+struct OpenStreams {
+    /// Every stream below this id has ended or was never opened (odd).
+    first: u32,
+    /// The id after the highest stream opened (odd); `next - first` is at
+    /// most `2 * OPEN_WINDOW`.
+    next: u32,
+    /// Bit `(id / 2) % OPEN_WINDOW`: stream `id` is open. Only ids in
+    /// `first..next` may have their bit set.
+    open: [u64; OPEN_WINDOW as usize / 64],
+    /// How many bits of `open` are set.
+    held: u32,
+}
+
+impl Default for OpenStreams {
+    fn default() -> Self {
+        OpenStreams {
+            first: 1,
+            next: 1,
+            open: [0; OPEN_WINDOW as usize / 64],
+            held: 0,
+        }
+    }
+}
+
+impl OpenStreams {
+    #[inline]
+    fn our_frame(&mut self, kind: u8, stream: u32) {
+        match kind {
+            HEADERS => self.opened(stream),
+            RST_STREAM => self.ended(stream),
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn server_frame(&mut self, kind: u8, flags: u8, stream: u32, first_word: u32) {
+        match kind {
+            HEADERS | DATA if flags & END_STREAM != 0 => self.ended(stream),
+            RST_STREAM => self.ended(stream),
+            GOAWAY => self.not_processed_after(first_word & 0x7fff_ffff),
+            _ => {}
+        }
+    }
+
+    /// The word and the bit of stream `id`'s flag.
+    #[inline]
+    fn slot(id: u32) -> (usize, u64) {
+        let index = (id >> 1) % OPEN_WINDOW;
+        ((index / 64) as usize, 1 << (index % 64))
+    }
+
+    /// Clears stream `id`'s flag; whether it was set.
+    #[inline]
+    fn clear(&mut self, id: u32) -> bool {
+        let (word, bit) = Self::slot(id);
+        let was = self.open[word] & bit != 0;
+        self.open[word] &= !bit;
+        // Not `self.held -= u32::from(was)`: rustc 1.95 at opt-level 2
+        // and 3 dropped that subtraction when `ended` inlines this.
+        if was {
+            self.held -= 1;
+        }
+        was
+    }
+
+    /// We wrote HEADERS on `stream`: its first ones if its id is new.
+    #[inline]
+    fn opened(&mut self, stream: u32) {
+        if stream < self.next || stream & 1 == 0 {
+            return; // trailers, or a stream counted before
+        }
+        // Ids between `next` and `stream` were never opened (e.g. `h2`
+        // dropped a stream before its HEADERS left): their bits are clear.
+        if self.first == self.next {
+            self.first = stream; // nothing open: the window starts here
+        } else if stream - self.first >= 2 * OPEN_WINDOW {
+            self.push_out(stream + 2 - 2 * OPEN_WINDOW);
+        }
+        let (word, bit) = Self::slot(stream);
+        self.open[word] |= bit;
+        self.held += 1;
+        self.next = stream + 2;
+    }
+
+    /// Counts the streams below `first` as ended, to make room.
+    #[cold]
+    fn push_out(&mut self, first: u32) {
+        if first >= self.next {
+            self.open = [0; OPEN_WINDOW as usize / 64];
+            self.held = 0;
+        } else {
+            for id in (self.first..first).step_by(2) {
+                self.clear(id);
+            }
+        }
+        self.first = first;
+        self.next = self.next.max(first);
+        self.skip_ended();
+    }
+
+    /// `stream` ended (first time, or again).
+    #[inline]
+    fn ended(&mut self, stream: u32) {
+        if stream < self.first || stream >= self.next || stream & 1 == 0 {
+            return;
+        }
+        if self.clear(stream) && stream == self.first {
+            self.skip_ended();
+        }
+    }
+
+    /// A GOAWAY: the server processed no stream above `last`.
+    fn not_processed_after(&mut self, last: u32) {
+        let from = self.first.max(last.saturating_add(1) | 1);
+        for id in (from..self.next).step_by(2) {
+            self.clear(id);
+        }
+        self.skip_ended();
+    }
+
+    /// Moves `first` past the ended streams at the window's front.
+    #[inline]
+    fn skip_ended(&mut self) {
+        while self.first < self.next {
+            let (word, bit) = Self::slot(self.first);
+            if self.open[word] & bit != 0 {
+                return;
+            }
+            self.first += 2;
+        }
+    }
+
+    /// How many stream ids the window spans.
+    #[cfg(test)]
+    fn span(&self) -> u32 {
+        (self.next - self.first) / 2
     }
 }
 
@@ -299,6 +455,7 @@ pub(crate) struct FrameWatch<IO> {
     wire: std::sync::Arc<Wire>,
     reads: Parser,
     writes: Parser,
+    open: OpenStreams,
 }
 
 impl<IO> FrameWatch<IO> {
@@ -308,13 +465,28 @@ impl<IO> FrameWatch<IO> {
             wire,
             reads: Parser::new(0),
             writes: Parser::new(CLIENT_PREFACE_LEN),
+            open: OpenStreams::default(),
         }
     }
 
     fn wrote(&mut self, bytes: &[u8]) {
-        let wire = &self.wire;
-        let mut seen = |kind, flags, stream, code| wire.our_frame(kind, flags, stream, code);
+        let (wire, open) = (&self.wire, &mut self.open);
+        let mut seen = |kind, flags, stream, code| {
+            wire.our_frame(kind, flags, stream, code);
+            open.our_frame(kind, stream);
+        };
         self.writes.feed(bytes, &mut seen);
+        wire.held.store(open.held, Ordering::Relaxed);
+    }
+
+    fn read(&mut self, bytes: &[u8]) {
+        let (wire, open) = (&self.wire, &mut self.open);
+        let mut seen = |kind, flags, stream, first_word| {
+            wire.server_frame(kind, flags, stream);
+            open.server_frame(kind, flags, stream, first_word);
+        };
+        self.reads.feed(bytes, &mut seen);
+        wire.held.store(open.held, Ordering::Relaxed);
     }
 }
 
@@ -327,9 +499,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FrameWatch<IO> {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        let wire = &this.wire;
-        let mut seen = |kind, flags, stream, _code| wire.server_frame(kind, flags, stream);
-        this.reads.feed(&buf.filled()[before..], &mut seen);
+        this.read(&buf.filled()[before..]);
         polled
     }
 }
@@ -447,26 +617,216 @@ mod tests {
         assert!(wire.go_away_seen());
     }
 
+    /// A frame watch fed by hand: what we write (after the preface) and
+    /// what the server sends, as bytes.
+    fn watch() -> FrameWatch<()> {
+        let mut watch = FrameWatch::new((), std::sync::Arc::new(Wire::new()));
+        watch.wrote(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        watch
+    }
+
+    fn ours(watch: &mut FrameWatch<()>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        watch.wrote(&frame(kind, flags, stream, payload));
+    }
+
+    fn theirs(watch: &mut FrameWatch<()>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        watch.read(&frame(kind, flags, stream, payload));
+    }
+
+    const NO_ERROR: [u8; 4] = [0; 4];
+
     #[test]
     fn the_wire_counts_the_streams_the_server_has_not_answered() {
-        let wire = Wire::new();
+        let w = &mut watch();
         // Streams 1, 3 and 5 opened; 1 with a request trailer (same id).
-        wire.our_frame(HEADERS, 0x4, 1, 0);
-        wire.our_frame(HEADERS, 0x4, 3, 0);
-        wire.our_frame(HEADERS, 0x4 | END_STREAM, 1, 0);
-        wire.our_frame(HEADERS, 0x4, 5, 0);
-        assert_eq!(wire.unanswered(), 3);
+        ours(w, HEADERS, 0x4, 1, &[]);
+        ours(w, HEADERS, 0x4, 3, &[]);
+        ours(w, HEADERS, 0x4 | END_STREAM, 1, &[]);
+        ours(w, HEADERS, 0x4, 5, &[]);
+        assert_eq!(w.wire.unanswered(), 3);
         // Response headers and DATA do not end a stream; trailers do.
-        wire.server_frame(HEADERS, 0x4, 1);
-        wire.server_frame(DATA, 0, 1);
-        assert_eq!(wire.unanswered(), 3);
-        wire.server_frame(HEADERS, 0x4 | END_STREAM, 1);
+        theirs(w, HEADERS, 0x4, 1, &[]);
+        theirs(w, DATA, 0, 1, &[1; 10]);
+        assert_eq!(w.wire.unanswered(), 3);
+        theirs(w, HEADERS, 0x4 | END_STREAM, 1, &[]);
         // A DATA frame with END_STREAM, a reset; a connection PING does not count.
-        wire.server_frame(DATA, END_STREAM, 3);
-        wire.server_frame(PING, 0, 0);
-        assert_eq!(wire.unanswered(), 1);
-        wire.server_frame(RST_STREAM, 0, 5);
-        assert_eq!(wire.unanswered(), 0);
+        theirs(w, DATA, END_STREAM, 3, &[]);
+        theirs(w, PING, 0, 0, &[0; 8]);
+        assert_eq!(w.wire.unanswered(), 1);
+        theirs(w, RST_STREAM, 0, 5, &NO_ERROR);
+        assert_eq!(w.wire.unanswered(), 0);
+    }
+
+    #[test]
+    fn a_stream_we_reset_is_no_longer_held_though_the_server_never_ends_it() {
+        let w = &mut watch();
+        for id in [1, 3, 5] {
+            ours(w, HEADERS, 0x4, id, &[]);
+        }
+        // A cancelled call, and a reset `h2` sent on its own.
+        ours(w, RST_STREAM, 0, 3, &CANCEL.to_be_bytes());
+        assert_eq!(w.wire.unanswered(), 2);
+        ours(w, RST_STREAM, 0, 5, &2u32.to_be_bytes());
+        assert_eq!(w.wire.unanswered(), 1);
+        theirs(w, HEADERS, 0x4 | END_STREAM, 1, &[]);
+        assert_eq!(w.wire.unanswered(), 0);
+    }
+
+    #[test]
+    fn a_stream_ended_twice_counts_once() {
+        let w = &mut watch();
+        for id in [1, 3, 5, 7] {
+            ours(w, HEADERS, 0x4, id, &[]);
+        }
+        // The server's trailers, then its RST_STREAM(NO_ERROR) to a
+        // request it did not read to the end.
+        theirs(w, HEADERS, 0x4 | END_STREAM, 1, &[]);
+        theirs(w, RST_STREAM, 0, 1, &NO_ERROR);
+        assert_eq!(w.wire.unanswered(), 3);
+        // Our cancel, then the server's END_STREAM it sent before reading it.
+        ours(w, RST_STREAM, 0, 5, &CANCEL.to_be_bytes());
+        theirs(w, DATA, END_STREAM, 5, &[]);
+        assert_eq!(w.wire.unanswered(), 2);
+        // The server's END_STREAM, then our cancel racing it.
+        theirs(w, DATA, END_STREAM, 3, &[]);
+        ours(w, RST_STREAM, 0, 3, &CANCEL.to_be_bytes());
+        assert_eq!(w.wire.unanswered(), 1);
+        theirs(w, RST_STREAM, 0, 7, &NO_ERROR);
+        theirs(w, RST_STREAM, 0, 7, &NO_ERROR);
+        ours(w, RST_STREAM, 0, 7, &CANCEL.to_be_bytes());
+        assert_eq!(w.wire.unanswered(), 0);
+        // Nothing wrapped: a new stream is one held.
+        ours(w, HEADERS, 0x4, 9, &[]);
+        assert_eq!(w.wire.unanswered(), 1);
+    }
+
+    #[test]
+    fn frames_on_streams_we_never_opened_change_nothing() {
+        let w = &mut watch();
+        ours(w, HEADERS, 0x4, 3, &[]);
+        ours(w, HEADERS, 0x4, 5, &[]);
+        // Stream 0, an even id, ids above and below ours.
+        theirs(w, RST_STREAM, 0, 0, &NO_ERROR);
+        theirs(w, DATA, END_STREAM, 0, &[]);
+        theirs(w, HEADERS, 0x4 | END_STREAM, 4, &[]);
+        theirs(w, HEADERS, 0x4 | END_STREAM, 9, &[]);
+        theirs(w, RST_STREAM, 0, 1, &NO_ERROR);
+        ours(w, RST_STREAM, 0, 11, &CANCEL.to_be_bytes());
+        ours(w, RST_STREAM, 0, 0, &NO_ERROR);
+        // HEADERS again on an open stream (trailers) and an older id.
+        ours(w, HEADERS, 0x4 | END_STREAM, 5, &[]);
+        ours(w, HEADERS, 0x4, 1, &[]);
+        assert_eq!(w.wire.unanswered(), 2);
+        // Stream 7 never left (`h2` dropped it before its HEADERS): a gap.
+        ours(w, HEADERS, 0x4, 9, &[]);
+        theirs(w, RST_STREAM, 0, 7, &NO_ERROR);
+        assert_eq!(w.wire.unanswered(), 3);
+        for id in [3, 5, 9] {
+            theirs(w, DATA, END_STREAM, id, &[]);
+        }
+        assert_eq!(w.wire.unanswered(), 0);
+        // Trailers on a stream that ended open nothing.
+        ours(w, HEADERS, 0x4 | END_STREAM, 9, &[]);
+        assert_eq!(w.wire.unanswered(), 0);
+    }
+
+    #[test]
+    fn a_goaway_ends_the_streams_above_its_last_stream_id() {
+        let w = &mut watch();
+        for id in [1, 3, 5, 7] {
+            ours(w, HEADERS, 0x4, id, &[]);
+        }
+        // A first GOAWAY of a graceful shutdown (2^31 - 1) ends none.
+        theirs(w, GOAWAY, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        assert_eq!(w.wire.unanswered(), 4);
+        let mut payload = 3u32.to_be_bytes().to_vec();
+        payload.extend(NO_ERROR);
+        theirs(w, GOAWAY, 0, 0, &payload);
+        assert_eq!(w.wire.unanswered(), 2);
+        theirs(w, DATA, END_STREAM, 1, &[]);
+        theirs(w, DATA, END_STREAM, 3, &[]);
+        assert_eq!(w.wire.unanswered(), 0);
+    }
+
+    #[test]
+    fn the_window_stays_bounded_while_one_stream_stays_open_and_100_000_pass() {
+        let w = &mut watch();
+        ours(w, HEADERS, 0x4, 1, &[]);
+        let mut longest = 0;
+        let mut next = 3;
+        // 100,000 calls, 10 in flight at a time, answered in order.
+        for _ in 0..10_000 {
+            for id in (next..).step_by(2).take(10) {
+                ours(w, HEADERS, 0x4, id, &[]);
+            }
+            longest = longest.max(w.open.span());
+            if next < 2 * OPEN_WINDOW - 30 {
+                assert_eq!(w.wire.unanswered(), 11, "stream 1 still followed");
+            }
+            for id in (next..).step_by(2).take(10) {
+                theirs(w, HEADERS, 0x4 | END_STREAM, id, &[]);
+            }
+            next += 20;
+        }
+        assert!(longest <= OPEN_WINDOW, "{longest} flags");
+        assert_eq!(w.open.span(), 0);
+        // Stream 1 was pushed out: counted as ended, and its late end is
+        // a frame on a stream no longer followed.
+        assert_eq!(w.wire.unanswered(), 0);
+        theirs(w, HEADERS, 0x4 | END_STREAM, 1, &[]);
+        assert_eq!(w.wire.unanswered(), 0);
+        ours(w, HEADERS, 0x4, next, &[]);
+        assert_eq!(w.wire.unanswered(), 1);
+    }
+
+    proptest::proptest! {
+        /// Against a set of the open streams: opens (with gaps), ends by
+        /// either side in any order, repeated ends, frames on unknown ids.
+        #[test]
+        fn the_count_is_the_number_of_open_streams(
+            ops in proptest::collection::vec((0u8..6, 0u32..40), 1..400),
+        ) {
+            let mut open = OpenStreams::default();
+            let mut model = std::collections::BTreeSet::new();
+            let mut next = 1u32;
+            for (op, n) in ops {
+                match op {
+                    0 | 1 => {
+                        // Open a new stream, skipping a few ids sometimes.
+                        let id = next + 2 * (n % 3) * u32::from(op);
+                        open.our_frame(HEADERS, id);
+                        model.insert(id);
+                        next = id + 2;
+                    }
+                    2 => {
+                        let id = 2 * n + 1;
+                        open.server_frame(DATA, END_STREAM, id, 0);
+                        model.remove(&id);
+                    }
+                    3 => {
+                        let id = 2 * n + 1;
+                        open.our_frame(RST_STREAM, id);
+                        model.remove(&id);
+                    }
+                    4 => {
+                        // The oldest open stream ends.
+                        if let Some(id) = model.pop_first() {
+                            open.server_frame(RST_STREAM, 0, id, 0);
+                        }
+                    }
+                    _ => {
+                        // Even ids, stream 0, trailers: nothing.
+                        open.server_frame(HEADERS, END_STREAM, 2 * n, 0);
+                        open.our_frame(HEADERS, next.saturating_sub(2 * n + 2));
+                    }
+                }
+                proptest::prop_assert_eq!(open.held as usize, model.len());
+                if let Some(first) = model.first() {
+                    proptest::prop_assert!(open.first <= *first);
+                }
+                proptest::prop_assert!(open.span() <= OPEN_WINDOW);
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
