@@ -650,6 +650,50 @@ async fn bad_targets_are_clear_errors() {
     );
 }
 
+#[tokio::test]
+async fn http2_settings_outside_their_ranges_are_refused_by_build() {
+    type Set = fn(tonic_balance::BalancedChannelBuilder) -> tonic_balance::BalancedChannelBuilder;
+    let cases: [(Set, &str); 5] = [
+        (|b| b.max_frame_size(1), "max_frame_size 1 is out of range: allowed 16384..=16777215 bytes"),
+        (|b| b.max_frame_size(u32::MAX), "max_frame_size 4294967295 is out of range"),
+        (
+            |b| b.initial_connection_window_size(u32::MAX),
+            "initial_connection_window_size 4294967295 is out of range: allowed 65535..=2147483647 bytes",
+        ),
+        (
+            |b| b.initial_stream_window_size(u32::MAX),
+            "initial_stream_window_size 4294967295 is out of range: allowed 1..=2147483647 bytes",
+        ),
+        (|b| b.max_header_list_size(0), "max_header_list_size 0 is out of range: allowed 102..="),
+    ];
+    for (set, message) in cases {
+        let err = set(BalancedChannel::builder("static:///127.0.0.1:8000"))
+            .build()
+            .unwrap_err();
+        assert!(err.is_config(), "{err}");
+        assert!(err.to_string().starts_with(message), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn http2_settings_at_the_top_of_their_ranges_serve_calls() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let channel = BalancedChannel::builder(static_target(&[&backend]))
+            .max_frame_size(16_777_215)
+            .initial_stream_window_size((1 << 31) - 1)
+            .initial_connection_window_size((1 << 31) - 1)
+            .max_header_list_size(u32::MAX)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel);
+        route(&mut client, "x").await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
 #[test]
 fn building_outside_a_runtime_is_an_error_not_a_panic() {
     let err = BalancedChannel::from_target("static:///127.0.0.1:1").unwrap_err();

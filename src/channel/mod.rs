@@ -34,6 +34,7 @@
 
 mod builder;
 mod call;
+mod checks;
 mod control;
 
 pub use builder::BalancedChannelBuilder;

@@ -334,6 +334,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_panic_while_connecting_is_a_failed_attempt_that_backs_off() {
+        // `h2` asserts on a frame size outside RFC 9113's range (`build`
+        // refuses one; this config skips `build`).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = (*without_jitter()).clone();
+        config.transport.http2.max_frame_size = 1;
+        let (sc, mut rx) = spawn(listener.local_addr().unwrap(), Arc::new(config));
+        sc.connect();
+        let start = Instant::now();
+        let connecting = rx.recv().await.expect("CONNECTING").state;
+        assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
+        let failed = rx.recv().await.expect("TRANSIENT_FAILURE").state;
+        assert_eq!(failed.connectivity, ConnectivityState::TransientFailure);
+        let error = failed.error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("connection attempt panicked"), "{error}");
+        assert!(error.contains("MAX_FRAME_SIZE"), "{error}");
+        let idle = rx.recv().await.expect("IDLE after the backoff").state;
+        assert_eq!(idle.connectivity, ConnectivityState::Idle);
+        let waited = (Instant::now() - start).as_secs_f64();
+        assert!((waited - 1.0).abs() < 0.05, "{waited}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn connect_requests_before_the_next_delivered_state_queue_one_attempt() {
         let addr = closed_port();
         let (sc, mut rx) = spawn(addr, Arc::default());

@@ -140,6 +140,9 @@ pub(crate) enum Lost {
     ErrorResets(usize),
     /// The connection used up its 2^31 stream ids; open calls continue.
     StreamIdsExhausted,
+    /// The drive task panicked (with this message); the connection is gone.
+    /// Reported by its spawner (`connect`), which sees the task end.
+    Panicked(String),
 }
 
 impl std::fmt::Display for Lost {
@@ -155,6 +158,7 @@ impl std::fmt::Display for Lost {
                  were closed (h2 ends a connection at {MAX_ERROR_RESETS})"
             ),
             Lost::StreamIdsExhausted => f.write_str("drained: it used up its HTTP/2 stream ids"),
+            Lost::Panicked(panic) => write!(f, "task panicked: {panic}"),
         }
     }
 }

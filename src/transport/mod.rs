@@ -49,7 +49,7 @@ mod tls;
 pub(crate) use connect::{establish, Settings};
 pub(crate) use dial::Connector;
 pub use dial::{BoxError, Io};
-pub(crate) use http2::Lost;
+pub(crate) use http2::{Http2Settings, Lost};
 pub(crate) use origin::{Origin, TargetHost};
 pub(crate) use stream::{Deadline, Opened, Outgoing, SendError, REPLAY_LIMIT};
 #[cfg(feature = "tls")]
