@@ -676,6 +676,35 @@ async fn http2_settings_outside_their_ranges_are_refused_by_build() {
 }
 
 #[tokio::test]
+async fn a_backoff_outside_grpcs_ranges_is_refused_by_build() {
+    use tonic_balance::subchannel::BackoffConfig;
+    let nonsense = BackoffConfig {
+        initial: Duration::ZERO,
+        multiplier: f64::NAN,
+        jitter: 5.0,
+        max: Duration::ZERO,
+        min_connect_timeout: Duration::ZERO,
+    };
+    let err = BalancedChannel::builder("static:///127.0.0.1:8000")
+        .backoff(nonsense)
+        .build()
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(
+        err.to_string().starts_with("backoff: initial is 0"),
+        "{err}"
+    );
+    let err = BalancedChannel::builder("static:///127.0.0.1:8000")
+        .backoff(BackoffConfig {
+            multiplier: f64::NAN,
+            ..BackoffConfig::default()
+        })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("multiplier NaN"), "{err}");
+}
+
+#[tokio::test]
 async fn http2_settings_at_the_top_of_their_ranges_serve_calls() {
     tokio::time::timeout(TEST_LIMIT, async {
         let backend = Backend::start();

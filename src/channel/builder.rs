@@ -197,7 +197,8 @@ impl BalancedChannelBuilder {
         self
     }
 
-    /// Reconnect backoff and minimum connect timeout (gRPC's defaults).
+    /// Reconnect backoff and minimum connect timeout (default gRPC's, see
+    /// [`BackoffConfig`] for the ranges [`build`](Self::build) checks).
     pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
         self.connect.backoff = backoff;
         self
@@ -408,6 +409,7 @@ impl BalancedChannelBuilder {
             ));
         }
         super::checks::http2(&self.connect.transport.http2)?;
+        self.connect.backoff.check("backoff")?;
         let target = Target::parse(&self.target)?;
         let resolvers = self
             .resolvers

@@ -334,6 +334,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_backoff_of_duration_max_waits_instead_of_panicking() {
+        let config = ConnectConfig {
+            backoff: BackoffConfig {
+                initial: Duration::MAX,
+                max: Duration::MAX,
+                ..BackoffConfig::default()
+            },
+            ..ConnectConfig::default()
+        };
+        let (sc, mut rx) = spawn(closed_port(), Arc::new(config));
+        sc.connect();
+        let connecting = rx.recv().await.expect("CONNECTING").state;
+        assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
+        let failed = rx.recv().await.expect("TRANSIENT_FAILURE").state;
+        assert_eq!(failed.connectivity, ConnectivityState::TransientFailure);
+        // The connection task lives on, backing off (a task that panicked
+        // would drop its sender: `recv` would return `None` at once).
+        let next = tokio::time::timeout(Duration::from_secs(24 * 3600), rx.recv()).await;
+        assert!(next.is_err(), "{next:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_panic_while_connecting_is_a_failed_attempt_that_backs_off() {
         // `h2` asserts on a frame size outside RFC 9113's range (`build`
         // refuses one; this config skips `build`).
