@@ -746,8 +746,9 @@ async fn wait_until_ready_names_the_last_connection_error_while_still_connecting
         let err = channel
             .wait_until_ready(Duration::from_millis(500))
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(err.is_timeout() && !err.is_health(), "{err:?}");
+        let err = err.to_string();
         let want = format!("(state CONNECTING: last connection error: 127.0.0.1:{refused}");
         assert!(err.contains(&want), "{err}");
         assert_eq!(counting.picks(), 0, "the message came from no pick");

@@ -208,8 +208,10 @@ impl BalancedChannel {
     /// last connection error, the resolver's error, or, while IDLE, that
     /// the policy did not connect when asked, e.g. `... not READY after
     /// 5s (state IDLE: the policy, ring_hash, did not connect when
-    /// asked; ...)`); one with [`Error::is_closed`] if the channel is
-    /// shut down.
+    /// asked; ...)`). When that last failure was a health check's (gRFC
+    /// A17: e.g. every backend NOT_SERVING) the error also answers
+    /// [`Error::is_health`]. One with [`Error::is_closed`] if the channel
+    /// is shut down.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -242,19 +244,23 @@ impl BalancedChannel {
         if snapshot.state == ConnectivityState::Idle {
             reasons.push(still_idle(&self.shared.picker.policy()));
         }
-        reasons.extend(snapshot.failure().map(|reason| reason.to_string()));
+        let failure = snapshot.failure();
+        reasons.extend(failure.as_ref().map(|reason| reason.to_string()));
         let why = if reasons.is_empty() {
             String::new()
         } else {
             format!(": {}", reasons.join("; "))
         };
-        Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "{}: not READY after {timeout:?} (state {}{why})",
-                self.shared.target, snapshot.state
-            ),
-        )
+        let message = format!(
+            "{}: not READY after {timeout:?} (state {}{why})",
+            self.shared.target, snapshot.state
+        );
+        // A health check's verdict as the last failure: the timeout says
+        // so through `is_health` too.
+        match failure.filter(|f| f.is_health()) {
+            Some(_) => Error::timeout_from_health(message),
+            None => Error::new(ErrorKind::Timeout, message),
+        }
     }
 }
 
