@@ -204,7 +204,10 @@ impl BalancedChannelBuilder {
         self
     }
 
-    /// The minimum time a connection attempt may take (default 20 s).
+    /// The least time a connection attempt is allowed before it is given
+    /// up (gRPC's MIN_CONNECT_TIMEOUT, `connection-backoff.md`; default
+    /// 20 s): each attempt gets the larger of this and the current backoff
+    /// delay. Sets [`BackoffConfig::min_connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect.backoff.min_connect_timeout = timeout;
         self
