@@ -729,6 +729,26 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
     assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn wait_until_ready_says_what_a_connecting_subchannel_still_waits_for() {
+    // A server that accepts TCP and never speaks HTTP/2: CONNECTING for
+    // the whole connect timeout (20 s), with no error to report yet.
+    let silent = support::h2server::H2Server::start(support::h2server::Behaviour::Silent).await;
+    let channel = BalancedChannel::builder(format!("static:///{}", silent.addr))
+        .build()
+        .unwrap();
+    let err = channel
+        .wait_until_ready(Duration::from_millis(3200))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let want = format!(
+        "(state CONNECTING: connecting to {} for 3.2s: no HTTP/2 SETTINGS from the server yet)",
+        silent.addr
+    );
+    assert!(err.to_string().ends_with(&want), "{err}");
+}
+
 #[tokio::test]
 async fn wait_until_ready_names_the_last_connection_error_while_still_connecting() {
     tokio::time::timeout(TEST_LIMIT, async {

@@ -45,6 +45,9 @@ pub(crate) enum ControlRequest {
     ExitIdle,
     /// `BalancedChannel::snapshot`.
     Snapshot(oneshot::Sender<ChannelSnapshot>),
+    /// What the CONNECTING subchannels wait for (`wait_until_ready`'s
+    /// error).
+    Connecting(oneshot::Sender<Vec<String>>),
 }
 
 pub(crate) struct Control {
@@ -431,6 +434,16 @@ impl Control {
             ControlRequest::ExitIdle => self.drive(|b, ctl| b.exit_idle(ctl)),
             ControlRequest::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            ControlRequest::Connecting(reply) => {
+                let connecting = self
+                    .table
+                    .all_live()
+                    .iter()
+                    .filter(|sc| sc.state() == ConnectivityState::Connecting)
+                    .filter_map(Subchannel::connecting)
+                    .collect();
+                let _ = reply.send(connecting);
             }
         }
     }

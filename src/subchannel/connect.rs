@@ -75,12 +75,14 @@ pub(crate) async fn run(
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
+        link.progress.start();
         let attempt = attempt(&link, &config, &events, backoff.connect_timeout(), seed);
         let ended = tokio::select! {
             biased;
             _ = &mut shutdown => return,
             ended = attempt => ended,
         };
+        link.progress.end();
         match ended {
             Ok(Lost { ready_at, error }) => {
                 if Instant::now() - ready_at >= backoff.min_success() {
@@ -138,8 +140,14 @@ async fn one(
     events: &mpsc::UnboundedSender<StateEvent>,
     timeout: Duration,
 ) -> Result<Lost, Error> {
-    let attempt = transport::establish(&link.address, &link.origin, &config.transport);
+    let attempt = transport::establish(
+        &link.address,
+        &link.origin,
+        &config.transport,
+        &link.progress,
+    );
     let mut established = within(link, config, timeout, attempt).await?;
+    link.progress.end();
     let open = config.metrics.connected();
     link.connection
         .store(Some(Arc::new(established.connection.clone())));

@@ -18,6 +18,7 @@ use super::dial::{self, Connector, Dialled, SocketOptions};
 use super::http2::{self, Http2Settings, Keepalive, Lost};
 use super::origin::{self, Origin, TargetHost};
 use super::preface::PrefaceWatch;
+use super::progress::{Phase, Progress};
 use super::Connection;
 use crate::{Address, Error, ErrorKind};
 
@@ -108,12 +109,14 @@ impl Established {
 /// (TLS and) HTTP/2 handshake is done and the server's preface has arrived.
 /// A panic on the way (in `h2`, the connector, TLS) fails the attempt with
 /// its message, so the subchannel backs off instead of staying CONNECTING.
+/// Each step reached is noted in `progress`.
 pub(crate) async fn establish(
     address: &Address,
     origin: &Origin,
     settings: &Settings,
+    progress: &Progress,
 ) -> Result<Established, Error> {
-    let attempt = AssertUnwindSafe(connect(address, origin, settings));
+    let attempt = AssertUnwindSafe(connect(address, origin, settings, progress));
     attempt.catch_unwind().await.unwrap_or_else(|panic| {
         Err(Error::new(
             ErrorKind::Connect,
@@ -141,15 +144,16 @@ async fn connect(
     address: &Address,
     origin: &Origin,
     settings: &Settings,
+    progress: &Progress,
 ) -> Result<Established, Error> {
     if let Some(connector) = &settings.connector {
         let io = connector.connect(address).await?;
-        return secure(io, address, origin, settings).await;
+        return secure(io, address, origin, settings, progress).await;
     }
     match dial::dial(address, &settings.socket).await? {
-        Dialled::Tcp(tcp) => secure(tcp, address, origin, settings).await,
+        Dialled::Tcp(tcp) => secure(tcp, address, origin, settings, progress).await,
         #[cfg(unix)]
-        Dialled::Unix(unix) => secure(unix, address, origin, settings).await,
+        Dialled::Unix(unix) => secure(unix, address, origin, settings, progress).await,
     }
 }
 
@@ -160,15 +164,19 @@ async fn secure<IO>(
     address: &Address,
     origin: &Origin,
     settings: &Settings,
+    progress: &Progress,
 ) -> Result<Established, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     #[cfg(feature = "tls")]
     if let (Some(tls), Some(name)) = (&settings.tls, &origin.server_name) {
+        progress.reached(Phase::Tls);
         let io = tls.connect(io, name, address).await?;
+        progress.reached(Phase::Settings);
         return handshake(io, address, settings, true).await;
     }
+    progress.reached(Phase::Settings);
     handshake(io, address, settings, false).await
 }
 

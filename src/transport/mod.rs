@@ -42,6 +42,7 @@ mod dial;
 mod http2;
 mod origin;
 mod preface;
+mod progress;
 mod stream;
 #[cfg(feature = "tls")]
 mod tls;
@@ -51,6 +52,7 @@ pub(crate) use dial::Connector;
 pub use dial::{BoxError, Io};
 pub(crate) use http2::{Http2Settings, Lost};
 pub(crate) use origin::{Origin, TargetHost};
+pub(crate) use progress::Progress;
 pub(crate) use stream::{Deadline, Opened, Outgoing, SendError, REPLAY_LIMIT};
 #[cfg(feature = "tls")]
 pub use tls::ClientTlsConfig;
