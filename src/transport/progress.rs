@@ -15,7 +15,8 @@ use crate::Address;
 pub(crate) enum Phase {
     /// TCP connect, the unix socket, or the user's connector.
     Dialling,
-    /// The TLS handshake.
+    /// The TLS handshake (feature `tls`).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Tls,
     /// Waiting for the server's HTTP/2 preface (its SETTINGS frame).
     Settings,
