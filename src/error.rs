@@ -50,6 +50,9 @@ struct Inner {
     kind: ErrorKind,
     message: String,
     source: Option<BoxError>,
+    /// A timeout whose channel's last failure was a health check's
+    /// (see [`Error::is_health`]).
+    health: bool,
 }
 
 impl Error {
@@ -73,6 +76,20 @@ impl Error {
                 kind,
                 message,
                 source,
+                health: kind == ErrorKind::Health,
+            }),
+        }
+    }
+
+    /// A [`ErrorKind::Timeout`] that [`is_health`](Self::is_health) too:
+    /// the wait ended while the channel's last failure was a health check.
+    pub(crate) fn timeout_from_health(message: String) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind: ErrorKind::Timeout,
+                message,
+                source: None,
+                health: true,
             }),
         }
     }
@@ -135,9 +152,16 @@ impl Error {
     }
 
     /// True if a backend was found unhealthy by client-side health checking
-    /// or ejected by outlier detection.
+    /// or ejected by outlier detection ([`ErrorKind::Health`]); also for
+    /// the [`ErrorKind::Timeout`] of
+    /// [`wait_until_ready`](crate::BalancedChannel::wait_until_ready) (and
+    /// so of [`connect`](crate::BalancedChannelBuilder::connect)) when the
+    /// channel's last failure was a health check's (gRPC
+    /// `health-checking.md`, gRFC A17): every backend answered NOT_SERVING,
+    /// say. Such an error is both [`is_timeout`](Self::is_timeout) and
+    /// `is_health`; its message names the health check's reason.
     pub fn is_health(&self) -> bool {
-        self.kind() == ErrorKind::Health
+        self.inner.health
     }
 }
 

@@ -50,7 +50,7 @@ use std::sync::{Arc, LazyLock};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
-use crate::{ConnectivityState, Subchannel};
+use crate::{ConnectivityState, Error, Subchannel};
 
 /// Chooses a subchannel for one call. Must not block.
 ///
@@ -302,10 +302,10 @@ pub(crate) struct Snapshot {
     /// one snapshot sends at most one such request.
     pub(crate) idle_kicked: AtomicBool,
     /// Why the channel may not be READY (`resolver error: ...` or `last
-    /// connection error: ...`), set at publish by the control task, which
-    /// keeps it current while the picker stays the same. Messages read it
-    /// instead of picking.
-    failure: ArcSwapOption<String>,
+    /// connection error: ...`, of the kind of the error behind it), set at
+    /// publish by the control task, which keeps it current while the
+    /// picker stays the same. Messages read it instead of picking.
+    failure: ArcSwapOption<Error>,
 }
 
 /// Where the control task publishes pickers and calls read them.
@@ -356,7 +356,7 @@ impl PickerCell {
         &self,
         state: ConnectivityState,
         picker: Arc<dyn Picker>,
-        failure: Option<Arc<String>>,
+        failure: Option<Arc<Error>>,
     ) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot = Snapshot::new(generation, state, picker);
@@ -389,13 +389,13 @@ impl Snapshot {
     }
 
     /// Why the channel may not be READY, if anything failed yet.
-    pub(crate) fn failure(&self) -> Option<Arc<String>> {
+    pub(crate) fn failure(&self) -> Option<Arc<Error>> {
         self.failure.load_full()
     }
 
     /// Replaces the reason while the picker stays the same (no new
     /// generation: nothing a queued call waits for changed).
-    pub(crate) fn set_failure(&self, failure: Option<Arc<String>>) {
+    pub(crate) fn set_failure(&self, failure: Option<Arc<Error>>) {
         self.failure.store(failure);
     }
 }

@@ -650,10 +650,103 @@ async fn bad_targets_are_clear_errors() {
     );
 }
 
+#[tokio::test]
+async fn http2_settings_outside_their_ranges_are_refused_by_build() {
+    type Set = fn(tonic_balance::BalancedChannelBuilder) -> tonic_balance::BalancedChannelBuilder;
+    let cases: [(Set, &str); 5] = [
+        (|b| b.max_frame_size(1), "max_frame_size 1 is out of range: allowed 16384..=16777215 bytes"),
+        (|b| b.max_frame_size(u32::MAX), "max_frame_size 4294967295 is out of range"),
+        (
+            |b| b.initial_connection_window_size(u32::MAX),
+            "initial_connection_window_size 4294967295 is out of range: allowed 65535..=2147483647 bytes",
+        ),
+        (
+            |b| b.initial_stream_window_size(u32::MAX),
+            "initial_stream_window_size 4294967295 is out of range: allowed 1..=2147483647 bytes",
+        ),
+        (|b| b.max_header_list_size(0), "max_header_list_size 0 is out of range: allowed 102..="),
+    ];
+    for (set, message) in cases {
+        let err = set(BalancedChannel::builder("static:///127.0.0.1:8000"))
+            .build()
+            .unwrap_err();
+        assert!(err.is_config(), "{err}");
+        assert!(err.to_string().starts_with(message), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_backoff_outside_grpcs_ranges_is_refused_by_build() {
+    use tonic_balance::subchannel::BackoffConfig;
+    let nonsense = BackoffConfig {
+        initial: Duration::ZERO,
+        multiplier: f64::NAN,
+        jitter: 5.0,
+        max: Duration::ZERO,
+        min_connect_timeout: Duration::ZERO,
+    };
+    let err = BalancedChannel::builder("static:///127.0.0.1:8000")
+        .backoff(nonsense)
+        .build()
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(
+        err.to_string().starts_with("backoff: initial is 0"),
+        "{err}"
+    );
+    let err = BalancedChannel::builder("static:///127.0.0.1:8000")
+        .backoff(BackoffConfig {
+            multiplier: f64::NAN,
+            ..BackoffConfig::default()
+        })
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("multiplier NaN"), "{err}");
+}
+
+#[tokio::test]
+async fn http2_settings_at_the_top_of_their_ranges_serve_calls() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let backend = Backend::start();
+        let channel = BalancedChannel::builder(static_target(&[&backend]))
+            .max_frame_size(16_777_215)
+            .initial_stream_window_size((1 << 31) - 1)
+            .initial_connection_window_size((1 << 31) - 1)
+            .max_header_list_size(u32::MAX)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = SimpleClient::new(channel);
+        route(&mut client, "x").await.unwrap();
+    })
+    .await
+    .unwrap();
+}
+
 #[test]
 fn building_outside_a_runtime_is_an_error_not_a_panic() {
     let err = BalancedChannel::from_target("static:///127.0.0.1:1").unwrap_err();
     assert!(err.to_string().contains("tokio runtime"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_until_ready_says_what_a_connecting_subchannel_still_waits_for() {
+    // A server that accepts TCP and never speaks HTTP/2: CONNECTING for
+    // the whole connect timeout (20 s), with no error to report yet.
+    let silent = support::h2server::H2Server::start(support::h2server::Behaviour::Silent).await;
+    let channel = BalancedChannel::builder(format!("static:///{}", silent.addr))
+        .build()
+        .unwrap();
+    let err = channel
+        .wait_until_ready(Duration::from_millis(3200))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let want = format!(
+        "(state CONNECTING: connecting to {} for 3.2s: no HTTP/2 SETTINGS from the server yet)",
+        silent.addr
+    );
+    assert!(err.to_string().ends_with(&want), "{err}");
 }
 
 #[tokio::test]
@@ -673,8 +766,9 @@ async fn wait_until_ready_names_the_last_connection_error_while_still_connecting
         let err = channel
             .wait_until_ready(Duration::from_millis(500))
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(err.is_timeout() && !err.is_health(), "{err:?}");
+        let err = err.to_string();
         let want = format!("(state CONNECTING: last connection error: 127.0.0.1:{refused}");
         assert!(err.contains(&want), "{err}");
         assert_eq!(counting.picks(), 0, "the message came from no pick");

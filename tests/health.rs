@@ -110,8 +110,10 @@ async fn unhealthy_then_healthy(connections: usize) {
     let error = channel
         .wait_until_ready(Duration::from_millis(500))
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // A timeout, whose reason is the health check's verdict.
+    assert!(error.is_timeout() && error.is_health(), "{error:?}");
+    let error = error.to_string();
     assert!(error.contains("TRANSIENT_FAILURE"), "{error}");
     assert!(error.contains("NOT_SERVING"), "{error}");
     let mut client = SimpleClient::new(channel.clone());

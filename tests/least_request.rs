@@ -159,3 +159,17 @@ async fn calls_in_flight_return_to_zero_after_every_shape_of_call() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test]
+async fn a_bad_config_is_an_error_naming_the_policy_as_written() {
+    for name in ["least_request_experimental", "least_request"] {
+        let config = format!(r#"{{"loadBalancingConfig":[{{"{name}":{{"choiceCount":1}}}}]}}"#);
+        let err = BalancedChannel::builder("static:///127.0.0.1:1")
+            .service_config(config)
+            .build()
+            .unwrap_err();
+        assert!(err.is_config(), "{err}");
+        let want = format!("{name}: \"choiceCount\" must be at least 2, not 1");
+        assert!(err.to_string().contains(&want), "{err}");
+    }
+}

@@ -172,8 +172,8 @@ async fn subchannel_instruments_count_attempts_goaway_disconnections_and_shutdow
             ("grpc.lb.locality", ""),
         ];
         // A call open when the GOAWAY comes keeps the connection
-        // draining, so the GOAWAY is what ends it (an idle connection the
-        // server closes right after its GOAWAY is `unknown`).
+        // draining, so the GOAWAY is what takes it out of READY (an idle
+        // one closes at once: see the graceful shutdown test below).
         let mut client = support::proto::simple_client::SimpleClient::new(channel.clone());
         let call = tokio::spawn(async move { support::route(&mut client, "sleep:1500").await });
         let goaway = [("grpc.disconnect_error", "GOAWAY NO_ERROR")];
@@ -229,6 +229,51 @@ async fn subchannel_instruments_count_attempts_goaway_disconnections_and_shutdow
                 && sum(p, "grpc.subchannel.open_connections", &labels) == 0.0
         })
         .await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_graceful_server_shutdown_is_a_goaway_no_error_disconnection() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let recorder = Recorder::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // hyper's graceful shutdown: GOAWAY(NO_ERROR), a PING, a second
+        // GOAWAY, then the socket closes.
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(support::simple_server(addr))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        let channel = BalancedChannel::builder(format!("static:///{addr}"))
+            .backoff(fast_backoff())
+            .meter_provider(&recorder.provider)
+            .connect(Duration::from_secs(10))
+            .await
+            .unwrap();
+        let mut client = support::proto::simple_client::SimpleClient::new(channel.clone());
+        support::route(&mut client, "x").await.unwrap();
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        until(&recorder, "a disconnection", |p| {
+            sum(p, "grpc.subchannel.disconnections", &[]) >= 1.0
+        })
+        .await;
+        let points = recorder.points();
+        let goaway = [("grpc.disconnect_error", "GOAWAY NO_ERROR")];
+        assert_eq!(
+            sum(&points, "grpc.subchannel.disconnections", &goaway),
+            1.0,
+            "{points:#?}"
+        );
     })
     .await
     .unwrap();

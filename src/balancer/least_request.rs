@@ -75,17 +75,24 @@ impl Default for LeastRequestConfig {
 
 impl LeastRequestConfig {
     /// Parses `{"choiceCount": N}` as A48 says: absent is 2, below 2 an
-    /// error, above 10 is 10.
+    /// error (naming the policy `least_request_experimental`), above 10
+    /// is 10.
     pub fn parse(json: &serde_json::Value) -> Result<Self, Error> {
+        Self::parse_for(LEAST_REQUEST_EXPERIMENTAL, json)
+    }
+
+    /// [`parse`](Self::parse), with errors naming the policy as the
+    /// config did (`least_request_experimental` or `least_request`).
+    fn parse_for(policy: &str, json: &serde_json::Value) -> Result<Self, Error> {
         let Some(value) = json.get("choiceCount") else {
             return Ok(LeastRequestConfig::default());
         };
         let count = value.as_u64().ok_or_else(|| {
-            let why = format!("least_request: \"choiceCount\" must be an integer, not {value}");
+            let why = format!("{policy}: \"choiceCount\" must be an integer, not {value}");
             Error::new(ErrorKind::Config, why)
         })?;
         if count < 2 {
-            let why = format!("least_request: \"choiceCount\" must be at least 2, not {count}");
+            let why = format!("{policy}: \"choiceCount\" must be at least 2, not {count}");
             return Err(Error::new(ErrorKind::Config, why));
         }
         let choice_count = count.min(u64::from(MAX_CHOICE_COUNT)) as u32;
@@ -147,7 +154,7 @@ impl BalancerBuilder for LeastRequestBuilder {
 
     fn parse_config(&self, json: &serde_json::Value) -> Result<LbConfig, Error> {
         Ok(LbConfig::new(
-            LeastRequestConfig::parse(json)?,
+            LeastRequestConfig::parse_for(self.name(), json)?,
             json.clone(),
         ))
     }
@@ -366,6 +373,21 @@ mod tests {
         }
         let err = count(json!({"choiceCount": "3"})).unwrap_err();
         assert!(err.to_string().contains("must be an integer"), "{err}");
+    }
+
+    #[test]
+    fn config_errors_name_the_policy_as_the_config_wrote_it() {
+        let bad = json!({"choiceCount": 1});
+        for (builder, name) in [
+            (LeastRequestBuilder::new(), "least_request_experimental"),
+            (LeastRequestBuilder::short_name(), "least_request"),
+        ] {
+            let err = builder.parse_config(&bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{name}: \"choiceCount\"")),
+                "{err}"
+            );
+        }
     }
 
     /// Always lends its subchannel (a READY pick_first child).

@@ -32,6 +32,16 @@
 //! starts at its own random index and rotates strictly, so one thread sees
 //! strict rotation and every thread spreads its calls evenly; threads
 //! beyond the 16th share counters (still even, with some contention).
+//!
+//! So the rotation is strict per thread, not per channel: on a
+//! multi-thread runtime one task's sequential calls can hit the same
+//! backend twice in a row (a task resumed on another worker thread picks
+//! from that thread's counter), while the totals stay even. grpc-go's
+//! picker rotates one counter shared by every goroutine, starting at a
+//! random index: strict rotation channel-wide, at the cost of one atomic
+//! increment on a shared cache line per pick. On a `current_thread`
+//! runtime there is one counter, and the rotation is strict as in
+//! grpc-go.
 //! The chosen child's pick_first picker lends its subchannel
 //! ([`Pick::borrowed`](crate::picker::Pick::borrowed)), so no reference
 //! count is written either.

@@ -197,13 +197,17 @@ impl BalancedChannelBuilder {
         self
     }
 
-    /// Reconnect backoff and minimum connect timeout (gRPC's defaults).
+    /// Reconnect backoff and minimum connect timeout (default gRPC's, see
+    /// [`BackoffConfig`] for the ranges [`build`](Self::build) checks).
     pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
         self.connect.backoff = backoff;
         self
     }
 
-    /// The minimum time a connection attempt may take (default 20 s).
+    /// The least time a connection attempt is allowed before it is given
+    /// up (gRPC's MIN_CONNECT_TIMEOUT, `connection-backoff.md`; default
+    /// 20 s): each attempt gets the larger of this and the current backoff
+    /// delay. Sets [`BackoffConfig::min_connect_timeout`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect.backoff.min_connect_timeout = timeout;
         self
@@ -302,6 +306,13 @@ impl BalancedChannelBuilder {
     /// in bytes; default 2 MiB, as tonic's `Channel` (hyper). BDP-based
     /// window growth (hyper's `http2_adaptive_window`) is not provided:
     /// set the windows for your bandwidth-delay product instead.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build) fails with [`ErrorKind::Config`] naming the
+    /// setting, the value and the range unless `bytes` is in
+    /// 1..=2,147,483,647 (2^31-1, RFC 9113 §6.5.2 and §6.9.1; 0 would let
+    /// the server send no data at all).
     pub fn initial_stream_window_size(mut self, bytes: u32) -> Self {
         self.connect.transport.http2.stream_window = bytes;
         self
@@ -309,21 +320,45 @@ impl BalancedChannelBuilder {
 
     /// The HTTP/2 connection flow-control window, in bytes; default 5 MiB,
     /// as tonic's `Channel` (hyper).
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build) fails with [`ErrorKind::Config`] naming the
+    /// setting, the value and the range unless `bytes` is in
+    /// 65,535..=2,147,483,647: a window never exceeds 2^31-1 (RFC 9113
+    /// §6.9.1), and the connection's starts at 65,535 and can only grow
+    /// (§6.9.2).
     pub fn initial_connection_window_size(mut self, bytes: u32) -> Self {
         self.connect.transport.http2.connection_window = bytes;
         self
     }
 
     /// The largest HTTP/2 frame the server may send
-    /// (SETTINGS_MAX_FRAME_SIZE), 16 KiB to 16 MiB - 1; default 16 KiB.
+    /// (SETTINGS_MAX_FRAME_SIZE), in bytes; default 16 KiB (16,384).
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build) fails with [`ErrorKind::Config`] naming the
+    /// setting, the value and the range unless `bytes` is in
+    /// 16,384..=16,777,215 (RFC 9113 §6.5.2).
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
         self.connect.transport.http2.max_frame_size = bytes;
         self
     }
 
     /// The largest response header list accepted
-    /// (SETTINGS_MAX_HEADER_LIST_SIZE), in bytes; default 16 KiB, as
-    /// tonic's `Channel` (hyper).
+    /// (SETTINGS_MAX_HEADER_LIST_SIZE), in bytes as RFC 9113 §6.5.2 counts
+    /// them (name + value + 32 per field); default 16 KiB, as tonic's
+    /// `Channel` (hyper). A response whose headers or trailers exceed it
+    /// fails its call.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Self::build) fails with [`ErrorKind::Config`] naming the
+    /// setting, the value and the range when `bytes` is below 102: the
+    /// smallest gRPC response headers (`:status: 200` and
+    /// `content-type: application/grpc`) count 102 bytes, so a smaller
+    /// limit fails every call.
     pub fn max_header_list_size(mut self, bytes: u32) -> Self {
         self.connect.transport.http2.max_header_list_size = bytes;
         self
@@ -367,8 +402,8 @@ impl BalancedChannelBuilder {
     }
 
     /// Builds the channel and starts resolving and connecting. Must be
-    /// called inside a tokio runtime; errors name the bad target, scheme or
-    /// policy.
+    /// called inside a tokio runtime; errors name the bad target, scheme,
+    /// policy, or the setting out of its range (HTTP/2 sizes, backoff).
     pub fn build(self) -> Result<BalancedChannel, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::new(
@@ -376,6 +411,8 @@ impl BalancedChannelBuilder {
                 "BalancedChannel must be built inside a tokio runtime",
             ));
         }
+        super::checks::http2(&self.connect.transport.http2)?;
+        self.connect.backoff.check("backoff")?;
         let target = Target::parse(&self.target)?;
         let resolvers = self
             .resolvers

@@ -45,6 +45,9 @@ pub(crate) enum ControlRequest {
     ExitIdle,
     /// `BalancedChannel::snapshot`.
     Snapshot(oneshot::Sender<ChannelSnapshot>),
+    /// What the CONNECTING subchannels wait for (`wait_until_ready`'s
+    /// error).
+    Connecting(oneshot::Sender<Vec<String>>),
 }
 
 pub(crate) struct Control {
@@ -102,7 +105,7 @@ impl Failure {
     /// `resolver error: ...` while the resolver gave no addresses, else
     /// `last connection error: ...` (or the resolver's error if no
     /// connection failed yet).
-    fn message(&self) -> Option<Arc<String>> {
+    fn message(&self) -> Option<Arc<Error>> {
         let error = if self.has_addresses {
             let telling = self.telling.as_ref().map(|(_, e)| e);
             telling
@@ -111,7 +114,7 @@ impl Failure {
         } else {
             self.resolver.as_ref()
         };
-        error.map(|e| Arc::new(failure_message(e)))
+        error.map(|e| Arc::new(Error::new(e.kind(), failure_message(e))))
     }
 
     fn resolved(&mut self, update: &ResolverUpdate) {
@@ -361,7 +364,7 @@ impl Control {
         &self,
         state: ConnectivityState,
         picker: Arc<dyn Picker>,
-        failure: Option<Arc<String>>,
+        failure: Option<Arc<Error>>,
     ) {
         self.picker.publish(state, picker, failure);
         self.states.send_if_modified(|current| {
@@ -431,6 +434,16 @@ impl Control {
             ControlRequest::ExitIdle => self.drive(|b, ctl| b.exit_idle(ctl)),
             ControlRequest::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            ControlRequest::Connecting(reply) => {
+                let connecting = self
+                    .table
+                    .all_live()
+                    .iter()
+                    .filter(|sc| sc.state() == ConnectivityState::Connecting)
+                    .filter_map(Subchannel::connecting)
+                    .collect();
+                let _ = reply.send(connecting);
             }
         }
     }
@@ -1184,7 +1197,7 @@ mod tests {
             "{} events",
             seen.subchannel_updates
         );
-        let why = snapshot.failure().expect("connections failed");
+        let why = snapshot.failure().expect("connections failed").to_string();
         assert!(why.starts_with("last connection error: 127.0."), "{why}");
         drop(requests_tx);
         task.await.unwrap();

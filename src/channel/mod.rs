@@ -34,6 +34,7 @@
 
 mod builder;
 mod call;
+mod checks;
 mod control;
 
 pub use builder::BalancedChannelBuilder;
@@ -207,8 +208,12 @@ impl BalancedChannel {
     /// last connection error, the resolver's error, or, while IDLE, that
     /// the policy did not connect when asked, e.g. `... not READY after
     /// 5s (state IDLE: the policy, ring_hash, did not connect when
-    /// asked; ...)`); one with [`Error::is_closed`] if the channel is
-    /// shut down.
+    /// asked; ...)`), and while CONNECTING what the attempts under way
+    /// still wait for (`connecting to 127.0.0.1:50051 for 3.2s: no
+    /// HTTP/2 SETTINGS from the server yet`). When that last failure was a health check's (gRFC
+    /// A17: e.g. every backend NOT_SERVING) the error also answers
+    /// [`Error::is_health`]. One with [`Error::is_closed`] if the channel
+    /// is shut down.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -228,32 +233,63 @@ impl BalancedChannel {
             };
             let changed = self.shared.picker.changed_since(generation);
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(self.not_ready(timeout));
+                return Err(self.not_ready(timeout).await);
             }
         }
     }
 
     /// wait_until_ready's error: the state and the reason published with
     /// the picker (never a pick: picking has effects a policy counts).
-    fn not_ready(&self, timeout: Duration) -> Error {
-        let snapshot = self.shared.picker.load();
+    async fn not_ready(&self, timeout: Duration) -> Error {
+        let snapshot = self.shared.picker.load_full();
         let mut reasons = Vec::new();
         if snapshot.state == ConnectivityState::Idle {
             reasons.push(still_idle(&self.shared.picker.policy()));
         }
-        reasons.extend(snapshot.failure().map(|reason| reason.to_string()));
+        let failure = snapshot.failure();
+        reasons.extend(failure.as_ref().map(|reason| reason.to_string()));
+        if snapshot.state == ConnectivityState::Connecting {
+            reasons.extend(self.connecting().await);
+        }
         let why = if reasons.is_empty() {
             String::new()
         } else {
             format!(": {}", reasons.join("; "))
         };
-        Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "{}: not READY after {timeout:?} (state {}{why})",
-                self.shared.target, snapshot.state
-            ),
-        )
+        let message = format!(
+            "{}: not READY after {timeout:?} (state {}{why})",
+            self.shared.target, snapshot.state
+        );
+        // A health check's verdict as the last failure: the timeout says
+        // so through `is_health` too.
+        match failure.filter(|f| f.is_health()) {
+            Some(_) => Error::timeout_from_health(message),
+            None => Error::new(ErrorKind::Timeout, message),
+        }
+    }
+}
+
+/// At most this many CONNECTING subchannels are described in an error.
+const CONNECTING_SHOWN: usize = 3;
+
+impl BalancedChannel {
+    /// What the CONNECTING subchannels still wait for, as the control task
+    /// sees them (empty if it is gone); the first [`CONNECTING_SHOWN`] and
+    /// how many more.
+    async fn connecting(&self) -> Option<String> {
+        let (reply, answer) = oneshot::channel();
+        let request = ControlRequest::Connecting(reply);
+        self.shared.requests.send(request).ok()?;
+        let mut connecting = answer.await.ok()?;
+        if connecting.is_empty() {
+            return None;
+        }
+        let more = connecting.len().saturating_sub(CONNECTING_SHOWN);
+        connecting.truncate(CONNECTING_SHOWN);
+        if more > 0 {
+            connecting.push(format!("{more} more connecting"));
+        }
+        Some(connecting.join("; "))
     }
 }
 

@@ -209,6 +209,10 @@ impl RegistrationBuilder {
         if ttl < 1 {
             return Err(invalid(format!("the TTL {:?} is under 1 s", self.ttl)));
         }
+        self.retry
+            .backoff
+            .check("etcd registration retry backoff")
+            .map_err(|e| invalid(e.to_string()))?;
         let source = self.source.clone().map_err(invalid)?;
         let value = self.value().map_err(invalid)?;
         let target = format!("etcd://{}/{service}", source.authority());

@@ -114,6 +114,8 @@ impl DnsResolverBuilder {
 
     /// The backoff between failed lookups (default gRPC's: 1 s, x1.6,
     /// jitter 0.2, at most 120 s; `min_connect_timeout` is not used).
+    /// Building the resolver fails with [`ErrorKind::Config`] for a
+    /// config outside [`BackoffConfig`]'s ranges.
     pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
         self.timing.backoff = backoff;
         self
@@ -140,6 +142,7 @@ impl ResolverBuilder for DnsResolverBuilder {
     }
 
     fn build(&self, target: &Target, sink: UpdateSink) -> Result<Box<dyn Resolver>, Error> {
+        self.timing.backoff.check("dns resolver backoff")?;
         let (host, port) = parse_endpoint(target)?;
         let server = parse_authority(target)?;
         if let Some(ips) = without_query(&host) {

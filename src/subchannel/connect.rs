@@ -75,12 +75,14 @@ pub(crate) async fn run(
         }
         report(ConnectivityState::Connecting, None);
         let started = Instant::now();
+        link.progress.start();
         let attempt = attempt(&link, &config, &events, backoff.connect_timeout(), seed);
         let ended = tokio::select! {
             biased;
             _ = &mut shutdown => return,
             ended = attempt => ended,
         };
+        link.progress.end();
         match ended {
             Ok(Lost { ready_at, error }) => {
                 if Instant::now() - ready_at >= backoff.min_success() {
@@ -138,8 +140,14 @@ async fn one(
     events: &mpsc::UnboundedSender<StateEvent>,
     timeout: Duration,
 ) -> Result<Lost, Error> {
-    let attempt = transport::establish(&link.address, &link.origin, &config.transport);
+    let attempt = transport::establish(
+        &link.address,
+        &link.origin,
+        &config.transport,
+        &link.progress,
+    );
     let mut established = within(link, config, timeout, attempt).await?;
+    link.progress.end();
     let open = config.metrics.connected();
     link.connection
         .store(Some(Arc::new(established.connection.clone())));
@@ -331,6 +339,51 @@ mod tests {
             error.contains("before the server's HTTP/2 preface"),
             "{error}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_of_duration_max_waits_instead_of_panicking() {
+        let config = ConnectConfig {
+            backoff: BackoffConfig {
+                initial: Duration::MAX,
+                max: Duration::MAX,
+                ..BackoffConfig::default()
+            },
+            ..ConnectConfig::default()
+        };
+        let (sc, mut rx) = spawn(closed_port(), Arc::new(config));
+        sc.connect();
+        let connecting = rx.recv().await.expect("CONNECTING").state;
+        assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
+        let failed = rx.recv().await.expect("TRANSIENT_FAILURE").state;
+        assert_eq!(failed.connectivity, ConnectivityState::TransientFailure);
+        // The connection task lives on, backing off (a task that panicked
+        // would drop its sender: `recv` would return `None` at once).
+        let next = tokio::time::timeout(Duration::from_secs(24 * 3600), rx.recv()).await;
+        assert!(next.is_err(), "{next:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_while_connecting_is_a_failed_attempt_that_backs_off() {
+        // `h2` asserts on a frame size outside RFC 9113's range (`build`
+        // refuses one; this config skips `build`).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = (*without_jitter()).clone();
+        config.transport.http2.max_frame_size = 1;
+        let (sc, mut rx) = spawn(listener.local_addr().unwrap(), Arc::new(config));
+        sc.connect();
+        let start = Instant::now();
+        let connecting = rx.recv().await.expect("CONNECTING").state;
+        assert_eq!(connecting.connectivity, ConnectivityState::Connecting);
+        let failed = rx.recv().await.expect("TRANSIENT_FAILURE").state;
+        assert_eq!(failed.connectivity, ConnectivityState::TransientFailure);
+        let error = failed.error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("connection attempt panicked"), "{error}");
+        assert!(error.contains("MAX_FRAME_SIZE"), "{error}");
+        let idle = rx.recv().await.expect("IDLE after the backoff").state;
+        assert_eq!(idle.connectivity, ConnectivityState::Idle);
+        let waited = (Instant::now() - start).as_secs_f64();
+        assert!((waited - 1.0).abs() < 0.05, "{waited}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -81,7 +81,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::Instrument;
 
 use crate::stats::SubchannelStats;
-use crate::transport::{Connection, Origin};
+use crate::transport::{Connection, Origin, Progress};
 use crate::{Address, ConnectivityState, Error};
 
 /// A subchannel's connectivity state with the error that caused it.
@@ -134,6 +134,8 @@ pub(crate) struct SubchannelShared {
     oob_unimplemented: AtomicBool,
     /// Calls and connection attempts, for `BalancedChannel::snapshot`.
     stats: Arc<SubchannelStats>,
+    /// How far the connection attempt under way has got.
+    progress: Progress,
 }
 
 impl SubchannelState {
@@ -221,6 +223,7 @@ impl Subchannel {
             oob: tokio::sync::watch::channel(oob::OobListeners::default()).0,
             oob_unimplemented: AtomicBool::new(false),
             stats: Arc::default(),
+            progress: Progress::default(),
         });
         let (tx, rx) = oneshot::channel();
         let inner = Arc::new(SubchannelOwner {
@@ -295,6 +298,14 @@ impl Subchannel {
     /// The scheme, `:authority` and TLS server name of calls to it.
     pub(crate) fn origin(&self) -> &Origin {
         &self.inner.link.origin
+    }
+
+    /// What the connection attempt under way still waits for
+    /// (`connecting to <address> for 3.2s: no HTTP/2 SETTINGS from the
+    /// server yet`); `None` between attempts.
+    pub(crate) fn connecting(&self) -> Option<String> {
+        let link = &self.inner.link;
+        link.progress.describe(&link.address)
     }
 
     /// Its counters (calls, connection attempts, last change).

@@ -71,6 +71,8 @@ pub(super) async fn connect(
         };
         match event {
             Some(SlotEvent::Ready(i, connection)) => {
+                // READY: the other slots' attempts no longer describe it.
+                link.progress.end();
                 ready[i] = Some(connection);
                 publish(link, &ready);
                 if ready_at.is_none() {
@@ -124,7 +126,12 @@ async fn slot(
     let mut backoff = Backoff::new(config.backoff, seed);
     loop {
         let started = Instant::now();
-        let attempt = transport::establish(&link.address, &link.origin, &config.transport);
+        let attempt = transport::establish(
+            &link.address,
+            &link.origin,
+            &config.transport,
+            &link.progress,
+        );
         let wake = match within(&link, &config, backoff.connect_timeout(), attempt).await {
             Ok(mut established) => {
                 let open = config.metrics.connected();

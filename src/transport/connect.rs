@@ -2,18 +2,23 @@
 //! connector), then TLS if configured, then the preface watch and the
 //! HTTP/2 handshake; READY once the server's preface arrived.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::uri::Authority;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::dial::{self, Connector, Dialled, SocketOptions};
 use super::http2::{self, Http2Settings, Keepalive, Lost};
 use super::origin::{self, Origin, TargetHost};
 use super::preface::PrefaceWatch;
+use super::progress::{Phase, Progress};
 use super::Connection;
 use crate::{Address, Error, ErrorKind};
 
@@ -81,31 +86,74 @@ pub(crate) struct Established {
     lost: oneshot::Receiver<Lost>,
     /// Dropping it tells the drive task the owner let go.
     _release: oneshot::Sender<()>,
+    /// The drive task: how it ended, when it ended without a report.
+    drive: JoinHandle<()>,
 }
 
 impl Established {
-    /// Waits until the connection stops taking new calls; `None` if the
-    /// drive task ended without saying why.
+    /// Waits until the connection stops taking new calls: [`Lost::Panicked`]
+    /// if the drive task panicked, `None` if it ended without saying why.
     pub(crate) async fn lost(&mut self) -> Option<Lost> {
-        (&mut self.lost).await.ok()
+        if let Ok(lost) = (&mut self.lost).await {
+            return Some(lost);
+        }
+        // The drive task dropped its sender: it ended, or is unwinding.
+        match (&mut self.drive).await {
+            Err(e) if e.is_panic() => Some(Lost::Panicked(panic_message(e.into_panic()))),
+            _ => None,
+        }
     }
 }
 
 /// Connects to `address` and returns once the connection is READY: the
 /// (TLS and) HTTP/2 handshake is done and the server's preface has arrived.
+/// A panic on the way (in `h2`, the connector, TLS) fails the attempt with
+/// its message, so the subchannel backs off instead of staying CONNECTING.
+/// Each step reached is noted in `progress`.
 pub(crate) async fn establish(
     address: &Address,
     origin: &Origin,
     settings: &Settings,
+    progress: &Progress,
+) -> Result<Established, Error> {
+    let attempt = AssertUnwindSafe(connect(address, origin, settings, progress));
+    attempt.catch_unwind().await.unwrap_or_else(|panic| {
+        Err(Error::new(
+            ErrorKind::Connect,
+            format!(
+                "{address}: connection attempt panicked: {}",
+                panic_message(panic)
+            ),
+        ))
+    })
+}
+
+/// The text of a panic's payload (`panic!`'s message, when it has one).
+fn panic_message(panic: Box<dyn Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(message) => *message,
+        Err(panic) => match panic.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "(no message)".to_owned(),
+        },
+    }
+}
+
+/// [`establish`] without the panic guard.
+async fn connect(
+    address: &Address,
+    origin: &Origin,
+    settings: &Settings,
+    progress: &Progress,
 ) -> Result<Established, Error> {
     if let Some(connector) = &settings.connector {
         let io = connector.connect(address).await?;
-        return secure(io, address, origin, settings).await;
+        return secure(io, address, origin, settings, progress).await;
     }
     match dial::dial(address, &settings.socket).await? {
-        Dialled::Tcp(tcp) => secure(tcp, address, origin, settings).await,
+        Dialled::Tcp(tcp) => secure(tcp, address, origin, settings, progress).await,
         #[cfg(unix)]
-        Dialled::Unix(unix) => secure(unix, address, origin, settings).await,
+        Dialled::Unix(unix) => secure(unix, address, origin, settings, progress).await,
     }
 }
 
@@ -116,15 +164,19 @@ async fn secure<IO>(
     address: &Address,
     origin: &Origin,
     settings: &Settings,
+    progress: &Progress,
 ) -> Result<Established, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     #[cfg(feature = "tls")]
     if let (Some(tls), Some(name)) = (&settings.tls, &origin.server_name) {
+        progress.reached(Phase::Tls);
         let io = tls.connect(io, name, address).await?;
+        progress.reached(Phase::Settings);
         return handshake(io, address, settings, true).await;
     }
+    progress.reached(Phase::Settings);
     handshake(io, address, settings, false).await
 }
 
@@ -151,7 +203,7 @@ where
     let (sender, connection) = http2::handshake(io, settings.http2).await.map_err(failed)?;
     let (release, released) = oneshot::channel();
     let (lost_tx, mut lost) = oneshot::channel();
-    tokio::spawn(http2::drive(
+    let mut drive = tokio::spawn(http2::drive(
         connection,
         sender.clone(),
         settings.keepalive(),
@@ -173,7 +225,18 @@ where
         // dropped the socket.
         let error = match lost.try_recv() {
             Ok(Lost::Closed(e)) => e,
-            _ => None,
+            Ok(_) | Err(oneshot::error::TryRecvError::Empty) => None,
+            // It ended without a report: it panicked.
+            Err(oneshot::error::TryRecvError::Closed) => match (&mut drive).await {
+                Err(e) if e.is_panic() => {
+                    let panic = panic_message(e.into_panic());
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        format!("{address}: connection task panicked: {panic}"),
+                    ));
+                }
+                _ => None,
+            },
         };
         let why = match (closed_after_tls(settings, tls, error.as_ref()), &error) {
             (Some(reason), _) => format!(": {reason}"),
@@ -189,6 +252,7 @@ where
         connection: Connection { sender },
         lost,
         _release: release,
+        drive,
     })
 }
 

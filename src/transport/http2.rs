@@ -140,6 +140,9 @@ pub(crate) enum Lost {
     ErrorResets(usize),
     /// The connection used up its 2^31 stream ids; open calls continue.
     StreamIdsExhausted,
+    /// The drive task panicked (with this message); the connection is gone.
+    /// Reported by its spawner (`connect`), which sees the task end.
+    Panicked(String),
 }
 
 impl std::fmt::Display for Lost {
@@ -155,6 +158,7 @@ impl std::fmt::Display for Lost {
                  were closed (h2 ends a connection at {MAX_ERROR_RESETS})"
             ),
             Lost::StreamIdsExhausted => f.write_str("drained: it used up its HTTP/2 stream ids"),
+            Lost::Panicked(panic) => write!(f, "task panicked: {panic}"),
         }
     }
 }
@@ -360,7 +364,7 @@ pub(crate) async fn drive<IO>(
             return Poll::Pending;
         }
         if let Poll::Ready(result) = Pin::new(&mut connection).poll(cx) {
-            watch.report(Lost::Closed(result.err()));
+            watch.closed(cx, result.err());
             return Poll::Ready(());
         }
         watch.poll(cx)
@@ -459,6 +463,28 @@ impl DriveState {
         }
     }
 
+    /// The connection ended, with `h2`'s error if it failed. A server that
+    /// shuts down gracefully (GOAWAY(NO_ERROR), a PING, a second GOAWAY,
+    /// then close) ends `h2`'s connection without an error, often in the
+    /// poll that read the GOAWAY: then the GOAWAY is the reason (gRFC A94
+    /// reports the first reason seen).
+    fn closed(&mut self, cx: &mut Context<'_>, error: Option<h2::Error>) {
+        let error = error.or_else(|| self.go_away(cx));
+        self.report(Lost::Closed(error));
+    }
+
+    /// The server's GOAWAY as `h2` reports it to new streams, once one
+    /// was read.
+    fn go_away(&mut self, cx: &mut Context<'_>) -> Option<h2::Error> {
+        if !self.wire.go_away_seen() {
+            return None;
+        }
+        match self.probe.as_mut()?.h2.poll_ready(cx) {
+            Poll::Ready(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Ready when the connection must be closed now (keepalive timeout).
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if let Some(release) = self.release.as_mut() {
@@ -489,15 +515,13 @@ impl DriveState {
 
     /// Why the connection stops taking new calls now, if it does.
     fn poll_lost(&mut self, cx: &mut Context<'_>) -> Option<Lost> {
-        let probe = self.probe.as_mut()?;
+        self.probe.as_ref()?;
         // A GOAWAY makes every new stream fail: stop taking calls now.
         // `h2` is asked (a lock of its streams) only once the server sent
         // one; any other end of the connection ends `h2`'s connection
         // future itself (`Lost::Closed`).
-        if self.wire.go_away_seen() {
-            if let Poll::Ready(Err(e)) = probe.h2.poll_ready(cx) {
-                return Some(Lost::Draining(e));
-            }
+        if let Some(e) = self.go_away(cx) {
+            return Some(Lost::Draining(e));
         }
         let error_resets = self.wire.error_resets_sent();
         if error_resets >= DRAIN_AFTER_ERROR_RESETS {

@@ -42,6 +42,7 @@ mod dial;
 mod http2;
 mod origin;
 mod preface;
+mod progress;
 mod stream;
 #[cfg(feature = "tls")]
 mod tls;
@@ -49,8 +50,9 @@ mod tls;
 pub(crate) use connect::{establish, Settings};
 pub(crate) use dial::Connector;
 pub use dial::{BoxError, Io};
-pub(crate) use http2::Lost;
+pub(crate) use http2::{Http2Settings, Lost};
 pub(crate) use origin::{Origin, TargetHost};
+pub(crate) use progress::Progress;
 pub(crate) use stream::{Deadline, Opened, Outgoing, SendError, REPLAY_LIMIT};
 #[cfg(feature = "tls")]
 pub use tls::ClientTlsConfig;

@@ -96,6 +96,8 @@ impl EtcdResolverBuilder {
     /// The time limit of each etcd request (reading the prefix, creating
     /// the watch) and the delays before a broken watch is retried. The
     /// retry jitter is drawn from the channel builder's `rng_seed` when set.
+    /// Building the resolver fails with [`ErrorKind::Config`](crate::ErrorKind::Config) for a backoff
+    /// outside [`BackoffConfig`](crate::subchannel::BackoffConfig)'s ranges.
     pub fn with_retry(mut self, retry: EtcdRetryConfig) -> Self {
         self.retry = retry;
         self
@@ -143,6 +145,7 @@ impl ResolverBuilder for EtcdResolverBuilder {
                 "the service name is empty (want etcd://host:port/service or etcd://host:port//grpclb/service)",
             ));
         }
+        self.retry.backoff.check("etcd resolver retry backoff")?;
         let source = EtcdSource::from_authority(target.authority(), self.client.as_ref())
             .map_err(|why| Error::invalid_target(target.as_str(), why))?;
         let task = watch::WatchTask::new(
