@@ -411,3 +411,36 @@ async fn a_rejected_service_config_keeps_the_method_configs_in_use() {
     .await
     .expect("the test ends");
 }
+
+/// When the resolver's first service config is rejected, calls go on with
+/// the builder's method configs at once (they do not wait for a config
+/// that never comes).
+#[tokio::test]
+async fn a_rejected_first_service_config_leaves_the_builders_method_configs() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let addr = simple_server().await;
+        let manual = ManualResolver::new("manual");
+        manual.update_state(update_to(
+            Some(addr),
+            config(
+                r#"{"loadBalancingConfig":[{"no_such_policy":{}}],
+                    "methodConfig":[{"name":[{}],"timeout":"3s"}]}"#,
+            ),
+        ));
+        let channel = BalancedChannel::builder("manual:///simple")
+            .resolver_builder(manual.clone())
+            .service_config(r#"{"methodConfig":[{"name":[{}],"timeout":"1s"}]}"#)
+            .queue_timeout(SECS(30))
+            .connect(Duration::from_secs(10))
+            .await
+            .expect("READY");
+        tokio::time::pause();
+        let mut client = SimpleClient::new(channel);
+        let (code, elapsed, message) =
+            timed_route(&mut client, route_request("sleep:5000", None)).await;
+        assert_eq!(code, Code::DeadlineExceeded, "{message}");
+        assert_at(elapsed, SECS(1));
+    })
+    .await
+    .expect("the test ends");
+}

@@ -503,8 +503,9 @@ impl Control {
             let (policy, accepted) = self.select_policy(&update);
             match update.service_config() {
                 Some(config) if accepted => self.methods.set(config.methods()),
-                // A rejected config changes no call either.
-                Some(_) => {}
+                // A rejected config changes no call either (the first
+                // one leaves the builder's, so calls stop waiting).
+                Some(_) => self.methods.set_if_unresolved(&self.default_methods),
                 None => self.methods.set(&self.default_methods),
             }
             let health = match update.service_config() {
