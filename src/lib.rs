@@ -71,7 +71,7 @@ pub use channel::{BalancedChannel, BalancedChannelBuilder, Peer, WaitForReady};
 pub use connectivity::ConnectivityState;
 pub use error::{Error, ErrorKind};
 pub use picker::{PickResult, Picker};
-pub use service_config::ServiceConfig;
+pub use service_config::{MethodConfig, ServiceConfig};
 pub use stats::ChannelSnapshot;
 pub use subchannel::Subchannel;
 pub use target::Target;

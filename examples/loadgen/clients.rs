@@ -21,6 +21,9 @@
 //! - `ours-round_robin-outlier` (only when asked for): `ours-round_robin`
 //!   under `outlier_detection_experimental` (gRFC A50) with
 //!   failure-percentage ejection: what counting every call's outcome costs;
+//! - `ours-pick_first-method_config` (only when asked for): `ours-pick_first`
+//!   with a service config whose `methodConfig` matches every call (only
+//!   `waitForReady: false`): what the per-call method-config lookup costs;
 //! - `ours-round_robin-otel` (only when asked for; build with `--features
 //!   otel`): `ours-round_robin` recording gRPC's OpenTelemetry metrics into
 //!   an SDK meter provider (in memory, never exported during the run);
@@ -66,6 +69,7 @@ pub enum Kind {
     OursRingHash,
     OursOtel,
     OursOutlier,
+    OursMethodConfig,
 }
 
 /// TLS of a `--tls on` run: a certificate for `localhost` and `127.0.0.1`
@@ -114,6 +118,7 @@ impl Kind {
             Kind::OursRingHash => "ours-ring_hash",
             Kind::OursOtel => "ours-round_robin-otel",
             Kind::OursOutlier => "ours-round_robin-outlier",
+            Kind::OursMethodConfig => "ours-pick_first-method_config",
         }
     }
 
@@ -127,6 +132,7 @@ impl Kind {
                 Kind::OursRingHash,
                 Kind::OursOtel,
                 Kind::OursOutlier,
+                Kind::OursMethodConfig,
             ])
             .find(|k| k.name() == name)
     }
@@ -178,6 +184,14 @@ static NEXT_KEY: AtomicUsize = AtomicUsize::new(0);
 const RING_HASH_CONFIG: &str =
     r#"{"loadBalancingConfig":[{"ring_hash":{"requestHashHeader":"x-loadgen-key"}}]}"#;
 
+/// `ours-pick_first-method_config`'s service config: a methodConfig that
+/// matches every call (service-wide entry) and sets `waitForReady: false`
+/// (the channel's default anyway), so the run measures the lookup by path
+/// and nothing else (a `timeout` would add a timer per call, as a call's
+/// own deadline does).
+const METHOD_CONFIG: &str = r#"{"loadBalancingConfig":[{"pick_first":{}}],
+    "methodConfig":[{"name":[{"service":"proto.Simple"}],"waitForReady":false}]}"#;
+
 /// `ours-round_robin-outlier`'s policy: A50's failure-percentage ejection
 /// (its defaults, every 10 s) over round_robin. The loadgen backends do not
 /// fail, so nothing is ejected: the run measures the counting.
@@ -219,9 +233,10 @@ impl Client {
             | Kind::OursLeastRequest
             | Kind::OursWeightedRoundRobin
             | Kind::OursRingHash
-            | Kind::OursOtel => {
+            | Kind::OursOtel
+            | Kind::OursMethodConfig => {
                 let policy = match kind {
-                    Kind::OursPickFirst => "pick_first",
+                    Kind::OursPickFirst | Kind::OursMethodConfig => "pick_first",
                     Kind::OursLeastRequest => "least_request",
                     Kind::OursWeightedRoundRobin => "weighted_round_robin",
                     _ => "round_robin",
@@ -233,6 +248,7 @@ impl Client {
                 let builder = match kind {
                     Kind::OursOtel => with_metrics(builder)?,
                     Kind::OursRingHash => builder.service_config(RING_HASH_CONFIG),
+                    Kind::OursMethodConfig => builder.service_config(METHOD_CONFIG),
                     _ => builder,
                 };
                 let builder = with_tls(builder, tls)?;

@@ -83,6 +83,7 @@ clients (default: the first six):
   hyper-round_robin h2-round_robin
   ours-round_robin-pool4 ours-least_request ours-weighted_round_robin
   ours-ring_hash ours-round_robin-otel (--features otel)
+  ours-round_robin-outlier ours-pick_first-method_config
 ";
 
 /// The raw `h2` client stalls with more calls than this on one

@@ -9,13 +9,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::control::{health_service, Control, SubchannelTable};
-use super::{BalancedChannel, CallDefaults, Shared};
+use super::{BalancedChannel, CallDefaults, MethodCell, Shared};
 use crate::balancer::{
     BalancerBuilder, BalancerRegistry, BuildOptions, GracefulSwitch, LbPolicy, PICK_FIRST,
 };
 use crate::picker::{PickerCell, QueuePicker};
 use crate::resolver::{builder_for, ResolverBuilder, ResolverRegistry, UpdateSink};
-use crate::service_config::ServiceConfig;
+use crate::service_config::{MethodTable, ServiceConfig};
 use crate::subchannel::{BackoffConfig, ConnectConfig};
 use crate::transport::{Connector, Io, TargetHost};
 use crate::{ConnectivityState, Error, ErrorKind, Target};
@@ -448,6 +448,8 @@ impl BalancedChannelBuilder {
             })?;
         }
         let default_health = self.default_health()?;
+        let default_methods = self.default_methods()?;
+        let methods = Arc::new(MethodCell::new(default_methods.clone()));
         let mut connect = self.connect.clone();
         connect.rng_seed = seed;
         connect.health = Default::default();
@@ -487,6 +489,8 @@ impl BalancedChannelBuilder {
             policy: None,
             default_policy,
             default_health,
+            default_methods,
+            methods: methods.clone(),
             balancers,
             table: SubchannelTable::new(Arc::new(connect), events_tx),
             events_rx,
@@ -513,6 +517,7 @@ impl BalancedChannelBuilder {
                 picker,
                 requests: requests_tx,
                 defaults,
+                methods,
                 states,
                 metrics: call_metrics,
                 #[cfg(feature = "channelz")]
@@ -566,6 +571,15 @@ impl BalancedChannelBuilder {
         };
         let config = ServiceConfig::from_json(json)?;
         Ok(config.health_check_service_name().map(Arc::from))
+    }
+
+    /// The method configs of the builder's service config (empty
+    /// without one): used while the resolver gives no service config.
+    fn default_methods(&self) -> Result<Arc<MethodTable>, Error> {
+        let PolicyChoice::ServiceConfig(json) = &self.policy else {
+            return Ok(Arc::default());
+        };
+        Ok(ServiceConfig::from_json(json)?.methods().clone())
     }
 
     fn parse_authority(&self) -> Result<Option<http::uri::Authority>, Error> {

@@ -1,13 +1,16 @@
 //! The request path: pick, send, and wait for a better picker when needed.
 //!
-//! Per call: one atomic load of the current picker, one pick (borrowed from
+//! Per call: one atomic load and branch for the service config's method
+//! configs (plus one lookup by path when a `methodConfig` sets `timeout`
+//! or `waitForReady`), one atomic load of the current picker, one pick (borrowed from
 //! that snapshot), one clone of the chosen connection's handle and of its
 //! address (for the response's [`Peer`]), and the send from the caller's
 //! own task (see the crate's transport, `src/transport/`): no buffer task
 //! and no dispatch task between the call and the connection.
 //!
 //! **Deadline.** A call's deadline (its `grpc-timeout`, capped by the
-//! channel's default timeout) covers the whole call, as gRPC's does: one
+//! channel's default timeout and by its method config's `timeout`, from
+//! the call's start) covers the whole call, as gRPC's does: one
 //! timer bounds the pick, the wait for response headers and then, moved
 //! into the response body, the body and trailers (or every message of a
 //! stream). When it passes the call ends with `DEADLINE_EXCEEDED` and its
@@ -40,7 +43,7 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::{ControlRequest, Peer, Shared, WaitForReady};
+use super::{ControlRequest, MethodLookup, Peer, Shared, WaitForReady};
 use crate::metrics::CallRecord;
 use crate::picker::{Completion, PickInfo, PickResult};
 use crate::transport::{Connection, Deadline, Opened, Origin, Outgoing, SendError, REPLAY_LIMIT};
@@ -58,21 +61,38 @@ pub(crate) async fn call(
     shared: std::sync::Arc<Shared>,
     req: Request<Body>,
 ) -> Result<Response<Body>, Status> {
-    let wait_for_ready = req
-        .extensions()
-        .get::<WaitForReady>()
-        .map_or(shared.defaults.wait_for_ready, |w| w.0);
-    let timeout = call_timeout(req.headers(), shared.defaults.timeout);
+    let start = Instant::now();
+    let own_timeout = call_timeout(req.headers(), shared.defaults.timeout);
     let record = shared.metrics.call(req.uri().path());
+    // The service config's method config, if one applies: its
+    // waitForReady overrides the call's (as grpc-go), its timeout caps the
+    // call's deadline.
+    let method = match shared.methods.lookup(req.uri().path()) {
+        MethodLookup::Resolved(method) => method,
+        MethodLookup::Unresolved => {
+            let bound = own_timeout.unwrap_or(shared.defaults.queue_timeout);
+            let path = req.uri().path();
+            // Boxed: the rare wait does not grow every call's future.
+            Box::pin(shared.methods.first_resolution(path, start + bound)).await
+        }
+    };
+    let wait_for_ready = match method.and_then(|m| m.wait_for_ready()) {
+        Some(wait_for_ready) => wait_for_ready,
+        None => req
+            .extensions()
+            .get::<WaitForReady>()
+            .map_or(shared.defaults.wait_for_ready, |w| w.0),
+    };
+    let timeout = earlier(own_timeout, method.and_then(|m| m.timeout()));
     let mut progress = Progress::new(Outgoing::new(req, &shared.defaults.user_agent), record);
     let Some(timeout) = timeout else {
-        let queue_deadline = Instant::now() + shared.defaults.queue_timeout;
+        let queue_deadline = start + shared.defaults.queue_timeout;
         let sent =
             pick_and_send(&shared, wait_for_ready, Some(queue_deadline), &mut progress).await;
         let sent = progress.ended_if_err(sent)?;
         return respond(sent, &mut progress, None);
     };
-    let mut deadline = Deadline::after(timeout);
+    let mut deadline = Deadline::at(start, timeout);
     let sent = {
         let send = pick_and_send(&shared, wait_for_ready, None, &mut progress);
         tokio::pin!(send);
@@ -451,13 +471,18 @@ fn respond(
     Ok(response)
 }
 
-/// The call's timeout: the `grpc-timeout` header, capped by the channel's
-/// default timeout.
+/// The call's own timeout: the `grpc-timeout` header, capped by the
+/// channel's default timeout.
 fn call_timeout(headers: &http::HeaderMap, default: Option<Duration>) -> Option<Duration> {
     let header = headers
         .get(&GRPC_TIMEOUT)
         .and_then(|v| parse_grpc_timeout(v.as_bytes()));
-    match (header, default) {
+    earlier(header, default)
+}
+
+/// The shorter of two timeouts, either of which may be absent.
+fn earlier(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -582,5 +607,15 @@ mod tests {
             call_timeout(&h, Some(Duration::from_millis(100))),
             Some(Duration::from_millis(100))
         );
+    }
+
+    #[test]
+    fn the_earlier_timeout_wins() {
+        let ms = Duration::from_millis;
+        assert_eq!(earlier(None, None), None);
+        assert_eq!(earlier(Some(ms(3)), None), Some(ms(3)));
+        assert_eq!(earlier(None, Some(ms(3))), Some(ms(3)));
+        assert_eq!(earlier(Some(ms(5)), Some(ms(3))), Some(ms(3)));
+        assert_eq!(earlier(Some(ms(2)), Some(ms(3))), Some(ms(2)));
     }
 }

@@ -28,12 +28,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::MethodCell;
 use crate::balancer::outlier_detection::OutlierDetectionConfig;
 use crate::balancer::{
     failure_message, Balancer, BalancerRegistry, Controller, GracefulSwitch, LbPolicy, PICK_FIRST,
 };
 use crate::picker::{FailPicker, PickerCell};
 use crate::resolver::{Resolver, ResolverEvents, ResolverUpdate, UpdateReceiver};
+use crate::service_config::MethodTable;
 use crate::stats::{ChannelSnapshot, ResolverSnapshot};
 use crate::subchannel::{ConnectConfig, StateEvent, SubchannelOwner, SubchannelState};
 use crate::{Address, ConnectivityState, Error, Picker, Subchannel, Target};
@@ -66,6 +68,11 @@ pub(crate) struct Control {
     /// The health service name of the builder's service config, used when
     /// the resolver gives no service config.
     pub(crate) default_health: Option<Arc<str>>,
+    /// The method configs of the builder's service config, used when the
+    /// resolver gives no service config.
+    pub(crate) default_methods: Arc<MethodTable>,
+    /// The method configs calls apply (shared with every call).
+    pub(crate) methods: Arc<MethodCell>,
     pub(crate) balancers: BalancerRegistry,
     pub(crate) table: SubchannelTable,
     pub(crate) events_rx: mpsc::UnboundedReceiver<StateEvent>,
@@ -355,6 +362,7 @@ impl Control {
             tokio::task::coop::consume_budget().await;
         }
         tracing::debug!("channel closed; control task stops");
+        self.methods.set_if_unresolved(&self.default_methods);
         let closed = FailPicker::unavailable(format!("channel to {} is shut down", self.target));
         self.publish(ConnectivityState::Shutdown, Arc::new(closed), None);
     }
@@ -505,7 +513,14 @@ impl Control {
             self.failure.resolved(&update);
             self.resolved.updated(update.endpoints().len());
             tracing::debug!(endpoints = update.endpoints().len(), "resolver update");
-            let policy = self.select_policy(&update);
+            let (policy, accepted) = self.select_policy(&update);
+            match update.service_config() {
+                Some(config) if accepted => self.methods.set(config.methods()),
+                // A rejected config changes no call either (the first
+                // one leaves the builder's, so calls stop waiting).
+                Some(_) => self.methods.set_if_unresolved(&self.default_methods),
+                None => self.methods.set(&self.default_methods),
+            }
             let health = match update.service_config() {
                 Some(config) => config.health_check_service_name().map(Arc::from),
                 None => self.default_health.clone(),
@@ -525,6 +540,9 @@ impl Control {
             tracing::warn!(%error, "resolver error; keeping known addresses");
             self.failure.resolver_failed(&error);
             self.resolved.failed(&error);
+            // Calls waiting for the first resolution go on with the
+            // builder's method configs.
+            self.methods.set_if_unresolved(&self.default_methods);
             if self.policy.is_none() {
                 // No update yet: the default policy reports the error.
                 let policy = self.default_policy.clone();
@@ -540,18 +558,22 @@ impl Control {
     /// registry selects it), else the channel's default. A service config
     /// that cannot be used is logged and the policy in use is kept (gRPC:
     /// a bad config from the resolver never breaks a working channel).
-    fn select_policy(&self, update: &ResolverUpdate) -> LbPolicy {
+    /// The flag is false when the update's config was rejected so (its
+    /// method configs are not applied either).
+    fn select_policy(&self, update: &ResolverUpdate) -> (LbPolicy, bool) {
         let Some(config) = update.service_config() else {
-            return self.default_policy.clone();
+            return (self.default_policy.clone(), true);
         };
         match self.balancers.select(config) {
-            Ok(Some(policy)) => policy,
-            Ok(None) => self.default_policy.clone(),
+            Ok(Some(policy)) => (policy, true),
+            Ok(None) => (self.default_policy.clone(), true),
             Err(error) => {
                 tracing::warn!(%error, "ignoring the resolver's service config");
-                self.policy
+                let running = self
+                    .policy
                     .clone()
-                    .unwrap_or_else(|| self.default_policy.clone())
+                    .unwrap_or_else(|| self.default_policy.clone());
+                (running, false)
             }
         }
     }
@@ -718,6 +740,8 @@ mod tests {
             policy: None,
             default_policy: policy,
             default_health: None,
+            default_methods: Arc::default(),
+            methods: Arc::new(MethodCell::new(Arc::default())),
             balancers,
             table,
             events_rx,

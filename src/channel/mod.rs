@@ -19,18 +19,27 @@
 //!   connection error;
 //! - *wait for ready* ([`WaitForReady`] on a request, or the builder's
 //!   default): the call waits for a READY backend instead;
+//! - the service config's method config ([`MethodConfig`]: `methodConfig`
+//!   entries, gRPC's `service_config.md`) overrides both with its
+//!   `waitForReady` when it has one, as grpc-go does;
 //! - while CONNECTING or IDLE (or before the resolver's first answer) every
 //!   call waits for the next picker.
 //!
-//! A waiting call ends at its deadline (`grpc-timeout`, set with
-//! `tonic::Request::set_timeout`, or the channel's default timeout) with
-//! `DEADLINE_EXCEEDED`; a call without a deadline waits at most the
+//! A waiting call ends at its deadline (the earliest of its `grpc-timeout`,
+//! set with `tonic::Request::set_timeout`, the channel's default timeout
+//! and its method config's `timeout`) with `DEADLINE_EXCEEDED`; a call without a deadline waits at most the
 //! channel's queue timeout (20 s by default) and then fails `UNAVAILABLE`,
 //! so nothing waits forever. A call whose connection died between the pick
 //! and the send never left the client and is picked again (gRFC A6). The
 //! address that served a call is in its response extensions as a [`Peer`].
 //!
+//! A call reads its method config when it starts, from the service config
+//! the channel applied last (the resolver's, else the builder's); one
+//! started before the resolver's first update waits for it first (at most
+//! its deadline or the queue timeout), as grpc-go's calls do.
+//!
 //! [gRPC wait-for-ready semantics]: https://github.com/grpc/grpc/blob/master/doc/wait-for-ready.md
+//! [`MethodConfig`]: crate::MethodConfig
 
 mod builder;
 mod call;
@@ -44,16 +53,19 @@ pub(crate) use control::SubchannelTable;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 #[cfg(feature = "channelz")]
 use std::sync::Weak;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use crate::picker::PickerCell;
+use crate::service_config::{MethodConfig, MethodTable};
 use crate::stats::{ChannelSnapshot, ResolverSnapshot};
 use crate::{Address, ConnectivityState, Error, ErrorKind, Target};
 use control::ControlRequest;
@@ -82,6 +94,8 @@ pub(crate) struct Shared {
     picker: Arc<PickerCell>,
     requests: mpsc::UnboundedSender<ControlRequest>,
     defaults: CallDefaults,
+    /// The service config's method configs (`timeout`, `waitForReady`).
+    methods: Arc<MethodCell>,
     /// The control task sends every change of the channel's state.
     states: Arc<watch::Sender<ConnectivityState>>,
     /// gRFC A66's per-call instruments (empty without `otel`).
@@ -100,9 +114,106 @@ pub(crate) struct CallDefaults {
     pub(crate) user_agent: http::HeaderValue,
 }
 
+/// The method configs of the service config in use, read by every call
+/// and replaced by the control task when it applies a resolver update.
+///
+/// A call pays one load and branch when no method config sets anything;
+/// otherwise one lookup by its path, without allocating. Until the
+/// resolver's first update (or error) is applied, calls wait for it, as
+/// grpc-go's calls wait for the first resolver state before they read
+/// their method config.
+pub(crate) struct MethodCell {
+    /// [`UNRESOLVED`], [`NOTHING`] or [`LOOKUP`]; stored after `table`
+    /// (release), so a call that reads it sees that table or a newer one.
+    state: AtomicU8,
+    table: ArcSwap<MethodTable>,
+    /// Wakes the calls waiting for the first resolution.
+    resolved: Notify,
+}
+
+/// No resolver update applied yet.
+const UNRESOLVED: u8 = 0;
+/// The config in use sets nothing a call uses.
+const NOTHING: u8 = 1;
+/// Calls look their method up in `table`.
+const LOOKUP: u8 = 2;
+
+/// What [`MethodCell::lookup`] found.
+pub(crate) enum MethodLookup {
+    /// The method config for the call, if any.
+    Resolved(Option<MethodConfig>),
+    /// No resolver update yet: wait with [`MethodCell::first_resolution`].
+    Unresolved,
+}
+
+impl MethodCell {
+    /// A cell holding `table` (the builder's), unresolved.
+    pub(crate) fn new(table: Arc<MethodTable>) -> Self {
+        MethodCell {
+            state: AtomicU8::new(UNRESOLVED),
+            table: ArcSwap::new(table),
+            resolved: Notify::new(),
+        }
+    }
+
+    /// Applies `table` to the calls that start from now on.
+    pub(crate) fn set(&self, table: &Arc<MethodTable>) {
+        if !Arc::ptr_eq(&self.table.load(), table) {
+            self.table.store(table.clone());
+        }
+        let state = if table.applies() { LOOKUP } else { NOTHING };
+        self.state.store(state, Ordering::Release);
+        self.resolved.notify_waiters();
+    }
+
+    /// Applies `table` only if nothing was applied yet (a resolver error
+    /// before any update, or the channel's end).
+    pub(crate) fn set_if_unresolved(&self, table: &Arc<MethodTable>) {
+        if self.state.load(Ordering::Acquire) == UNRESOLVED {
+            self.set(table);
+        }
+    }
+
+    /// The method config for a call to `path` (`/service/method`).
+    #[inline]
+    pub(crate) fn lookup(&self, path: &str) -> MethodLookup {
+        match self.state.load(Ordering::Acquire) {
+            NOTHING => MethodLookup::Resolved(None),
+            LOOKUP => MethodLookup::Resolved(self.table.load().get(path).copied()),
+            _ => MethodLookup::Unresolved,
+        }
+    }
+
+    /// Waits for the first resolution, at most until `deadline`; then the
+    /// method config for `path` (`None` if the deadline passed first).
+    pub(crate) async fn first_resolution(
+        &self,
+        path: &str,
+        deadline: Instant,
+    ) -> Option<MethodConfig> {
+        let resolved = async {
+            loop {
+                let notified = self.resolved.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let MethodLookup::Resolved(config) = self.lookup(path) {
+                    return config;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout_at(deadline, resolved)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 /// Per-call wait-for-ready: insert into a request's extensions
 /// (`request.extensions_mut().insert(WaitForReady(true))`) to override the
-/// channel's default for that call.
+/// channel's default for that call. A service config's method config with
+/// `waitForReady` overrides this in turn (grpc-go's `failFast =
+/// !waitForReady`; see [`MethodConfig`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitForReady(pub bool);
 

@@ -45,11 +45,11 @@ pub(crate) struct Deadline {
 }
 
 impl Deadline {
-    /// A deadline `timeout` from now.
-    pub(crate) fn after(timeout: Duration) -> Self {
+    /// A deadline `timeout` after `start`.
+    pub(crate) fn at(start: tokio::time::Instant, timeout: Duration) -> Self {
         Deadline {
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: Box::pin(tokio::time::sleep_until(start + timeout)),
         }
     }
 

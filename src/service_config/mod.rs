@@ -1,4 +1,4 @@
-//! gRPC service config as data (gRPC's `service_config.md`).
+//! The gRPC service config (gRPC's `service_config.md`), parsed and checked.
 //!
 //! A [`ServiceConfig`] comes from a resolver (with its update) or from the
 //! channel builder. This module only parses and checks it: which
@@ -12,12 +12,23 @@
 //!   (a name);
 //! - `healthCheckConfig` (`{"serviceName": "..."}`): client-side health
 //!   checking (gRFC A17, see [`ServiceConfig::health_check_service_name`]);
-//! - `methodConfig` and `retryThrottling` as checked JSON, for the
-//!   features that will read them (they change nothing yet).
+//! - `methodConfig`: each entry's `timeout` and `waitForReady` apply to
+//!   the calls its `name` list matches (see [`MethodConfig`]); the whole
+//!   entries stay available as JSON, and their other fields
+//!   (`retryPolicy`, `hedgingPolicy`, `maxRequestMessageBytes`,
+//!   `maxResponseMessageBytes`) are kept as data only: they change nothing;
+//! - `retryThrottling` as checked JSON (kept as data, changes nothing).
 //!
 //! Bad input is an [`ErrorKind::Config`] error that names the bad part.
 
+mod method_config;
+
+use std::sync::Arc;
+
 use serde_json::Value;
+
+pub use method_config::MethodConfig;
+pub(crate) use method_config::MethodTable;
 
 use crate::{Error, ErrorKind};
 
@@ -34,6 +45,9 @@ use crate::{Error, ErrorKind};
 pub struct ServiceConfig {
     policies: Vec<(String, Value)>,
     method_config: Vec<Value>,
+    /// `method_config`'s `timeout` and `waitForReady` by method path,
+    /// built once when the config is parsed (calls only look it up).
+    methods: Arc<MethodTable>,
     health_check_config: Option<Value>,
     retry_throttling: Option<Value>,
 }
@@ -71,9 +85,11 @@ impl ServiceConfig {
             Some(Value::Array(list)) if list.iter().all(Value::is_object) => list.clone(),
             Some(_) => return Err(config_error("\"methodConfig\" must be an array of objects")),
         };
+        let methods = Arc::new(MethodTable::parse(&method_config)?);
         Ok(ServiceConfig {
             policies,
             method_config,
+            methods,
             health_check_config: health_check_config(obj)?,
             retry_throttling: retry_throttling(obj)?,
         })
@@ -92,9 +108,47 @@ impl ServiceConfig {
         &self.policies
     }
 
-    /// The `methodConfig` entries, as JSON objects (not applied yet).
+    /// The `methodConfig` entries, as JSON objects. Their `timeout` and
+    /// `waitForReady` apply to calls (see [`method_config_for`]); their
+    /// other fields are data only.
+    ///
+    /// [`method_config_for`]: Self::method_config_for
     pub fn method_config(&self) -> &[Value] {
         &self.method_config
+    }
+
+    /// The method config that applies to a call to `path`, gRPC's
+    /// `/<service>/<method>` (`"/pkg.Svc/Method"`, the HTTP/2 `:path`), as
+    /// grpc-go's `GetMethodConfig` finds it: the entry naming the service
+    /// and the method, else the one naming the service alone, else the
+    /// default entry (`{}` or an empty `service`); `None` when none
+    /// matches.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tonic_balance::ServiceConfig;
+    ///
+    /// let sc = ServiceConfig::from_json(
+    ///     r#"{"methodConfig":[
+    ///         {"name":[{"service":"pkg.Svc"}],"timeout":"2s"},
+    ///         {"name":[{"service":"pkg.Svc","method":"Slow"}],"timeout":"10.5s"},
+    ///         {"name":[{}],"waitForReady":true}]}"#,
+    /// )
+    /// .unwrap();
+    /// let slow = sc.method_config_for("/pkg.Svc/Slow").unwrap();
+    /// assert_eq!(slow.timeout(), Some(Duration::from_millis(10_500)));
+    /// assert_eq!(slow.wait_for_ready(), None);
+    /// let other = sc.method_config_for("/pkg.Svc/Other").unwrap();
+    /// assert_eq!(other.timeout(), Some(Duration::from_secs(2)));
+    /// assert_eq!(sc.method_config_for("/pkg.Else/M").unwrap().wait_for_ready(), Some(true));
+    /// ```
+    pub fn method_config_for(&self, path: &str) -> Option<&MethodConfig> {
+        self.methods.get(path)
+    }
+
+    /// The parsed method configs, shared with the channel's calls.
+    pub(crate) fn methods(&self) -> &Arc<MethodTable> {
+        &self.methods
     }
 
     /// The `healthCheckConfig` object (client-side health checking).
