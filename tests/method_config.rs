@@ -444,3 +444,97 @@ async fn a_rejected_first_service_config_leaves_the_builders_method_configs() {
     .await
     .expect("the test ends");
 }
+
+/// Answers every `Route` with the `grpc-timeout` header it received
+/// (empty when none) in `value`.
+struct TimeoutEcho;
+
+#[tonic::async_trait]
+impl support::proto::simple_server::Simple for TimeoutEcho {
+    async fn route(
+        &self,
+        request: tonic::Request<SimpleRequest>,
+    ) -> Result<tonic::Response<support::proto::SimpleResponse>, tonic::Status> {
+        let value = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(tonic::Response::new(support::proto::SimpleResponse {
+            code: 0,
+            value,
+        }))
+    }
+}
+
+/// The server learns the call's deadline whichever way it was set: the
+/// call's own `grpc-timeout` is sent as it is, the channel's `timeout(d)`
+/// and a method config's `timeout`, when shorter, replace it (gRPC sends
+/// every call's deadline; grpc-go's `grpc-timeout` encoding, in the finest
+/// unit that fits, rounded up).
+#[tokio::test]
+async fn the_server_receives_the_deadline_of_the_channel_and_of_the_method_config() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(support::proto::simple_server::SimpleServer::new(
+                    TimeoutEcho,
+                ))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let target = format!("static:///{addr}");
+        let received = |channel: &BalancedChannel, timeout: Option<Duration>| {
+            let mut client = SimpleClient::new(channel.clone());
+            async move {
+                client
+                    .route(route_request("", timeout))
+                    .await
+                    .expect("the call succeeds")
+                    .into_inner()
+                    .value
+            }
+        };
+
+        // No deadline anywhere: nothing is sent.
+        let plain = BalancedChannel::builder(&target)
+            .connect(SECS(10))
+            .await
+            .expect("READY");
+        assert_eq!(received(&plain, None).await, "");
+        // The call's own timeout, as tonic encodes it.
+        let own = received(&plain, Some(Duration::from_millis(1500))).await;
+        assert!(own.ends_with('u') || own.ends_with('m'), "{own}");
+
+        // The channel's timeout(d).
+        let with_default = BalancedChannel::builder(&target)
+            .timeout(SECS(30))
+            .connect(SECS(10))
+            .await
+            .expect("READY");
+        assert_eq!(received(&with_default, None).await, "30000000u");
+        // A call's shorter timeout is kept; a longer one is capped.
+        assert_eq!(
+            received(&with_default, Some(SECS(3))).await,
+            received(&plain, Some(SECS(3))).await
+        );
+        assert_eq!(received(&with_default, Some(SECS(60))).await, "30000000u");
+
+        // A method config's timeout.
+        let with_method = BalancedChannel::builder(&target)
+            .service_config(
+                r#"{"methodConfig":[{"name":[{"service":"proto.Simple"}],"timeout":"1.5s"}]}"#,
+            )
+            .connect(SECS(10))
+            .await
+            .expect("READY");
+        assert_eq!(received(&with_method, None).await, "1500000u");
+        assert_eq!(received(&with_method, Some(SECS(10))).await, "1500000u");
+    })
+    .await
+    .expect("the test finished within its limit");
+}

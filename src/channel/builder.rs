@@ -191,7 +191,10 @@ impl BalancedChannelBuilder {
         self
     }
 
-    /// A deadline for every call; a shorter `grpc-timeout` on a call wins.
+    /// A deadline for every call, from its start; a shorter `grpc-timeout`
+    /// on a call wins. When this is the shorter, the call's `grpc-timeout`
+    /// header is set to it, so the server learns the deadline (gRPC over
+    /// HTTP/2, `Timeout`).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.defaults.timeout = Some(timeout);
         self

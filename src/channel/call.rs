@@ -10,7 +10,11 @@
 //!
 //! **Deadline.** A call's deadline (its `grpc-timeout`, capped by the
 //! channel's default timeout and by its method config's `timeout`, from
-//! the call's start) covers the whole call, as gRPC's does: one
+//! the call's start) covers the whole call, as gRPC's does, and is sent to
+//! the server as the call's `grpc-timeout` (set when the channel's or the
+//! method config's timeout is the shorter; the call's own header is sent as
+//! it is otherwise; transparent re-picks send the value of the call's
+//! start, a little longer than what is left): one
 //! timer bounds the pick, the wait for response headers and then, moved
 //! into the response body, the body and trailers (or every message of a
 //! stream). When it passes the call ends with `DEADLINE_EXCEEDED` and its
@@ -59,10 +63,11 @@ const REPICKS_PER_PICKER: u32 = 2;
 
 pub(crate) async fn call(
     shared: std::sync::Arc<Shared>,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, Status> {
     let start = Instant::now();
-    let own_timeout = call_timeout(req.headers(), shared.defaults.timeout);
+    let header_timeout = header_timeout(req.headers());
+    let own_timeout = earlier(header_timeout, shared.defaults.timeout);
     let record = shared.metrics.call(req.uri().path());
     // The service config's method config, if one applies: its
     // waitForReady overrides the call's (as grpc-go), its timeout caps the
@@ -84,6 +89,12 @@ pub(crate) async fn call(
             .map_or(shared.defaults.wait_for_ready, |w| w.0),
     };
     let timeout = earlier(own_timeout, method.and_then(|m| m.timeout()));
+    if let Some(timeout) = timeout.filter(|&t| header_timeout.is_none_or(|h| t < h)) {
+        // The channel's or the method config's timeout is the deadline:
+        // the server learns it, as gRPC sends every call's deadline.
+        req.headers_mut()
+            .insert(GRPC_TIMEOUT, encode_grpc_timeout(timeout));
+    }
     let mut progress = Progress::new(Outgoing::new(req, &shared.defaults.user_agent), record);
     let Some(timeout) = timeout else {
         let queue_deadline = start + shared.defaults.queue_timeout;
@@ -471,13 +482,34 @@ fn respond(
     Ok(response)
 }
 
-/// The call's own timeout: the `grpc-timeout` header, capped by the
-/// channel's default timeout.
-fn call_timeout(headers: &http::HeaderMap, default: Option<Duration>) -> Option<Duration> {
-    let header = headers
+/// The call's own timeout: its `grpc-timeout` header.
+fn header_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
         .get(&GRPC_TIMEOUT)
-        .and_then(|v| parse_grpc_timeout(v.as_bytes()));
-    earlier(header, default)
+        .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+}
+
+/// `timeout` as gRPC's `TimeoutValue TimeoutUnit`: at most 8 digits, in
+/// the finest unit that fits, rounded up (as grpc-go encodes it), so the
+/// server never sees a shorter deadline than the client's.
+fn encode_grpc_timeout(timeout: Duration) -> http::HeaderValue {
+    const MAX: u128 = 99_999_999;
+    const UNITS: [(char, u128); 6] = [
+        ('n', 1),
+        ('u', 1_000),
+        ('m', 1_000_000),
+        ('S', 1_000_000_000),
+        ('M', 60_000_000_000),
+        ('H', 3_600_000_000_000),
+    ];
+    let nanos = timeout.as_nanos();
+    let (value, unit) = UNITS
+        .iter()
+        .map(|&(unit, per)| (nanos.div_ceil(per), unit))
+        .find(|&(value, _)| value <= MAX)
+        .unwrap_or((MAX, 'H'));
+    http::HeaderValue::try_from(format!("{value}{unit}"))
+        .unwrap_or(http::HeaderValue::from_static("99999999H"))
 }
 
 /// The shorter of two timeouts, either of which may be absent.
@@ -594,19 +626,35 @@ mod tests {
     }
 
     #[test]
-    fn channel_timeout_caps_the_header() {
+    fn the_header_timeout_is_read() {
         let mut h = http::HeaderMap::new();
-        assert_eq!(call_timeout(&h, None), None);
-        assert_eq!(
-            call_timeout(&h, Some(Duration::from_secs(1))),
-            Some(Duration::from_secs(1))
-        );
+        assert_eq!(header_timeout(&h), None);
         h.insert("grpc-timeout", http::HeaderValue::from_static("500m"));
-        assert_eq!(call_timeout(&h, None), Some(Duration::from_millis(500)));
-        assert_eq!(
-            call_timeout(&h, Some(Duration::from_millis(100))),
-            Some(Duration::from_millis(100))
-        );
+        assert_eq!(header_timeout(&h), Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn timeouts_are_encoded_in_the_finest_unit_that_fits_rounded_up() {
+        let encode = |d: Duration| encode_grpc_timeout(d).to_str().map(str::to_owned).ok();
+        let cases = [
+            (Duration::ZERO, "0n"),
+            (Duration::from_nanos(99_999_999), "99999999n"),
+            (Duration::from_millis(100), "100000u"),
+            (Duration::from_millis(1500), "1500000u"),
+            (Duration::from_secs(100), "100000m"),
+            (Duration::from_nanos(100_000_000_001), "100001m"),
+            (Duration::from_secs(200_000), "200000S"),
+            (Duration::from_secs(3600 * 99_999_999), "99999999H"),
+            (Duration::MAX, "99999999H"),
+        ];
+        for (timeout, text) in cases {
+            assert_eq!(encode(timeout).as_deref(), Some(text), "{timeout:?}");
+            // What is sent reads back as no shorter than the timeout.
+            if timeout < Duration::from_secs(3600 * 99_999_999) {
+                let back = parse_grpc_timeout(text.as_bytes());
+                assert!(back.is_some_and(|b| b >= timeout), "{timeout:?}");
+            }
+        }
     }
 
     #[test]

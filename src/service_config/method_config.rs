@@ -22,7 +22,9 @@ use crate::Error;
 ///   becomes the earlier of its own (`grpc-timeout`,
 ///   `tonic::Request::set_timeout`, the channel's default timeout) and
 ///   the call's start plus this timeout; the call then fails with
-///   `DEADLINE_EXCEEDED` as for its own deadline.
+///   `DEADLINE_EXCEEDED` as for its own deadline. When this timeout is
+///   the shortest, the call's `grpc-timeout` header is set to it, so the
+///   server learns the deadline, as in gRPC.
 /// - `waitForReady` (a bool): overrides the call's own wait-for-ready
 ///   ([`WaitForReady`](crate::WaitForReady) or the channel's default), as
 ///   grpc-go does (`failFast = !waitForReady`): `true` makes a call wait
