@@ -99,6 +99,13 @@ impl Default for BackoffConfig {
     }
 }
 
+/// `start + after`, or [`LONGEST`] after `start` for a longer `after`
+/// (`Duration::MAX` overflows an `Instant`): the deadline of a timeout a
+/// user gave, which must never panic.
+pub(crate) fn deadline(start: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    start + after.min(LONGEST)
+}
+
 /// `secs` as a duration, at most [`LONGEST`]; NaN or negative is zero.
 fn saturating(secs: f64) -> Duration {
     Duration::try_from_secs_f64(secs)

@@ -538,3 +538,37 @@ async fn the_server_receives_the_deadline_of_the_channel_and_of_the_method_confi
     .await
     .expect("the test finished within its limit");
 }
+
+/// The longest timeouts a user can give (`Duration::MAX`) end no call
+/// early and panic nowhere: the channel's `timeout` and `queue_timeout`,
+/// and `wait_until_ready`'s.
+#[tokio::test]
+async fn timeouts_of_duration_max_neither_panic_nor_end_calls() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let addr = simple_server().await;
+        let channel = BalancedChannel::builder(format!("static:///{addr}"))
+            .timeout(Duration::MAX)
+            .queue_timeout(Duration::MAX)
+            .build()
+            .expect("a channel");
+        channel
+            .wait_until_ready(Duration::MAX)
+            .await
+            .expect("READY");
+        let mut client = SimpleClient::new(channel.clone());
+        let (code, _, message) = timed_route(&mut client, route_request("", None)).await;
+        assert_eq!(code, Code::Ok, "{message}");
+
+        // No deadline at all: the queue timeout bounds the wait for a
+        // backend.
+        let queued = BalancedChannel::builder(format!("static:///{addr}"))
+            .queue_timeout(Duration::MAX)
+            .build()
+            .expect("a channel");
+        let mut client = SimpleClient::new(queued);
+        let (code, _, message) = timed_route(&mut client, route_request("", None)).await;
+        assert_eq!(code, Code::Ok, "{message}");
+    })
+    .await
+    .expect("the test finished within its limit");
+}

@@ -78,7 +78,12 @@ pub(crate) async fn call(
             let bound = own_timeout.unwrap_or(shared.defaults.queue_timeout);
             let path = req.uri().path();
             // Boxed: the rare wait does not grow every call's future.
-            Box::pin(shared.methods.first_resolution(path, start + bound)).await
+            Box::pin(
+                shared
+                    .methods
+                    .first_resolution(path, crate::backoff::deadline(start, bound)),
+            )
+            .await
         }
     };
     let wait_for_ready = match method.and_then(|m| m.wait_for_ready()) {
@@ -97,7 +102,7 @@ pub(crate) async fn call(
     }
     let mut progress = Progress::new(Outgoing::new(req, &shared.defaults.user_agent), record);
     let Some(timeout) = timeout else {
-        let queue_deadline = start + shared.defaults.queue_timeout;
+        let queue_deadline = crate::backoff::deadline(start, shared.defaults.queue_timeout);
         let sent =
             pick_and_send(&shared, wait_for_ready, Some(queue_deadline), &mut progress).await;
         let sent = progress.ended_if_err(sent)?;

@@ -326,7 +326,7 @@ impl BalancedChannel {
     /// [`Error::is_health`]. One with [`Error::is_closed`] if the channel
     /// is shut down.
     pub async fn wait_until_ready(&self, timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::backoff::deadline(Instant::now(), timeout);
         loop {
             let generation = {
                 let snapshot = self.shared.picker.load();

@@ -105,6 +105,8 @@ impl Pings {
     }
 
     fn rearm(&mut self, after: Duration) {
-        self.timer.as_mut().reset(Instant::now() + after);
+        self.timer
+            .as_mut()
+            .reset(crate::backoff::deadline(Instant::now(), after));
     }
 }

@@ -49,7 +49,9 @@ impl Deadline {
     pub(crate) fn at(start: tokio::time::Instant, timeout: Duration) -> Self {
         Deadline {
             timeout,
-            sleep: Box::pin(tokio::time::sleep_until(start + timeout)),
+            sleep: Box::pin(tokio::time::sleep_until(crate::backoff::deadline(
+                start, timeout,
+            ))),
         }
     }
 
