@@ -572,3 +572,71 @@ async fn timeouts_of_duration_max_neither_panic_nor_end_calls() {
     .await
     .expect("the test finished within its limit");
 }
+
+/// tonic's server answers a call whose `grpc-timeout` ran out with
+/// CANCELLED ("Timeout expired"), and that answer can reach the client
+/// before its own timer fires (a busy client runtime); the call still ends
+/// with DEADLINE_EXCEEDED, as gRPC defines, however its deadline was set
+/// (the call's own, the channel's, a method config's: all are sent to the
+/// server). The server runs on a runtime of its own; the client's runtime
+/// is blocked past the deadline, so the server's answers and the client's
+/// timers are ready together when it resumes. Only codes are checked.
+#[tokio::test]
+async fn a_servers_timeout_answer_after_the_deadline_is_deadline_exceeded() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("a server runtime");
+            runtime.block_on(async {
+                let addr = simple_server().await;
+                let _ = tx.send(addr);
+                std::future::pending::<()>().await;
+            });
+        });
+        let addr = rx.recv().expect("the server's address");
+        let target = format!("static:///{addr}");
+        let deadline = Duration::from_millis(40);
+        let own = BalancedChannel::builder(&target)
+            .connect(SECS(10))
+            .await
+            .expect("READY");
+        let by_channel = BalancedChannel::builder(&target)
+            .timeout(deadline)
+            .connect(SECS(10))
+            .await
+            .expect("READY");
+        let by_method = BalancedChannel::builder(&target)
+            .service_config(r#"{"methodConfig":[{"name":[{}],"timeout":"0.04s"}]}"#)
+            .connect(SECS(10))
+            .await
+            .expect("READY");
+        for (name, channel, timeout) in [
+            ("the call's own", &own, Some(deadline)),
+            ("the channel's", &by_channel, None),
+            ("the method config's", &by_method, None),
+        ] {
+            // One call at a time: with several in flight the connection's
+            // task lets the calls run before it reads (write coalescing),
+            // and their timers win.
+            for _ in 0..3 {
+                let mut client = SimpleClient::new(channel.clone());
+                let call = tokio::spawn(async move {
+                    timed_route(&mut client, route_request("sleep:2000", timeout)).await
+                });
+                // Let the call leave, then keep this runtime busy until the
+                // server's timeout has answered.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                std::thread::sleep(Duration::from_millis(200));
+                let (code, _, message) = call.await.expect("the call's task");
+                assert_eq!(code, Code::DeadlineExceeded, "{name} deadline: {message}");
+                assert!(
+                    message.starts_with("deadline of 40ms exceeded")
+                        && message.ends_with("the server answered CANCELLED: Timeout expired"),
+                    "{message}"
+                );
+            }
+        }
+    })
+    .await
+    .expect("the test finished within its limit");
+}

@@ -38,7 +38,7 @@ mod response;
 
 pub(crate) use replay::{Outgoing, REPLAY_LIMIT};
 pub(crate) use response::Deadline;
-use response::{grpc_code, ResponseBody, StopPipe};
+use response::{deadline_status, grpc_code, ResponseBody, StopPipe};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -109,6 +109,7 @@ impl Opened {
         extensions.extend(std::mem::take(&mut parts.extensions));
         parts.extensions = extensions;
         let code = grpc_code(&parts.headers, parts.status);
+        let code = deadline_status(code, &mut parts.headers, deadline.as_ref(), &address);
         completion.set_bytes_received();
         if stream.is_end_stream() {
             completion.finish(code, &parts.headers);

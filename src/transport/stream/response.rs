@@ -60,6 +60,12 @@ impl Deadline {
         self.timeout
     }
 
+    /// Whether the deadline has passed by the clock (its timer may not
+    /// have fired yet).
+    pub(crate) fn has_passed(&self) -> bool {
+        self.sleep.deadline() <= tokio::time::Instant::now()
+    }
+
     /// Ready once the deadline has passed.
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.sleep.as_mut().poll(cx)
@@ -174,9 +180,12 @@ impl http_body::Body for ResponseBody {
         }
         let polled = Self::poll_stream(stream, &mut this.data_done, &mut this.completion, cx);
         match ready!(polled) {
-            Ok(Some(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    this.finish(grpc_code(trailers, http::StatusCode::OK), trailers);
+            Ok(Some(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    let code = grpc_code(trailers, http::StatusCode::OK);
+                    let code =
+                        deadline_status(code, trailers, this.deadline.as_ref(), &this.address);
+                    this.finish(code, trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -196,6 +205,51 @@ impl http_body::Body for ResponseBody {
     }
 }
 
+/// The status message trailer (gRPC over HTTP/2, `Status-Message`).
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// A server's CANCELLED that arrives once the call's own deadline has
+/// passed is the deadline's: tonic's server answers a call whose
+/// `grpc-timeout` ran out with `CANCELLED` ("Timeout expired"), where gRPC
+/// defines `DEADLINE_EXCEEDED` (and grpc-go's and C-core's servers send
+/// it), and its answer can beat the client's own timer by a moment. Such a
+/// status, in `headers` (trailers, or a trailers-only response), is
+/// rewritten to `DEADLINE_EXCEEDED`, keeping the server's message after
+/// ours; the code the call ended with is returned. Only a CANCELLED status
+/// of a call with a deadline reads the clock.
+pub(crate) fn deadline_status(
+    code: Code,
+    headers: &mut http::HeaderMap,
+    deadline: Option<&Deadline>,
+    address: &Address,
+) -> Code {
+    let Some(deadline) = deadline.filter(|d| code == Code::Cancelled && d.has_passed()) else {
+        return code;
+    };
+    let ours = format!(
+        "deadline of {:?} exceeded while receiving the response from {address}; the server answered CANCELLED: ",
+        deadline.timeout()
+    );
+    // grpc-message is percent-encoded (gRPC over HTTP/2): ours is encoded
+    // here, the server's is kept as it came.
+    let mut message = String::with_capacity(ours.len() + 32);
+    for byte in ours.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            message.push(char::from(byte));
+        } else {
+            message.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if let Some(theirs) = headers.get(&GRPC_MESSAGE).and_then(|v| v.to_str().ok()) {
+        message.push_str(theirs);
+    }
+    headers.insert(GRPC_STATUS, http::HeaderValue::from_static("4"));
+    if let Ok(value) = http::HeaderValue::try_from(message) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+    Code::DeadlineExceeded
+}
+
 /// The gRPC code a response's `headers` (its trailers, or the headers of a
 /// trailers-only response) carry: `grpc-status`, else the code gRPC's
 /// HTTP-to-gRPC mapping gives a non-200 `status`, else `UNKNOWN`.
@@ -210,5 +264,52 @@ pub(crate) fn grpc_code(headers: &http::HeaderMap, status: http::StatusCode) -> 
         404 => Code::Unimplemented,
         429 | 502 | 503 | 504 => Code::Unavailable,
         _ => Code::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cancelled() -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(GRPC_STATUS, http::HeaderValue::from_static("1"));
+        headers.insert(
+            GRPC_MESSAGE,
+            http::HeaderValue::from_static("Timeout%20expired"),
+        );
+        headers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_cancelled_status_after_the_deadline_becomes_deadline_exceeded() {
+        let address = Address::new("127.0.0.1:1");
+        let start = tokio::time::Instant::now();
+        let deadline = Deadline::at(start, Duration::from_micros(500));
+
+        // Before the deadline: the server's CANCELLED stands.
+        let mut headers = cancelled();
+        let code = deadline_status(Code::Cancelled, &mut headers, Some(&deadline), &address);
+        assert_eq!(code, Code::Cancelled);
+        assert_eq!(headers, cancelled());
+
+        tokio::time::advance(Duration::from_millis(2)).await;
+        // After it: other codes, and calls without a deadline, stand.
+        let mut headers = cancelled();
+        let code = deadline_status(Code::Unavailable, &mut headers, Some(&deadline), &address);
+        assert_eq!((code, &headers), (Code::Unavailable, &cancelled()));
+        let code = deadline_status(Code::Cancelled, &mut headers, None, &address);
+        assert_eq!((code, &headers), (Code::Cancelled, &cancelled()));
+
+        // CANCELLED becomes DEADLINE_EXCEEDED, ours percent-encoded (µ),
+        // the server's message kept as it came.
+        let code = deadline_status(Code::Cancelled, &mut headers, Some(&deadline), &address);
+        assert_eq!(code, Code::DeadlineExceeded);
+        assert_eq!(headers[&GRPC_STATUS], "4");
+        assert_eq!(
+            headers[&GRPC_MESSAGE],
+            "deadline of 500%C2%B5s exceeded while receiving the response from 127.0.0.1:1; \
+             the server answered CANCELLED: Timeout%20expired"
+        );
     }
 }
