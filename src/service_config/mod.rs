@@ -229,7 +229,12 @@ fn config_error(message: impl Into<String>) -> Error {
 /// adding it to an `Instant` cannot overflow. `None` for anything else.
 pub(crate) fn proto_duration(text: &str) -> Option<std::time::Duration> {
     let number = text.strip_suffix('s')?;
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let (whole, fraction) = match number.split_once('.') {
+        // A point needs a digit after it: "5.s" is no duration.
+        Some((_, "")) => return None,
+        Some(parts) => parts,
+        None => (number, ""),
+    };
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if whole.is_empty() || !digits(whole) || !digits(fraction) || fraction.len() > 9 {
         return None;
@@ -245,6 +250,28 @@ pub(crate) fn proto_duration(text: &str) -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proto_durations_take_protobufs_range_and_need_a_digit_after_a_point() {
+        use std::time::Duration;
+        assert_eq!(proto_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(proto_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(
+            proto_duration("315576000000.999999999s"),
+            Some(Duration::new(315_576_000_000, 999_999_999))
+        );
+        for bad in [
+            "5.s",
+            ".5s",
+            "315576000001s",
+            "1.0000000001s",
+            "1",
+            "-1s",
+            "1e3s",
+        ] {
+            assert_eq!(proto_duration(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn legacy_policy_name_is_accepted() {
