@@ -122,19 +122,35 @@ impl Kind {
         }
     }
 
+    /// Every client `--clients` accepts, `--help` lists and the
+    /// unknown-client error names: the default six first.
+    pub const EVERY: [Kind; 13] = [
+        Kind::TonicDirect,
+        Kind::TonicBalanceList,
+        Kind::OursRoundRobin,
+        Kind::OursPickFirst,
+        Kind::HyperRoundRobin,
+        Kind::H2RoundRobin,
+        Kind::OursPool,
+        Kind::OursLeastRequest,
+        Kind::OursWeightedRoundRobin,
+        Kind::OursRingHash,
+        Kind::OursOtel,
+        Kind::OursOutlier,
+        Kind::OursMethodConfig,
+    ];
+
     pub fn parse(name: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .chain([
-                Kind::OursPool,
-                Kind::OursLeastRequest,
-                Kind::OursWeightedRoundRobin,
-                Kind::OursRingHash,
-                Kind::OursOtel,
-                Kind::OursOutlier,
-                Kind::OursMethodConfig,
-            ])
-            .find(|k| k.name() == name)
+        Kind::EVERY.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The width of the client column: the longest client name.
+    pub fn name_width() -> usize {
+        Kind::EVERY
+            .iter()
+            .map(|k| k.name().len())
+            .max()
+            .unwrap_or(0)
     }
 }
 

@@ -10,7 +10,18 @@
 //!     [--failover-concurrency 16] \
 //!     [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms] \
 //!     [--tls on]   # TLS backends and clients (build with --features tls)
-//!     [--pin on]   # client on CPU 0, backends on CPU 1, one tokio worker each
+//!     [--pin on]   # client on CPU 0, backends on CPU 1, one tokio worker
+//!                  # each (one thread for current_thread backends)
+//!
+//! Each flag takes one value and may be given once. `--concurrency`,
+//! `--rounds`, `--failover-concurrency`, `--storm-calls` and
+//! `--storm-callers` take positive integers (`--concurrency` a
+//! comma-separated list of them); `--duration`, `--warmup` and
+//! `--storm-wait` take a duration: a decimal number of seconds (`3`,
+//! `2.5`), or with a unit, `s` or `ms` (`3s`, `2.5s`, `500ms`); `--duration`
+//! must be above zero, `--warmup 0` and `--storm-wait 0` are accepted.
+//! `--clients` names each client at most once, from the list below (and
+//! `--help`). A bad value is refused with an error naming the flag.
 //!
 //! `--scenario connections`: every call on one connection to one backend
 //! (tonic-direct, ours-pick_first, ours-round_robin, hyper and h2 over one
@@ -61,6 +72,7 @@ pub mod proto {
     tonic::include_proto!("proto");
 }
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clients::{Client, Kind};
@@ -78,13 +90,46 @@ cargo run --release --example loadgen -- \\
     [--storm-calls 10000] [--storm-callers 50] [--storm-wait 2ms] \\
     [--tls on] [--pin on] [--backend-runtime multi_thread|current_thread]
 
-clients (default: the first six):
-  tonic-direct tonic-balance_list ours-round_robin ours-pick_first
-  hyper-round_robin h2-round_robin
-  ours-round_robin-pool4 ours-least_request ours-weighted_round_robin
-  ours-ring_hash ours-round_robin-otel (--features otel)
-  ours-round_robin-outlier ours-pick_first-method_config
+Each flag at most once. --concurrency: comma-separated positive integers;
+--rounds, --failover-concurrency, --storm-calls, --storm-callers: a positive
+integer; --duration, --warmup, --storm-wait: seconds (3, 2.5) or a number
+with s or ms (3s, 2.5s, 500ms); --duration above zero, --warmup and
+--storm-wait may be 0.
 ";
+
+/// The flags of a measuring run; each takes one value.
+const FLAGS: [&str; 13] = [
+    "--scenario",
+    "--concurrency",
+    "--duration",
+    "--warmup",
+    "--rounds",
+    "--clients",
+    "--failover-concurrency",
+    "--storm-calls",
+    "--storm-callers",
+    "--storm-wait",
+    "--tls",
+    "--pin",
+    "--backend-runtime",
+];
+
+/// `--help`: the flags, then every client `--clients` accepts.
+fn usage() -> String {
+    let mut text = USAGE.to_owned();
+    text.push_str("\nclients (default: the first six; with --tls on, the first four):\n");
+    for row in Kind::EVERY.chunks(3) {
+        let names: Vec<String> = row
+            .iter()
+            .map(|&k| match k {
+                Kind::OursOtel => format!("{} (--features otel)", k.name()),
+                _ => k.name().to_owned(),
+            })
+            .collect();
+        text.push_str(&format!("  {}\n", names.join(" ")));
+    }
+    text
+}
 
 /// The raw `h2` client stalls with more calls than this on one
 /// connection to the tonic backend (seen at 256; not investigated), so the
@@ -117,7 +162,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{USAGE}");
+        print!("{}", usage());
         return Ok(());
     }
     if let Some(count) = flag(&args, "--serve") {
@@ -125,7 +170,14 @@ fn main() -> Result<(), BoxError> {
         let cpu = flag(&args, "--pin-cpu").map(str::parse).transpose()?;
         return server::serve(count.parse()?, first.parse()?, cpu);
     }
-    let options = parse(&args)?;
+    let options = match parse(&args) {
+        Ok(options) => options,
+        Err(e) => {
+            // A usage error: the message alone (not its Debug form), exit 2.
+            eprintln!("loadgen: {e} (see --help)");
+            std::process::exit(2);
+        }
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if options.backend_cpu.is_some() {
         process::pin_to(0)?;
@@ -173,10 +225,12 @@ async fn throughput(options: &Options, count: usize, kinds: &[Kind]) -> Result<(
         count,
         options.backend_runtime,
         options.cores,
-        if options.backend_cpu.is_some() {
-            " (pinned: client on CPU 0, backends on CPU 1, one tokio worker each)"
-        } else {
-            ""
+        match (options.backend_cpu, options.backend_runtime) {
+            (None, _) => "",
+            (Some(_), "current_thread") => {
+                " (pinned: client on CPU 0 with one tokio worker, backends on CPU 1 on one thread)"
+            }
+            (Some(_), _) => " (pinned: client on CPU 0, backends on CPU 1, one tokio worker each)",
         },
         options.rounds,
         options.duration,
@@ -201,10 +255,11 @@ async fn throughput(options: &Options, count: usize, kinds: &[Kind]) -> Result<(
                 .await;
                 drop(client);
                 eprintln!(
-                    "  c={concurrency} round {} {:<20} {:>9.0} req/s",
+                    "  c={concurrency} round {} {:<width$} {:>9.0} req/s",
                     round + 1,
                     kind.name(),
-                    window.rps()
+                    window.rps(),
+                    width = Kind::name_width()
                 );
                 result.add(round, kind, window);
                 // Let the dropped client's connections and tasks wind down.
@@ -283,35 +338,13 @@ async fn cancel_storm(options: &Options) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Parses a measuring run's flags. Every value is checked before anything
+/// is set up (TLS material, the backends' runtime), so a bad one changes
+/// nothing.
 fn parse(args: &[String]) -> Result<Options, BoxError> {
-    let known = [
-        "--scenario",
-        "--concurrency",
-        "--duration",
-        "--warmup",
-        "--rounds",
-        "--clients",
-        "--failover-concurrency",
-        "--storm-calls",
-        "--storm-callers",
-        "--storm-wait",
-        "--tls",
-        "--pin",
-        "--backend-runtime",
-    ];
-    for pair in args.chunks(2) {
-        if !known.contains(&pair[0].as_str()) || pair.len() < 2 {
-            return Err(format!("unknown flag or missing value: {}", pair[0]).into());
-        }
-    }
-    let list = |name, default: &str| -> Vec<String> {
-        flag(args, name)
-            .unwrap_or(default)
-            .split(',')
-            .map(str::to_owned)
-            .collect()
-    };
-    let scenario = flag(args, "--scenario").unwrap_or("all").to_owned();
+    let flags = flags(args)?;
+    let get = |name: &str| flags.get(name).copied();
+    let scenario = get("--scenario").unwrap_or("all").to_owned();
     if ![
         "throughput",
         "connections",
@@ -323,98 +356,371 @@ fn parse(args: &[String]) -> Result<Options, BoxError> {
     {
         return Err(format!(
             "--scenario must be throughput, connections, failover, cancel-storm or all, \
-             not {scenario}"
+             not {scenario:?}"
         )
         .into());
     }
-    let backend_cpu = match flag(args, "--pin") {
-        None | Some("off") => None,
-        Some("on") if cores() >= 2 => Some(1),
-        Some("on") => return Err("--pin on needs 2 CPUs".into()),
-        Some(other) => return Err(format!("--pin must be on or off, not {other}").into()),
+    let default_concurrency = if scenario == "connections" {
+        "1,16,64,256"
+    } else {
+        "1,16,64"
     };
-    let runtime = match flag(args, "--backend-runtime") {
+    let concurrency = positive_list(
+        "--concurrency",
+        get("--concurrency").unwrap_or(default_concurrency),
+    )?;
+    let duration_ = duration("--duration", get("--duration").unwrap_or("3s"), false)?;
+    let warmup = duration("--warmup", get("--warmup").unwrap_or("1s"), true)?;
+    let rounds = positive("--rounds", get("--rounds").unwrap_or("3"))?;
+    let failover_concurrency = positive(
+        "--failover-concurrency",
+        get("--failover-concurrency").unwrap_or("16"),
+    )?;
+    let storm = storm::Storm {
+        calls: positive("--storm-calls", get("--storm-calls").unwrap_or("10000"))?,
+        callers: positive("--storm-callers", get("--storm-callers").unwrap_or("50"))?,
+        longest_wait: duration("--storm-wait", get("--storm-wait").unwrap_or("2ms"), true)?,
+        handler_delay: Duration::from_millis(1),
+    };
+    let pin = on_off("--pin", get("--pin"))?;
+    let tls = on_off("--tls", get("--tls"))?;
+    let runtime = match get("--backend-runtime") {
         None => None,
         Some("multi_thread") => Some("multi_thread"),
         Some("current_thread") => Some("current_thread"),
         Some(other) => {
             return Err(format!(
-                "--backend-runtime must be multi_thread or current_thread, not {other}"
+                "--backend-runtime must be multi_thread or current_thread, not {other:?}"
             )
             .into())
         }
     };
+    let default_clients = if tls {
+        "tonic-direct,tonic-balance_list,ours-round_robin,ours-pick_first".to_owned()
+    } else {
+        let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        names.join(",")
+    };
+    let clients = clients(get("--clients").unwrap_or(&default_clients))?;
+    let backend_cpu = match pin {
+        false => None,
+        true if cores() >= 2 => Some(1),
+        true => return Err("--pin on needs 2 CPUs".into()),
+    };
+
+    // Every value is good: set up.
     if let Some(kind) = runtime {
         if server::RUNTIME.set(kind).is_err() {
             return Err("--backend-runtime set twice".into());
         }
     }
     let backend_runtime = server::runtime_kind()?;
-    let concurrency = if scenario == "connections" {
-        "1,16,64,256"
-    } else {
-        "1,16,64"
-    };
-    match flag(args, "--tls") {
-        None | Some("off") => {}
-        Some("on") => {
-            let tls = clients::TlsMaterial::generate()?;
-            if clients::TLS.set(tls).is_err() {
-                return Err("TLS set twice".into());
-            }
+    if tls {
+        let material = clients::TlsMaterial::generate()?;
+        if clients::TLS.set(material).is_err() {
+            return Err("TLS set twice".into());
         }
-        Some(other) => return Err(format!("--tls must be on or off, not {other}").into()),
     }
-    let all: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-    let default = if clients::TLS.get().is_some() {
-        "tonic-direct,tonic-balance_list,ours-round_robin,ours-pick_first".to_owned()
-    } else {
-        all.join(",")
-    };
-    let clients = list("--clients", &default)
-        .iter()
-        .map(|n| Kind::parse(n).ok_or_else(|| format!("unknown client {n}; known: {all:?}")))
-        .collect::<Result<Vec<_>, _>>()?;
     Ok(Options {
         scenario,
-        concurrency: list("--concurrency", concurrency)
-            .iter()
-            .map(|c| c.parse())
-            .collect::<Result<_, _>>()?,
-        duration: duration(flag(args, "--duration").unwrap_or("3s"))?,
-        warmup: duration(flag(args, "--warmup").unwrap_or("1s"))?,
-        rounds: flag(args, "--rounds").unwrap_or("3").parse()?,
+        concurrency,
+        duration: duration_,
+        warmup,
+        rounds,
         clients,
-        failover_concurrency: flag(args, "--failover-concurrency")
-            .unwrap_or("16")
-            .parse()?,
-        storm: storm::Storm {
-            calls: flag(args, "--storm-calls").unwrap_or("10000").parse()?,
-            callers: flag(args, "--storm-callers").unwrap_or("50").parse()?,
-            longest_wait: duration(flag(args, "--storm-wait").unwrap_or("2ms"))?,
-            handler_delay: Duration::from_millis(1),
-        },
+        failover_concurrency,
+        storm,
         backend_cpu,
         backend_runtime,
         cores: cores(),
     })
 }
 
+/// The flags in `args` and their values: each one of `FLAGS`, followed
+/// by its value, at most once.
+fn flags(args: &[String]) -> Result<BTreeMap<&'static str, &str>, String> {
+    let mut flags = BTreeMap::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let Some(&name) = FLAGS.iter().find(|&&f| f == arg) else {
+            return Err(format!(
+                "unknown flag {arg:?}; the flags are {}",
+                FLAGS.join(" ")
+            ));
+        };
+        let value = match rest.next() {
+            Some(value) if !value.starts_with("--") => value.as_str(),
+            _ => return Err(format!("{name} needs a value")),
+        };
+        if let Some(first) = flags.insert(name, value) {
+            return Err(format!(
+                "{name} given twice ({first:?} and {value:?}); give it once"
+            ));
+        }
+    }
+    Ok(flags)
+}
+
+/// A positive integer: a count of calls, callers, rounds or tasks.
+fn positive(name: &str, text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{name} must be a positive integer, not {text:?}")),
+    }
+}
+
+/// Comma-separated positive integers, each at most once.
+fn positive_list(name: &str, text: &str) -> Result<Vec<usize>, String> {
+    let mut list = Vec::new();
+    for item in text.split(',') {
+        match item.parse::<usize>() {
+            Ok(n) if n > 0 => {
+                if list.contains(&n) {
+                    return Err(format!("{name} lists {n} twice, in {text:?}"));
+                }
+                list.push(n);
+            }
+            _ => {
+                return Err(format!(
+                    "{name} must be a comma-separated list of positive integers, not {text:?}"
+                ))
+            }
+        }
+    }
+    Ok(list)
+}
+
+/// A duration: a decimal number of seconds (`3`, `2.5`), or of seconds or
+/// milliseconds with the unit (`3s`, `2.5s`, `500ms`). Zero only if
+/// `zero_ok`.
+fn duration(name: &str, text: &str, zero_ok: bool) -> Result<Duration, String> {
+    let accepted = if zero_ok {
+        "a duration (3s, 2.5s, 500ms, or 3 for seconds; 0 for none)"
+    } else {
+        "a duration above zero (3s, 2.5s, 500ms, or 3 for seconds)"
+    };
+    let refuse = || format!("{name} must be {accepted}, not {text:?}");
+    let (number, scale) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
+    };
+    // Digits with at most one decimal point: no sign, exponent, inf or NaN.
+    let decimal = number.chars().any(|c| c.is_ascii_digit())
+        && number.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && number.matches('.').count() <= 1;
+    if !decimal {
+        return Err(refuse());
+    }
+    let seconds: f64 = number.parse().map_err(|_| refuse())?;
+    let value = Duration::try_from_secs_f64(seconds * scale).map_err(|_| refuse())?;
+    if value.is_zero() && !zero_ok {
+        return Err(refuse());
+    }
+    Ok(value)
+}
+
+/// `on` or `off` (absent is off).
+fn on_off(name: &str, value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("off") => Ok(false),
+        Some("on") => Ok(true),
+        Some(other) => Err(format!("{name} must be on or off, not {other:?}")),
+    }
+}
+
+/// `--clients`: comma-separated names from `Kind::EVERY`, each once.
+fn clients(text: &str) -> Result<Vec<Kind>, String> {
+    let mut kinds = Vec::new();
+    for name in text.split(',') {
+        let Some(kind) = Kind::parse(name) else {
+            let every: Vec<&str> = Kind::EVERY.iter().map(|k| k.name()).collect();
+            return Err(format!(
+                "--clients: unknown client {name:?}; the clients are {}",
+                every.join(" ")
+            ));
+        };
+        if kinds.contains(&kind) {
+            return Err(format!("--clients names {name} twice, in {text:?}"));
+        }
+        kinds.push(kind);
+    }
+    Ok(kinds)
+}
+
+/// The value after `name` in the `--serve` child's arguments.
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     let i = args.iter().position(|a| a == name)?;
     args.get(i + 1).map(String::as_str)
 }
 
-/// `3`, `3s`, `2.5s` or `500ms`.
-fn duration(text: &str) -> Result<Duration, BoxError> {
-    let (number, scale) = match text.strip_suffix("ms") {
-        Some(n) => (n, 1e-3),
-        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
-    };
-    let seconds: f64 = number.parse().map_err(|_| format!("bad duration {text}"))?;
-    Duration::try_from_secs_f64(seconds * scale).map_err(|_| format!("bad duration {text}").into())
-}
-
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split(' ').map(str::to_owned).collect()
+    }
+
+    fn error(line: &str) -> String {
+        match parse(&args(line)) {
+            Ok(options) => panic!("{line} accepted: {options:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults() -> Result<(), BoxError> {
+        let options = parse(&[])?;
+        assert_eq!(options.scenario, "all");
+        assert_eq!(options.concurrency, [1, 16, 64]);
+        assert_eq!(options.duration, Duration::from_secs(3));
+        assert_eq!(options.warmup, Duration::from_secs(1));
+        assert_eq!(options.rounds, 3);
+        assert_eq!(options.clients, Kind::ALL);
+        assert_eq!(options.failover_concurrency, 16);
+        assert_eq!(options.storm.calls, 10000);
+        assert_eq!(options.storm.callers, 50);
+        assert_eq!(options.storm.longest_wait, Duration::from_millis(2));
+        assert_eq!(options.backend_cpu, None);
+        Ok(())
+    }
+
+    #[test]
+    fn good_values() -> Result<(), BoxError> {
+        let options = parse(&args(
+            "--scenario connections --duration 1500ms --warmup 0 --rounds 9 \
+             --clients ours-pick_first-method_config,tonic-direct --storm-wait 0.5",
+        ))?;
+        assert_eq!(options.concurrency, [1, 16, 64, 256]);
+        assert_eq!(options.duration, Duration::from_millis(1500));
+        assert_eq!(options.warmup, Duration::ZERO);
+        assert_eq!(options.rounds, 9);
+        assert_eq!(options.clients, [Kind::OursMethodConfig, Kind::TonicDirect]);
+        assert_eq!(options.storm.longest_wait, Duration::from_millis(500));
+        Ok(())
+    }
+
+    #[test]
+    fn durations() {
+        let seconds = |text| duration("--duration", text, false);
+        assert_eq!(seconds("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(seconds("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(seconds("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(seconds(".5"), Ok(Duration::from_millis(500)));
+        for bad in [
+            "0",
+            "0s",
+            "0ms",
+            "0.0000000001",
+            "1.5m",
+            "-1s",
+            "+1s",
+            "1e3",
+            "inf",
+            "NaN",
+            "",
+            "s",
+            "ms",
+            ".",
+            "1..5",
+            "1.2.3s",
+            "3 s",
+            "99999999999999999999999",
+        ] {
+            let e = seconds(bad).expect_err(bad);
+            assert!(
+                e.starts_with("--duration must be a duration above zero"),
+                "{e}"
+            );
+            assert!(e.contains("500ms"), "{e}");
+        }
+        assert_eq!(
+            duration("--warmup", "0", true),
+            Ok(Duration::ZERO),
+            "a warm-up of 0 is fine"
+        );
+        assert_eq!(
+            duration("--warmup", "-1s", true),
+            Err(
+                "--warmup must be a duration (3s, 2.5s, 500ms, or 3 for seconds; 0 for none), \
+                 not \"-1s\""
+                    .to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn numbers_name_the_flag_and_value() {
+        assert_eq!(
+            error("--concurrency 64,x"),
+            "--concurrency must be a comma-separated list of positive integers, not \"64,x\""
+        );
+        for value in ["0", "-1", "", "1,,2", "16,0", "1.5"] {
+            let e = error(&format!("--concurrency {value}"));
+            assert!(e.contains(&format!("{value:?}")), "{e}");
+        }
+        assert_eq!(
+            error("--concurrency 16,16"),
+            "--concurrency lists 16 twice, in \"16,16\""
+        );
+        for flag in [
+            "--rounds",
+            "--failover-concurrency",
+            "--storm-calls",
+            "--storm-callers",
+        ] {
+            for value in ["0", "-2", "x", "", "2.0"] {
+                assert_eq!(
+                    error(&format!("{flag} {value}")),
+                    format!("{flag} must be a positive integer, not {value:?}")
+                );
+            }
+        }
+        assert!(error("--duration 0s").starts_with("--duration must be a duration above zero"));
+        assert!(error("--storm-wait 1.5m").starts_with("--storm-wait must be a duration"));
+    }
+
+    #[test]
+    fn flags_once_each_with_a_value() {
+        assert_eq!(
+            error("--rounds 2 --rounds 3"),
+            "--rounds given twice (\"2\" and \"3\"); give it once"
+        );
+        assert_eq!(
+            error("--scenario throughput --duration 1s --scenario failover"),
+            "--scenario given twice (\"throughput\" and \"failover\"); give it once"
+        );
+        assert_eq!(error("--rounds"), "--rounds needs a value");
+        assert_eq!(error("--rounds --duration 1s"), "--rounds needs a value");
+        assert!(error("--round 3").starts_with("unknown flag \"--round\""));
+        assert!(error("3").starts_with("unknown flag \"3\""));
+        assert_eq!(error("--pin yes"), "--pin must be on or off, not \"yes\"");
+        assert_eq!(error("--tls 1"), "--tls must be on or off, not \"1\"");
+    }
+
+    #[test]
+    fn clients_named_once_from_the_one_list() {
+        assert_eq!(
+            error("--clients tonic-direct,tonic-direct"),
+            "--clients names tonic-direct twice, in \"tonic-direct,tonic-direct\""
+        );
+        let e = error("--clients nosuch");
+        assert!(e.starts_with("--clients: unknown client \"nosuch\""), "{e}");
+        let help = usage();
+        for kind in Kind::EVERY {
+            assert!(e.contains(kind.name()), "{kind:?} missing from {e}");
+            assert!(help.contains(kind.name()), "{kind:?} missing from --help");
+            assert_eq!(clients(kind.name()), Ok(vec![kind]));
+        }
+        assert!(error("--clients ").starts_with("--clients: unknown client \"\""));
+    }
+
+    #[test]
+    fn client_column_fits_every_name() {
+        assert_eq!(Kind::name_width(), "ours-pick_first-method_config".len());
+    }
 }

@@ -92,9 +92,10 @@ impl Throughput {
     }
 
     pub fn print(&self) {
+        let width = Kind::name_width();
         println!("\n## concurrency {}", self.concurrency);
         println!(
-            "{:<20} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>11} {:>10} {:>10} {:>7} {:>10} {:>6}  calls per backend",
+            "{:<width$} {:>8} {:>9} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>10} {:>10} {:>11} {:>10} {:>10} {:>7} {:>10} {:>6}  calls per backend",
             "client",
             "req/s",
             "vs direct",
@@ -204,8 +205,9 @@ impl Throughput {
             med(&|r| r.busy),
             backend_busy.map_or("-".to_owned(), |b| format!("{b:.0}"))
         );
+        let width = Kind::name_width();
         println!(
-            "{:<20} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>10} {:>11} {:>10} {:>10} {:>7.2} {:>10.1} {:>6}  {:?}",
+            "{:<width$} {:>8.0} {:>9} {:>9} {:>8} {:>7} {:>7.0} {:>7.0} {:>8.0} {:>10.1} {:>10} {:>11} {:>10} {:>10} {:>7.2} {:>10.1} {:>6}  {:?}",
             kind.name(),
             median(rps),
             cells[0],
@@ -278,14 +280,15 @@ impl Failover {
     }
 
     pub fn print(&self) {
+        let width = Kind::name_width();
         println!(
-            "\n{:<20} {:>5} {:>13} {:>12} {:>20} {:>10}  calls per backend after kill",
+            "\n{:<width$} {:>5} {:>13} {:>12} {:>20} {:>10}  calls per backend after kill",
             "client", "round", "errors before", "errors after", "last error after kill", "ok after"
         );
         for l in &self.lines {
             let text = |key: &str| l[key].to_string();
             println!(
-                "{:<20} {:>5} {:>13} {:>12} {:>20} {:>10}  {}",
+                "{:<width$} {:>5} {:>13} {:>12} {:>20} {:>10}  {}",
                 l["client"].as_str().unwrap_or("?"),
                 text("round"),
                 text("errors_before_kill"),
