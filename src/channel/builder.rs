@@ -185,7 +185,9 @@ impl BalancedChannelBuilder {
     }
 
     /// How long a call without a deadline may wait for a backend before it
-    /// fails `UNAVAILABLE` (default 20 s).
+    /// fails `UNAVAILABLE` (default 20 s). Any value is accepted; one
+    /// longer than 30 years counts as 30 years (as do the channel's
+    /// `timeout`, `connect_timeout` and `wait_until_ready`'s).
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.defaults.queue_timeout = timeout;
         self
