@@ -206,6 +206,19 @@ async fn the_resolvers_service_config_turns_health_checking_on_and_off() {
         resolver.update_state(update(&health_config("round_robin")));
         let mut client = SimpleClient::new(channel);
         assert!(until_served_by(&mut client, &[&b]).await, "a is unhealthy");
+        // A config the channel rejects (no policy it knows) changes
+        // nothing, its missing healthCheckConfig included: a stays out.
+        resolver.update_state(update(r#"{"loadBalancingConfig":[{"no_such_policy":{}}]}"#));
+        let mut served = HashSet::new();
+        for _ in 0..50 {
+            served.extend(served_by(&mut client, 4).await);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            served,
+            HashSet::from([b.addr.to_string()]),
+            "a is still unhealthy"
+        );
         // The same policy without healthCheckConfig: a serves again.
         resolver.update_state(update(r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#));
         assert!(until_served_by(&mut client, &[&a, &b]).await);

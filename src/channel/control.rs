@@ -522,11 +522,15 @@ impl Control {
                 None => self.methods.set(&self.default_methods),
             }
             let health = match update.service_config() {
-                Some(config) => config.health_check_service_name().map(Arc::from),
-                None => self.default_health.clone(),
+                Some(config) if accepted => Some(config.health_check_service_name().map(Arc::from)),
+                // A rejected config keeps the health checking in use.
+                Some(_) => None,
+                None => Some(self.default_health.clone()),
             };
-            self.table
-                .set_health_service(health_service(health, &policy));
+            if let Some(health) = health {
+                self.table
+                    .set_health_service(health_service(health, &policy));
+            }
             let running = self.policy.as_ref().unwrap_or(&self.default_policy);
             if running.name() != policy.name() {
                 tracing::Span::current().record("policy", policy.name());
