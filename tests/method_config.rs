@@ -445,29 +445,6 @@ async fn a_rejected_first_service_config_leaves_the_builders_method_configs() {
     .expect("the test ends");
 }
 
-/// Answers every `Route` with the `grpc-timeout` header it received
-/// (empty when none) in `value`.
-struct TimeoutEcho;
-
-#[tonic::async_trait]
-impl support::proto::simple_server::Simple for TimeoutEcho {
-    async fn route(
-        &self,
-        request: tonic::Request<SimpleRequest>,
-    ) -> Result<tonic::Response<support::proto::SimpleResponse>, tonic::Status> {
-        let value = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        Ok(tonic::Response::new(support::proto::SimpleResponse {
-            code: 0,
-            value,
-        }))
-    }
-}
-
 /// The server learns the call's deadline whichever way it was set: the
 /// call's own `grpc-timeout` is sent as it is, the channel's `timeout(d)`
 /// and a method config's `timeout`, when shorter, replace it (gRPC sends
@@ -476,23 +453,13 @@ impl support::proto::simple_server::Simple for TimeoutEcho {
 #[tokio::test]
 async fn the_server_receives_the_deadline_of_the_channel_and_of_the_method_config() {
     tokio::time::timeout(TEST_LIMIT, async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let addr = listener.local_addr().expect("bound");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(support::proto::simple_server::SimpleServer::new(
-                    TimeoutEcho,
-                ))
-                .serve_with_incoming(TcpListenerStream::new(listener)),
-        );
+        let addr = simple_server().await;
         let target = format!("static:///{addr}");
         let received = |channel: &BalancedChannel, timeout: Option<Duration>| {
             let mut client = SimpleClient::new(channel.clone());
             async move {
                 client
-                    .route(route_request("", timeout))
+                    .route(route_request("grpc-timeout", timeout))
                     .await
                     .expect("the call succeeds")
                     .into_inner()

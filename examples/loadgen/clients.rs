@@ -94,15 +94,9 @@ impl TlsMaterial {
 }
 
 impl Kind {
-    /// Every client, in the order of a throughput round.
-    pub const ALL: [Kind; 6] = [
-        Kind::TonicDirect,
-        Kind::TonicBalanceList,
-        Kind::OursRoundRobin,
-        Kind::OursPickFirst,
-        Kind::HyperRoundRobin,
-        Kind::H2RoundRobin,
-    ];
+    /// The default clients (the first six of [`Kind::EVERY`]), in the
+    /// order of a throughput round.
+    pub const ALL: &'static [Kind] = Kind::EVERY.split_at(6).0;
 
     pub fn name(self) -> &'static str {
         match self {

@@ -85,6 +85,30 @@ impl Throughput {
             .map(|b| b.cpu_us / run.cpu_us)
     }
 
+    /// For each of `bases`, the median over rounds of `ratio(run, base)`:
+    /// a table cell each (`-` when the base did not run) and, in `line`,
+    /// `{key}_vs_{base}_median` and `{key}_vs_{base}_by_round`.
+    fn ratio_cells(
+        &self,
+        runs: &[&Summary],
+        bases: &[Kind],
+        key: &str,
+        ratio: fn(&Self, &Summary, Kind) -> Option<f64>,
+        line: &mut serde_json::Value,
+    ) -> Vec<String> {
+        let mut cells = Vec::new();
+        for &base in bases {
+            let ratios: Vec<f64> = runs.iter().filter_map(|r| ratio(self, r, base)).collect();
+            let median_ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+            cells.push(median_ratio.map_or("-".to_owned(), |r| format!("{r:.3}")));
+            let name = base.name().replace('-', "_");
+            line[format!("{key}_vs_{name}_median")] = json!(median_ratio.map(round3));
+            line[format!("{key}_vs_{name}_by_round")] =
+                json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
+        }
+        cells
+    }
+
     fn base(&self, run: &Summary, base: Kind) -> Option<&Summary> {
         self.runs
             .iter()
@@ -172,34 +196,25 @@ impl Throughput {
             "errors": errors,
             "calls_per_backend": per_backend,
         });
-        let mut cells = Vec::new();
-        for base in [
-            Kind::TonicDirect,
-            Kind::TonicBalanceList,
-            Kind::HyperRoundRobin,
-            Kind::H2RoundRobin,
-        ] {
-            let ratios: Vec<f64> = runs.iter().filter_map(|r| self.ratio(r, base)).collect();
-            let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
-            cells.push(ratio.map_or("-".to_owned(), |r| format!("{r:.3}")));
-            let key = base.name().replace('-', "_");
-            line[format!("ratio_vs_{key}_median")] = json!(ratio.map(round3));
-            line[format!("ratio_vs_{key}_by_round")] =
-                json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
-        }
-        let mut cpu_cells = Vec::new();
-        for base in [Kind::TonicDirect, Kind::TonicBalanceList] {
-            let ratios: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| self.cpu_ratio(r, base))
-                .collect();
-            let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
-            cpu_cells.push(ratio.map_or("-".to_owned(), |r| format!("{r:.3}")));
-            let key = base.name().replace('-', "_");
-            line[format!("cpu_ratio_vs_{key}_median")] = json!(ratio.map(round3));
-            line[format!("cpu_ratio_vs_{key}_by_round")] =
-                json!(ratios.iter().map(|v| round3(*v)).collect::<Vec<_>>());
-        }
+        let cells = self.ratio_cells(
+            &runs,
+            &[
+                Kind::TonicDirect,
+                Kind::TonicBalanceList,
+                Kind::HyperRoundRobin,
+                Kind::H2RoundRobin,
+            ],
+            "ratio",
+            Self::ratio,
+            &mut line,
+        );
+        let cpu_cells = self.ratio_cells(
+            &runs,
+            &[Kind::TonicDirect, Kind::TonicBalanceList],
+            "cpu_ratio",
+            Self::cpu_ratio,
+            &mut line,
+        );
         let busy = format!(
             "{:.0}/{}",
             med(&|r| r.busy),

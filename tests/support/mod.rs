@@ -64,6 +64,10 @@ impl Drop for InFlight {
     }
 }
 
+/// The `Simple` service of the test backends. `Route`'s `data` steers it:
+/// `"fail:<code>"` fails with that code, `"sleep:<ms>"` sleeps first,
+/// `"grpc-timeout"` answers the `grpc-timeout` header it received (empty
+/// when none) in `value`; anything else answers `hello <data> from <addr>`.
 #[derive(Clone)]
 pub struct Service {
     addr: SocketAddr,
@@ -84,6 +88,16 @@ impl Simple for Service {
             )));
         }
         let _in_flight = InFlight::enter(&self.stats);
+        if req.get_ref().data == "grpc-timeout" {
+            // The call's deadline as the server received it ("" if none).
+            let value = req
+                .metadata()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            return Ok(Response::new(SimpleResponse { code: 200, value }));
+        }
         let data = req.into_inner().data;
         if let Some(code) = data
             .strip_prefix("fail:")
