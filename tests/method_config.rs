@@ -87,6 +87,19 @@ async fn timed_route(
     }
 }
 
+/// Runs one `Route` call that must end with DEADLINE_EXCEEDED at `at`
+/// (see [`assert_at`]); returns its message.
+async fn deadline_exceeded_at(
+    client: &mut SimpleClient<BalancedChannel>,
+    request: tonic::Request<SimpleRequest>,
+    at: Duration,
+) -> String {
+    let (code, elapsed, message) = timed_route(client, request).await;
+    assert_eq!(code, Code::DeadlineExceeded, "{message}");
+    assert_at(elapsed, at);
+    message
+}
+
 /// On the paused clock a call that times out ends when its timer fires:
 /// at the deadline, rounded up to the timer's 1 ms.
 fn assert_at(elapsed: Duration, deadline: Duration) {
@@ -124,26 +137,29 @@ async fn a_method_timeout_shorter_than_the_handler_ends_the_call_at_the_method_t
         let mut client = SimpleClient::new(channel);
 
         // No deadline of its own: the method's 1.5 s applies.
-        let (code, elapsed, message) =
-            timed_route(&mut client, route_request("sleep:10000", None)).await;
-        assert_eq!(code, Code::DeadlineExceeded, "{message}");
-        assert_at(elapsed, Duration::from_millis(1500));
+        let message = deadline_exceeded_at(
+            &mut client,
+            route_request("sleep:10000", None),
+            Duration::from_millis(1500),
+        )
+        .await;
         assert!(message.contains("deadline of 1.5s exceeded"), "{message}");
 
         // A longer deadline of its own: the method's still wins.
-        let (code, elapsed, _) =
-            timed_route(&mut client, route_request("sleep:10000", Some(SECS(5)))).await;
-        assert_eq!(code, Code::DeadlineExceeded);
-        assert_at(elapsed, Duration::from_millis(1500));
-
-        // The call's own shorter deadline wins over the method's.
-        let (code, elapsed, _) = timed_route(
+        deadline_exceeded_at(
             &mut client,
-            route_request("sleep:10000", Some(Duration::from_millis(300))),
+            route_request("sleep:10000", Some(SECS(5))),
+            Duration::from_millis(1500),
         )
         .await;
-        assert_eq!(code, Code::DeadlineExceeded);
-        assert_at(elapsed, Duration::from_millis(300));
+
+        // The call's own shorter deadline wins over the method's.
+        deadline_exceeded_at(
+            &mut client,
+            route_request("sleep:10000", Some(Duration::from_millis(300))),
+            Duration::from_millis(300),
+        )
+        .await;
 
         // A call faster than the method timeout succeeds.
         let (code, _, message) = timed_route(&mut client, route_request("sleep:1000", None)).await;
@@ -268,17 +284,13 @@ async fn wait_for_ready_from_the_method_config_overrides_the_call() {
     let mut client = SimpleClient::new(channel.clone());
 
     // waitForReady true: waits until the call's deadline.
-    let (code, elapsed, message) =
-        timed_route(&mut client, route_request("x", Some(SECS(3)))).await;
-    assert_eq!(code, Code::DeadlineExceeded, "{message}");
-    assert_at(elapsed, SECS(3));
+    let message =
+        deadline_exceeded_at(&mut client, route_request("x", Some(SECS(3))), SECS(3)).await;
     assert!(message.contains("no addresses"), "{message}");
     // Even a call that asked to fail fast waits.
     let mut request = route_request("x", Some(SECS(2)));
     request.extensions_mut().insert(WaitForReady(false));
-    let (code, elapsed, _) = timed_route(&mut client, request).await;
-    assert_eq!(code, Code::DeadlineExceeded);
-    assert_at(elapsed, SECS(2));
+    deadline_exceeded_at(&mut client, request, SECS(2)).await;
 
     // waitForReady true and a timeout: the method timeout bounds the wait.
     apply(
@@ -293,9 +305,7 @@ async fn wait_for_ready_from_the_method_config_overrides_the_call() {
         ),
     )
     .await;
-    let (code, elapsed, _) = timed_route(&mut client, route_request("x", None)).await;
-    assert_eq!(code, Code::DeadlineExceeded);
-    assert_at(elapsed, SECS(4));
+    deadline_exceeded_at(&mut client, route_request("x", None), SECS(4)).await;
 
     // waitForReady false: fails fast, even when the call asked to wait.
     apply(
@@ -326,9 +336,7 @@ async fn wait_for_ready_from_the_method_config_overrides_the_call() {
     .await;
     let mut request = route_request("x", Some(SECS(3)));
     request.extensions_mut().insert(WaitForReady(true));
-    let (code, elapsed, _) = timed_route(&mut client, request).await;
-    assert_eq!(code, Code::DeadlineExceeded);
-    assert_at(elapsed, SECS(3));
+    deadline_exceeded_at(&mut client, request, SECS(3)).await;
     let (code, elapsed, _) = timed_route(&mut client, route_request("x", Some(SECS(3)))).await;
     assert_eq!(code, Code::Unavailable);
     assert_eq!(elapsed, Duration::ZERO);
@@ -351,15 +359,11 @@ async fn the_builders_service_config_is_the_default_and_bad_ones_are_errors() {
             .expect("READY");
         tokio::time::pause();
         let mut client = SimpleClient::new(channel.clone());
-        let (code, elapsed, _) = timed_route(&mut client, route_request("sleep:5000", None)).await;
-        assert_eq!(code, Code::DeadlineExceeded);
-        assert_at(elapsed, SECS(1));
+        deadline_exceeded_at(&mut client, route_request("sleep:5000", None), SECS(1)).await;
 
         let two = config(r#"{"methodConfig":[{"name":[{}],"timeout":"2s"}]}"#);
         apply(&manual, &channel, update_to(Some(addr), two)).await;
-        let (code, elapsed, _) = timed_route(&mut client, route_request("sleep:5000", None)).await;
-        assert_eq!(code, Code::DeadlineExceeded);
-        assert_at(elapsed, SECS(2));
+        deadline_exceeded_at(&mut client, route_request("sleep:5000", None), SECS(2)).await;
 
         for (json, part) in [
             (
@@ -403,10 +407,7 @@ async fn a_rejected_service_config_keeps_the_method_configs_in_use() {
                 "methodConfig":[{"name":[{"service":"proto.Simple"}],"timeout":"3s"}]}"#,
         );
         apply(&manual, &channel, update_to(Some(addr), rejected)).await;
-        let (code, elapsed, message) =
-            timed_route(&mut client, route_request("sleep:5000", None)).await;
-        assert_eq!(code, Code::DeadlineExceeded, "{message}");
-        assert_at(elapsed, SECS(1));
+        deadline_exceeded_at(&mut client, route_request("sleep:5000", None), SECS(1)).await;
     })
     .await
     .expect("the test ends");
@@ -436,10 +437,7 @@ async fn a_rejected_first_service_config_leaves_the_builders_method_configs() {
             .expect("READY");
         tokio::time::pause();
         let mut client = SimpleClient::new(channel);
-        let (code, elapsed, message) =
-            timed_route(&mut client, route_request("sleep:5000", None)).await;
-        assert_eq!(code, Code::DeadlineExceeded, "{message}");
-        assert_at(elapsed, SECS(1));
+        deadline_exceeded_at(&mut client, route_request("sleep:5000", None), SECS(1)).await;
     })
     .await
     .expect("the test ends");
